@@ -1,0 +1,16 @@
+"""Backbones: the frozen classifiers TAME explains, by name (see :func:`load_backbone`)."""
+
+from .base import Backbone, Weights, list_backbones, load_backbone, load_state_dict_file, register_backbone
+from . import efficientnet_lite, torchvision_models  # noqa: F401  (register the built-in backbones)
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+__all__ = [
+    "Backbone",
+    "DEFAULT_BACKBONE",
+    "Weights",
+    "list_backbones",
+    "load_backbone",
+    "load_state_dict_file",
+    "register_backbone",
+]

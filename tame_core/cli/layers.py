@@ -1,0 +1,41 @@
+"""``tame layers`` lists tappable layers with their map sizes; ``tame backbones`` the registered backbones."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..backbones import DEFAULT_BACKBONE, list_backbones, load_backbone
+from ..taps import list_layers
+from .common import device_from
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("layers", help="list a backbone's layers and whether they can be tapped")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--weights", default="random", help="weights to load (layer shapes do not depend on them)")
+    parser.add_argument("--all", action="store_true", help="also list layers that cannot be tapped, with the reason")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(run=run_layers)
+    parser = subparsers.add_parser("backbones", help="list the registered backbones")
+    parser.set_defaults(run=run_backbones)
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    backbone = load_backbone(args.backbone, weights=args.weights, device=device_from(args))
+    defaults = {backbone.resolve_layer(layer) for layer in backbone.default_layers}
+    for info in list_layers(backbone):
+        if info.usable:
+            mark = "*" if info.name in defaults else " "
+            size = f"{info.map_size[0]}x{info.map_size[1]}"
+            print(f"{mark} {info.name:<45} {info.module_type:<22} {info.channels:>5} ch  {size:>7}  {info.kind}")
+        elif args.all:
+            print(f"  {info.name:<45} {info.module_type:<22} cannot be tapped: {info.reason}")
+    print("(* = default layers)")
+    return 0
+
+
+def run_backbones(args: argparse.Namespace) -> int:
+    for name, description in list_backbones().items():
+        print(f"{name:<20} {description}")
+    print("any timm model also works: --backbone timm:<name>")
+    return 0

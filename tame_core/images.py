@@ -1,0 +1,129 @@
+"""Reading user images safely.
+
+Users upload anything: phone photos with EXIF rotation, PNGs with alpha, 16-bit scans, CMYK
+JPEGs, animated GIFs, files that are not images at all. :func:`load_image` turns each into an
+upright 8-bit RGB picture or raises an :class:`~tame_core.errors.ImageLoadError` whose one-line
+message names the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageLoadError
+
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO]
+
+#: File endings the CLI and the trainer pick up when they walk a folder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+#: Pillow's decompression-bomb threshold (about 89 megapixels): larger images are refused
+#: before they are decoded, so a tiny file cannot make us allocate gigabytes.
+MAX_PIXELS = 89_478_485
+
+#: White background for transparent pixels: what a viewer shows on a light page.
+_BACKGROUND = (255, 255, 255)
+
+
+def load_image(source: ImageSource, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open ``source`` as an upright 8-bit RGB image (EXIF orientation applied).
+
+    ``name`` is what error messages call the file (defaults to the path, or ``<bytes>``).
+    """
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
+    data = _read_bytes(source, label)
+    if not data:
+        raise ImageLoadError(f"{label}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check below
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageLoadError(
+                    f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                    f"{max_pixels / 1e6:.0f}-megapixel limit; downscale it first"
+                )
+            if getattr(image, "is_animated", False):
+                image.seek(0)  # explain the first frame of an animation
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{label}: not an image (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError:
+        raise ImageLoadError(
+            f"{label}: image is over the {max_pixels / 1e6:.0f}-megapixel limit (decompression-bomb guard); "
+            "downscale it first"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
+        reason = " ".join(str(error).split()) or error.__class__.__name__
+        raise ImageLoadError(f"{label}: corrupt or truncated image ({reason})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without clipping 16-bit data or showing hidden pixels."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_high_depth_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _high_depth_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale 16/32-bit integer or float samples to 0..255 by their format's range."""
+    values = array.astype(np.float64)
+    if array.dtype.kind == "f":
+        top = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if values.max(initial=0) > 255 or array.dtype.itemsize == 2 else 255.0
+    return np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB Pillow image as a ``uint8`` tensor of shape (3, H, W)."""
+    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """All image files below ``folder`` (recursive, sorted, hidden files skipped)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ImageLoadError(f"{root}: not a folder")
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def _read_bytes(source: ImageSource, label: str) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise ImageLoadError(f"{label}: no such file")
+        if path.is_dir():
+            raise ImageLoadError(f"{label}: is a folder, not an image")
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise ImageLoadError(f"{label}: cannot read ({error.strerror or error})") from None
+    return source.read()

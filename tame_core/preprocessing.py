@@ -1,0 +1,195 @@
+"""From pictures to the classifier's input, on the model's device.
+
+Everything downstream (head, metrics, training) works on **raw [0, 1] images** at the model's input
+size; normalisation with the classifier's mean/std happens inside :class:`~tame_core.backbones.Backbone`.
+That is what lets TAME multiply the raw image by a map before normalising, as the papers do.
+
+Two geometries:
+
+* ``"crop"``: the classifier's own evaluation transform (resize the shorter side to
+  ``size / crop_pct``, centre crop). Training and the paper metrics use it.
+* ``"full"``: the whole picture, shorter side resized to the input size and the aspect ratio kept
+  (squashed to the input size for models that only take one size, such as ViTs), so the map covers
+  everything the user uploaded. An image already at the input size passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from .errors import ImageLoadError
+from .images import image_to_tensor, to_rgb
+
+Geometry = Literal["crop", "full"]
+GEOMETRIES: tuple[str, ...] = ("crop", "full")
+
+_INTERPOLATIONS = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a classifier wants its input: size, resampling, crop and normalisation."""
+
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    fixed_input_size: bool = False
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    # --- metadata round trip -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("input_size", "mean", "std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+    # --- geometry ------------------------------------------------------------------------------
+    def resized_size(self, height: int, width: int, geometry: Geometry) -> tuple[int, int]:
+        """Size (H, W) of the model input made from an image of ``height`` x ``width``."""
+        _check_geometry(geometry)
+        if geometry == "crop" or self.fixed_input_size:
+            return self.input_size
+        short = min(self.input_size)
+        scale = short / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def to_input(self, image: torch.Tensor, geometry: Geometry = "full") -> torch.Tensor:
+        """One image (3, H, W), ``uint8`` or float in [0, 1], to a float [0, 1] model input."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+        height, width = image.shape[-2:]
+        mode = _INTERPOLATIONS[self.interpolation]
+        if geometry == "crop":
+            scale_short = int(min(self.input_size) / self.crop_pct)
+            image = TF.resize(image, [scale_short], interpolation=mode, antialias=True)
+            image = TF.center_crop(image, list(self.input_size))
+        else:
+            target = self.resized_size(height, width, geometry)
+            if (height, width) != target:
+                image = TF.resize(image, list(target), interpolation=mode, antialias=True)
+        if image.dtype == torch.uint8:
+            return image.float().div_(255.0)
+        return image.float().clamp_(0.0, 1.0)
+
+    def batch(
+        self, images: Sequence[torch.Tensor], geometry: Geometry = "full", device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Several images to one (B, 3, H, W) batch; they must come out at the same size."""
+        inputs = [self.to_input(image.to(device) if device is not None else image, geometry) for image in images]
+        shapes = {tuple(x.shape) for x in inputs}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"images of different aspect ratios give inputs of different sizes {sorted(shapes)} in "
+                f"'{geometry}' geometry; explain them in separate batches or use geometry='crop'"
+            )
+        return torch.stack(inputs)
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+        return (x01 - mean) / std
+
+    def crop_box(self, height: int, width: int, geometry: Geometry) -> tuple[float, float, float, float]:
+        """The region (top, left, bottom, right) of the original image that the model input shows."""
+        if geometry == "full":
+            return 0.0, 0.0, float(height), float(width)
+        scale = int(min(self.input_size) / self.crop_pct) / min(height, width)
+        crop_h, crop_w = self.input_size[0] / scale, self.input_size[1] / scale
+        top, left = (height - crop_h) / 2, (width - crop_w) / 2
+        return top, left, top + crop_h, left + crop_w
+
+
+def as_image_tensors(images: Any) -> list[torch.Tensor]:
+    """Normalise what users pass (PIL, numpy, tensors; one or many) to a list of (3, H, W) tensors.
+
+    numpy arrays are HxW, HxWx1, HxWx3 or HxWx4 (``uint8``, or floats in [0, 1]); tensors are
+    (3, H, W) or (B, 3, H, W), ``uint8`` or floats in [0, 1].
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 4:
+            _tensor_image(images[0])  # shape check; the range check below covers the whole batch once
+            _check_range(images)
+            return list(images.unbind(0))
+        return [_tensor_image(images)]
+    if isinstance(images, (Image.Image, np.ndarray)):
+        return [_one(images)]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("no images given")
+        return [_one(image) for image in images]
+    raise TypeError(f"images must be PIL images, numpy arrays or tensors, got {type(images).__name__}")
+
+
+def _one(image: Any) -> torch.Tensor:
+    if isinstance(image, Image.Image):
+        return image_to_tensor(to_rgb(image))
+    if isinstance(image, np.ndarray):
+        return _numpy_image(image)
+    if isinstance(image, torch.Tensor):
+        return _tensor_image(image)
+    raise TypeError(f"images must be PIL images, numpy arrays or tensors, got {type(image).__name__}")
+
+
+def _numpy_image(array: np.ndarray) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageLoadError(f"numpy image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+    if array.shape[2] == 4:
+        return image_to_tensor(to_rgb(Image.fromarray(_as_uint8(array), mode="RGBA")))
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+    return _tensor_image(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1))
+
+
+def _tensor_image(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        raise ImageLoadError(f"tensor image must be (3, H, W) or (B, 3, H, W), got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1)
+    _check_range(tensor)
+    return tensor
+
+
+def _check_range(tensor: torch.Tensor) -> None:
+    if tensor.dtype == torch.uint8 or not tensor.numel():
+        return
+    low, high = torch.aminmax(tensor.detach())
+    if float(low) < -1e-3 or float(high) > 1 + 1e-3:
+        raise ImageLoadError("float image tensors must hold values in [0, 1] (raw, not normalised)")
+
+
+def _as_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    return np.clip(array.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _check_geometry(geometry: str) -> None:
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
