@@ -1,0 +1,65 @@
+"""Shared fixtures: the real embedded backbone, CC0 sample photos, and heads saved to temp folders.
+
+Nothing here needs ../shared or the network; tests that use the ImageNet samples take them from
+``shared_samples`` and are skipped where the folder is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+SHARED_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> dict[str, np.ndarray]:
+    """scikit-image's CC0 photos as RGB uint8 arrays."""
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in ("chelsea", "coffee", "rocket", "astronaut")}
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The embedded EfficientNet-Lite0 with its real (bundled) weights, on the CPU."""
+    from tame_core import load_backbone
+
+    return load_backbone("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def random_head_path(tmp_path_factory, lite0) -> Path:
+    """An untrained head for lite0's default layers, saved as a checkpoint pair."""
+    from tame_core import TAMEHead, save_head
+    from tame_core.checkpoint import metadata_for
+    from tame_core.taps import check_layers
+
+    torch.manual_seed(0)
+    channels = [info.channels for info in check_layers(lite0, lite0.default_layers)]
+    head = TAMEHead(channels, lite0.num_classes).eval()
+    path = tmp_path_factory.mktemp("heads") / "lite0_random.safetensors"
+    save_head(head, metadata_for(head, lite0, lite0.default_layers), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def explainer(lite0, random_head_path):
+    """lite0 with the untrained head: real logits, deterministic maps."""
+    from tame_core import Explainer
+
+    return Explainer.load(random_head_path, backbone=lite0, device="cpu")
+
+
+@pytest.fixture
+def shared_samples() -> Path:
+    """The 1000 ImageNet samples beside the checkout; tests using them skip where they are absent."""
+    if not SHARED_SAMPLES.is_dir():
+        pytest.skip("../shared/data/imagenet-samples is not available")
+    return SHARED_SAMPLES
