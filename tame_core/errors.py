@@ -37,3 +37,7 @@ class CheckpointError(TameError, ValueError):
 
 class HubError(TameError, RuntimeError):
     """A Hugging Face Hub repository, revision or file could not be reached or verified."""
+
+
+class EvaluationError(TameError, ValueError):
+    """Bad input to a metric, a baseline method or an evaluation run (unknown method, wrong shapes)."""

@@ -165,6 +165,8 @@ def _hub_error(error: Exception, repo_id: str, revision: str | None, filename: s
         return HubError(f"Hub repo {repo_id!r} does not exist (or is private and HF_TOKEN is not set)")
     if isinstance(error, RevisionNotFoundError):
         return HubError(f"Hub repo {repo_id!r} has no revision {revision!r}")
+    if isinstance(error, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE:
+        return HubError(f"HF_HUB_OFFLINE=1 is set and {where} ({filename}) is not in the local cache")
     if isinstance(error, LocalEntryNotFoundError):
         return HubError(
             f"cannot reach the Hub at {constants.ENDPOINT} for {where} and it is not in the local cache "

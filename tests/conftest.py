@@ -7,15 +7,43 @@ Nothing here needs ../shared or the network; tests that use the ImageNet samples
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# huggingface_hub reads these when it is imported (timm imports it), so they are set before anything else:
+# every test talks to the local fake hub and keeps its cache in a temporary folder, never the user's.
+FAKE_HUB_PORT = _free_port()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{FAKE_HUB_PORT}"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="tame-test-hf-")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.pop("HF_TOKEN", None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
+
+
+@pytest.fixture(scope="session")
+def fake_hub():
+    """A Hub stand-in on 127.0.0.1 at the address HF_ENDPOINT names (see tests/fake_hub.py)."""
+    from fake_hub import FakeHub
+
+    hub = FakeHub(FAKE_HUB_PORT).start()
+    yield hub
+    hub.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,163 @@
+"""Deletion and insertion curves (the RISE protocol), batched and streaming.
+
+Pixels are ranked by the map (most salient first). In ``steps`` equal steps the top-ranked pixels are
+replaced by a baseline image (deletion: the class probability should fall fast, lower AUC is better)
+or copied from the image onto the baseline (insertion: it should rise fast, higher AUC is better).
+AUC is the trapezoid area under the probability over the fraction of pixels changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import EvaluationError
+from .base import check_batch_size, class_vector, iter_scores, per_image_summary, pixel_ranks, prepare, scores
+
+Baseline = Literal["blur", "zeros", "mean"]
+Mode = Literal["deletion", "insertion"]
+BASELINES: tuple[str, ...] = ("blur", "zeros", "mean")
+MODES: tuple[str, ...] = ("deletion", "insertion")
+DEFAULT_STEPS = 50
+#: RISE's insertion substrate: a Gaussian blur, kernel 11, sigma 5.
+BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
+
+
+def baseline_images(images01: torch.Tensor, baseline: str) -> torch.Tensor:
+    """The image every pixel goes to when deleted (and starts from for insertion).
+
+    ``"blur"``: a Gaussian blur of the image (RISE's insertion substrate); ``"zeros"``: black;
+    ``"mean"``: each image's own mean colour.
+    """
+    if baseline == "blur":
+        return TF.gaussian_blur(images01, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA])
+    if baseline == "zeros":
+        return torch.zeros_like(images01)
+    if baseline == "mean":
+        return images01.mean(dim=(2, 3), keepdim=True).expand_as(images01).contiguous()
+    raise EvaluationError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+
+
+def step_counts(pixels: int, steps: int, device: torch.device) -> torch.Tensor:
+    """How many top-ranked pixels are changed at each of the ``steps + 1`` points, 0 to all."""
+    if int(steps) < 1:
+        raise EvaluationError(f"steps must be at least 1, got {steps}")
+    return torch.linspace(0, pixels, int(steps) + 1, device=device).round().long()
+
+
+class CurveInputs:
+    """Builds the perturbed images of a batch's curves on demand, a chunk of rows at a time.
+
+    Row ``r`` of mode ``m`` is image ``r // (steps + 1)`` at step ``r % (steps + 1)``.
+    """
+
+    def __init__(self, images01: torch.Tensor, maps: torch.Tensor, steps: int, baseline: str) -> None:
+        self.images = images01
+        self.base = baseline_images(images01, baseline)
+        self.ranks = pixel_ranks(maps)
+        self.counts = step_counts(self.ranks.shape[1], steps, images01.device)
+        self.points = self.counts.numel()
+
+    @property
+    def fractions(self) -> torch.Tensor:
+        return self.counts.float() / self.ranks.shape[1]
+
+    def build(self, mode: str, start: int, stop: int) -> torch.Tensor:
+        rows = torch.arange(start, stop, device=self.images.device)
+        image, step = rows // self.points, rows % self.points
+        changed = (self.ranks[image] < self.counts[step, None]).view(-1, 1, *self.images.shape[-2:])
+        if mode == "deletion":
+            return torch.where(changed, self.base[image], self.images[image])
+        return torch.where(changed, self.images[image], self.base[image])
+
+
+@dataclass
+class CurveResult:
+    """Deletion and insertion curves (B, steps + 1) over ``fractions`` (steps + 1,), and their AUCs (B,)."""
+
+    fractions: torch.Tensor
+    deletion: torch.Tensor
+    insertion: torch.Tensor
+
+    @property
+    def deletion_auc(self) -> torch.Tensor:
+        return torch.trapezoid(self.deletion, self.fractions, dim=-1)
+
+    @property
+    def insertion_auc(self) -> torch.Tensor:
+        return torch.trapezoid(self.insertion, self.fractions, dim=-1)
+
+    def per_image(self) -> dict[str, torch.Tensor]:
+        return {"deletion_auc": self.deletion_auc, "insertion_auc": self.insertion_auc}
+
+    def summary(self) -> dict[str, float]:
+        """{"deletion_auc", "insertion_auc"} averaged over images."""
+        return per_image_summary(self.per_image())
+
+
+def deletion_insertion(
+    model: nn.Module,
+    images01: torch.Tensor,
+    maps: torch.Tensor,
+    classes: torch.Tensor | Sequence[int] | int,
+    steps: int = DEFAULT_STEPS,
+    baseline: Baseline = "blur",
+    batch_size: int | None = None,
+    modes: Sequence[Mode] = MODES,
+) -> CurveResult:
+    """Both curves for every image: ``2 * B * (steps + 1)`` perturbed images, forwarded in batches.
+
+    ``modes`` can skip one curve (its rows are then NaN).
+    """
+    images01, maps, classes = prepare(images01, maps, classes)
+    _check_modes(modes)
+    inputs = CurveInputs(images01, maps, steps, baseline)
+    size = check_batch_size(batch_size, images01.device)
+    batch, points = images01.shape[0], inputs.points
+    row_classes = classes.repeat_interleave(points)
+    curves = {mode: torch.full((batch, points), float("nan"), device=images01.device) for mode in MODES}
+    for mode in modes:
+        probs, _ = scores(model, batch * points, lambda a, b, m=mode: inputs.build(m, a, b), row_classes, size)
+        curves[mode] = probs.view(batch, points)
+    return CurveResult(inputs.fractions, curves["deletion"], curves["insertion"])
+
+
+def stream_curve(
+    model: nn.Module,
+    image01: torch.Tensor,
+    saliency: torch.Tensor,
+    class_index: int,
+    mode: Mode = "deletion",
+    steps: int = DEFAULT_STEPS,
+    baseline: Baseline = "blur",
+    batch_size: int = 8,
+) -> Iterator[tuple[float, float]]:
+    """One image's curve as (fraction of pixels changed, class probability) points, in order.
+
+    Points come out as soon as their batch of ``batch_size`` forwards is done: for live plots. The
+    values equal the matching row of :func:`deletion_insertion` with the same settings.
+    """
+    if not isinstance(image01, torch.Tensor) or image01.ndim != 3:
+        raise EvaluationError("image must be one (3, H, W) tensor of raw [0, 1] pixels")
+    if not isinstance(saliency, torch.Tensor) or saliency.ndim != 2:
+        raise EvaluationError("saliency must be one (H, W) map")
+    _check_modes([mode])
+    images01, maps, _ = prepare(image01[None], saliency[None], 0)
+    classes = class_vector(int(class_index), 1, images01.device)
+    inputs = CurveInputs(images01, maps, steps, baseline)
+    fractions = inputs.fractions.tolist()
+    row_classes = classes.expand(inputs.points)
+    size = check_batch_size(batch_size, images01.device)
+    build = lambda a, b: inputs.build(mode, a, b)  # noqa: E731
+    for start, stop, probs, _ in iter_scores(model, inputs.points, build, row_classes, size):
+        yield from zip(fractions[start:stop], probs.tolist())
+
+
+def _check_modes(modes: Sequence[str]) -> None:
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes:
+        raise EvaluationError(f"curve mode must be one of {', '.join(MODES)}, got {list(modes)}")

@@ -1,0 +1,112 @@
+"""The pictures a session works on: uploads (checked) and the bundled CC0 sample gallery.
+
+Every picture becomes an :class:`ActiveImage`: upright 8-bit RGB pixels plus a content hash. The hash
+is the key of all per-image work (explanations, curves, comparisons), so the same photo uploaded
+twice, or uploaded and picked from the gallery, is explained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ImageLoadError
+from ..images import load_image
+
+#: File types the image uploader offers (what browsers and Pillow both read well).
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
+
+#: Largest image upload in MB: checked here as well as by the uploader widget, so no path skips it.
+MAX_UPLOAD_MB = 25
+
+#: Longest side kept for work, display and downloads. Models see a 224-px short side, so a larger copy
+#: would only cost memory in the session and time in every overlay.
+MAX_SIDE = 1024
+
+#: Longest side of the thumbnails in the sidebar and galleries.
+THUMBNAIL_SIDE = 192
+
+
+@dataclass(frozen=True, eq=False)
+class ActiveImage:
+    """One picture in a session: what to call it, its pixels and the hash its results are stored under."""
+
+    name: str
+    pixels: np.ndarray = field(repr=False)  # (H, W, 3) uint8 RGB, at most MAX_SIDE a side
+    digest: str
+    source: str  # "upload" or "sample"
+    original_size: tuple[int, int]  # (height, width) before any downscaling
+    thumbnail: np.ndarray = field(repr=False)  # (h, w, 3) uint8, at most THUMBNAIL_SIDE a side
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+def pixels_digest(pixels: np.ndarray) -> str:
+    """A short content hash of decoded pixels (shape included), independent of the file format."""
+    digest = hashlib.sha256(str(pixels.shape).encode())
+    digest.update(np.ascontiguousarray(pixels).data)
+    return digest.hexdigest()[:16]
+
+
+def active_image(picture: Image.Image | np.ndarray, name: str, source: str) -> ActiveImage:
+    """Wrap an RGB picture, downscaled so its longest side is at most :data:`MAX_SIDE`, with a thumbnail."""
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
+    image = image.convert("RGB")
+    original = (image.height, image.width)
+    scale = MAX_SIDE / max(original)
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+    pixels = np.asarray(image, dtype=np.uint8).copy()
+    pixels.setflags(write=False)  # shared by cached results: nobody may paint on it
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return ActiveImage(name, pixels, pixels_digest(pixels), source, original, np.asarray(small, dtype=np.uint8))
+
+
+def read_upload(name: str, data: bytes, max_mb: float = MAX_UPLOAD_MB) -> ActiveImage:
+    """Decode an uploaded file; any problem is an :class:`ImageLoadError` naming the file."""
+    if len(data) > max_mb * 1024 * 1024:
+        raise ImageLoadError(f"{name}: {len(data) / 2**20:.1f} MB is over the {max_mb:g} MB upload limit")
+    return active_image(load_image(data, name=name), name, "upload")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A gallery photo shipped inside scikit-image (public domain or CC0)."""
+
+    key: str  # the skimage.data function
+    title: str
+    credit: str
+
+
+#: The sample gallery, in showing order: scikit-image's freely licensed colour photos (and one classic).
+GALLERY: dict[str, Sample] = {
+    sample.key: sample
+    for sample in (
+        Sample("chelsea", "Chelsea the cat", "Stefan van der Walt, CC0"),
+        Sample("coffee", "Cup of coffee", "Rachel Michetti, CC0"),
+        Sample("rocket", "Falcon 9 launch", "SpaceX, public domain"),
+        Sample("astronaut", "Astronaut Eileen Collins", "NASA, public domain"),
+        Sample("camera", "Cameraman", "Lav Varshney, CC0"),
+        Sample("hubble_deep_field", "Hubble deep field", "NASA, public domain"),
+    )
+}
+
+
+@lru_cache(maxsize=len(GALLERY))
+def load_sample(key: str) -> ActiveImage:
+    """A gallery photo, read from the installed scikit-image package (no files of ours)."""
+    if key not in GALLERY:
+        raise ImageLoadError(f"no sample called {key!r}; choose one of {', '.join(GALLERY)}")
+    from skimage import data
+
+    pixels = np.asarray(getattr(data, key)())
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return active_image(pixels, GALLERY[key].title, "sample")

@@ -1,0 +1,152 @@
+"""Which model the app explains with, loaded once per process and shared safely between sessions.
+
+A :class:`ModelChoice` is what the sidebar picks (head source, backbone, revision, device); it is
+hashable, so the app caches one :class:`LoadedModel` per choice (``st.cache_resource``). A loaded
+model is shared by every browser session and by background jobs, and :class:`~tame_core.taps.LayerTaps`
+hooks live on the one backbone: :meth:`LoadedModel.busy` serialises everything that runs the backbone.
+Work on cached features (class switches, branch toggles) needs only the head and no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..backbones import DEFAULT_BACKBONE
+from ..checkpoint import read_metadata
+from ..errors import CheckpointError
+from ..explainer import Explainer, Explanation, locate_head
+from ..hub import is_repo_id
+
+#: Environment variable naming a head to use instead of the bundled one (tests, quick experiments).
+HEAD_ENV = "TAME_HEAD"
+
+#: Largest head checkpoint accepted as an upload, in MB (a ResNet-50 head is about 25 MB).
+MAX_HEAD_UPLOAD_MB = 256
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A head and the backbone it explains: the sidebar's selection, and the model cache's key."""
+
+    head: str | None = None  # None: the backbone's bundled head; else a .safetensors path or a Hub repo id
+    backbone: str | None = None  # None: the one the head's card names (the default for the bundled head)
+    revision: str | None = None  # Hub branch, tag or commit (Hub heads only)
+    device: str = "cpu"
+
+    @property
+    def is_hub(self) -> bool:
+        return self.head is not None and is_repo_id(self.head)
+
+    def head_file(self) -> Path | None:
+        """The local checkpoint this choice reads (None for a Hub head)."""
+        if self.is_hub:
+            return None
+        return locate_head(self.head, self.backbone or DEFAULT_BACKBONE)
+
+    def fingerprint(self) -> tuple[int, int] | None:
+        """(mtime, size) of a local head file: a retrained bundled head is picked up without a restart."""
+        try:
+            path = self.head_file()
+            stat = path.with_suffix(".safetensors").stat() if path is not None else None
+        except (CheckpointError, OSError):
+            return None
+        return (stat.st_mtime_ns, stat.st_size) if stat is not None else None
+
+    def describe(self) -> str:
+        if self.head is None:
+            source = "bundled head"
+        elif self.is_hub:
+            source = f"Hub {self.head}" + (f"@{self.revision}" if self.revision else "")
+        else:
+            source = Path(self.head).name
+        return f"{source} on {self.backbone or 'its backbone'} ({self.device})"
+
+
+def default_choice(device: str = "cpu") -> ModelChoice:
+    """The bundled head on the embedded default backbone, unless ``$TAME_HEAD`` names another head."""
+    return ModelChoice(head=os.environ.get(HEAD_ENV) or None, device=device)
+
+
+def available_devices() -> list[str]:
+    return ["cpu"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+
+
+class LoadedModel:
+    """An :class:`Explainer` plus the lock that keeps concurrent sessions' backbone runs apart."""
+
+    def __init__(self, choice: ModelChoice, explainer: Explainer, fingerprint: tuple[int, int] | None = None) -> None:
+        self.choice = choice
+        self.explainer = explainer
+        self.key = (choice, fingerprint)
+        #: A short stable id of :attr:`key`, for widget keys and file names.
+        self.tag = hashlib.sha1(repr(self.key).encode()).hexdigest()[:10]
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[Explainer]:
+        """Hold the model for work that runs the backbone (taps, baselines, metrics)."""
+        with self._lock:
+            yield self.explainer
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.explainer.layers)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.explainer.backbone.class_names
+
+    def explain(self, pixels: np.ndarray | Sequence[np.ndarray]) -> Explanation:
+        """Top-1 explanation of one picture (or a batch of same-size pictures) on the whole image."""
+        with self.busy() as explainer:
+            return explainer.explain(pixels, geometry="full")
+
+    def describe(self) -> str:
+        explainer = self.explainer
+        meta = explainer.metadata
+        variant = f", {meta.variant} head" if meta is not None else ""
+        return f"{explainer.backbone.name}{variant}, {len(explainer.layers)} branches on {', '.join(explainer.layers)}"
+
+
+def load_model(choice: ModelChoice) -> LoadedModel:
+    """Load the head and backbone a choice names (slow: the app caches the result per process)."""
+    fingerprint = choice.fingerprint()
+    explainer = Explainer.load(choice.head, choice.backbone, device=choice.device, revision=choice.revision)
+    return LoadedModel(choice, explainer, fingerprint)
+
+
+def store_uploaded_head(name: str, data: bytes, folder: str | os.PathLike | None = None) -> Path:
+    """Keep an uploaded ``.safetensors`` head under a content-hash name and check it is a TAME head.
+
+    The card travels inside the file's header, so one file is enough. Identical uploads share a file,
+    which also makes the upload a stable model-cache key.
+    """
+    if not name.lower().endswith(".safetensors"):
+        raise CheckpointError(f"{name}: a head upload must be a .safetensors file")
+    if not data:
+        raise CheckpointError(f"{name}: empty file (0 bytes)")
+    if len(data) > MAX_HEAD_UPLOAD_MB * 2**20:
+        raise CheckpointError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_HEAD_UPLOAD_MB} MB head upload limit")
+    root = Path(folder) if folder is not None else Path(tempfile.gettempdir()) / "tame-studio-heads"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{hashlib.sha256(data).hexdigest()[:20]}.safetensors"
+    if not path.exists():
+        temporary = path.with_suffix(".part")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    try:
+        read_metadata(path)
+    except CheckpointError as error:
+        path.unlink(missing_ok=True)
+        raise CheckpointError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
+    return path

@@ -1,0 +1,133 @@
+"""One browser session's state: its pictures, its explanations and its background jobs.
+
+The app keeps one :class:`Workspace` in ``st.session_state``, so two sessions never see each other's
+images or results. Explanations are cached by (model, image hash): the first view of a picture runs
+the backbone once, and every class switch or branch toggle after that re-runs only the head's fuser
+on the cached features.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Hashable, Sequence
+
+from ..explainer import Explanation
+from .images import ActiveImage
+from .jobs import Job, Work
+from .models import LoadedModel
+
+#: Explanations kept per session (one is a few MB of cached features).
+MAX_EXPLANATIONS = 48
+
+
+class Workspace:
+    """Pictures in upload order, the current one, cached explanations and per-image choices."""
+
+    def __init__(self, max_explanations: int = MAX_EXPLANATIONS) -> None:
+        self.images: OrderedDict[str, ActiveImage] = OrderedDict()
+        self.current: str | None = None
+        self.upload_errors: dict[str, str] = {}  # uploader file id -> one-line error
+        self.seen_uploads: dict[str, str] = {}  # uploader file id -> image digest
+        self.jobs: dict[str, Job] = {}
+        self._classes: dict[tuple[Hashable, str], int] = {}
+        self._masks: dict[Hashable, tuple[bool, ...]] = {}
+        self._explanations: OrderedDict[tuple[Hashable, str], Explanation] = OrderedDict()
+        self._max = max_explanations
+        self._lock = threading.Lock()  # background precomputation writes the cache too
+
+    # --- pictures --------------------------------------------------------------------------------
+    def add(self, image: ActiveImage, select: bool = True) -> ActiveImage:
+        """Add a picture (once per content hash) and, by default, make it the current one."""
+        kept = self.images.setdefault(image.digest, image)
+        if select or self.current is None:
+            self.current = kept.digest
+        return kept
+
+    def select(self, digest: str) -> None:
+        if digest not in self.images:
+            raise KeyError(digest)
+        self.current = digest
+
+    @property
+    def current_image(self) -> ActiveImage | None:
+        return self.images.get(self.current) if self.current else None
+
+    def clear(self) -> None:
+        """Forget every picture and result of this session (running jobs are asked to stop)."""
+        for job in self.jobs.values():
+            job.stop()
+        self.images.clear()
+        self.current = None
+        self.upload_errors.clear()
+        self.seen_uploads.clear()
+        self.jobs.clear()
+        self._classes.clear()
+        with self._lock:
+            self._explanations.clear()
+
+    # --- explanations ----------------------------------------------------------------------------
+    def cached(self, model: LoadedModel, digest: str) -> Explanation | None:
+        with self._lock:
+            found = self._explanations.get((model.key, digest))
+            if found is not None:
+                self._explanations.move_to_end((model.key, digest))
+            return found
+
+    def store(self, model: LoadedModel, digest: str, explanation: Explanation) -> None:
+        with self._lock:
+            self._explanations[(model.key, digest)] = explanation
+            self._explanations.move_to_end((model.key, digest))
+            while len(self._explanations) > self._max:
+                self._explanations.popitem(last=False)
+
+    def explanation(self, model: LoadedModel, image: ActiveImage) -> Explanation:
+        """The picture's top-1 explanation with its cached features (one backbone run per model and picture)."""
+        found = self.cached(model, image.digest)
+        if found is None:
+            found = model.explain(image.pixels)
+            self.store(model, image.digest, found)
+        return found
+
+    def view(
+        self, model: LoadedModel, image: ActiveImage, class_index: int | None = None, mask: Sequence[bool] | None = None
+    ) -> Explanation:
+        """The picture explained for ``class_index`` with ``mask``'s branches on: the head alone, once cached."""
+        result = self.explanation(model, image)
+        if mask is not None and not all(mask):
+            result = result.with_branches(mask)
+        if class_index is not None and class_index != int(result.classes[0, 0]):
+            result = result.with_classes(class_index)
+        return result
+
+    # --- the user's choices, per model -----------------------------------------------------------
+    def chosen_class(self, model: LoadedModel, image: ActiveImage) -> int:
+        """The class the user picked for this picture, or the model's top-1."""
+        key = (model.key, image.digest)
+        if key not in self._classes:
+            self._classes[key] = int(self.explanation(model, image).classes[0, 0])
+        return self._classes[key]
+
+    def choose_class(self, model: LoadedModel, image: ActiveImage, class_index: int) -> None:
+        self._classes[(model.key, image.digest)] = int(class_index)
+
+    def branch_mask(self, model: LoadedModel) -> tuple[bool, ...]:
+        return self._masks.get(model.key, (True,) * len(model.layers))
+
+    def set_branch_mask(self, model: LoadedModel, mask: Sequence[bool]) -> None:
+        if len(mask) != len(model.layers):
+            raise ValueError(f"branch mask needs {len(model.layers)} flags, got {len(mask)}")
+        self._masks[model.key] = tuple(bool(flag) for flag in mask)
+
+    # --- background jobs -------------------------------------------------------------------------
+    def job(self, key: str) -> Job | None:
+        return self.jobs.get(key)
+
+    def start_job(self, key: str, name: str, work: Work) -> Job:
+        """Start ``work`` as this session's job ``key``; a job still running under that key is stopped first."""
+        previous = self.jobs.get(key)
+        if previous is not None and previous.running:
+            previous.stop()
+        job = Job(name, work)
+        self.jobs[key] = job
+        return job.start()

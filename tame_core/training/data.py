@@ -1,0 +1,164 @@
+"""Training images: any folder (recursive), seeded augmentation, and the project's held-out split.
+
+No labels are needed (the target is the frozen classifier's own prediction), so a dataset is just
+the readable images below a folder. Every random choice of an epoch (order and augmentation) is a
+function of (seed, epoch, image), so a resumed run sees exactly the batches the first run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.transforms import InterpolationMode, v2
+
+from ..classes import imagenet_wnids
+from ..errors import ImageLoadError, TameError
+from ..images import find_images, image_to_tensor, load_image
+from ..preprocessing import Preprocess
+
+log = logging.getLogger("tame_core.training")
+
+#: ``standard``: the papers' resize + random crop + flip; ``heavy`` adds scale, aspect and colour
+#: changes (more distinct views of few images); ``none``: the classifier's own centre crop.
+AUGMENTATIONS = ("none", "standard", "heavy")
+
+#: The project's fixed ImageNet split: class index i (sorted WordNet ids) with i % 5 == 4 is held out.
+HELDOUT_EVERY, HELDOUT_REMAINDER = 5, 4
+SPLITS = ("all", "train", "heldout")
+_WNID = re.compile(r"n\d{8}")
+
+
+class TrainingError(TameError, ValueError):
+    """A training option, data folder or saved state that cannot be used."""
+
+
+def is_heldout_class(index: int) -> bool:
+    return index % HELDOUT_EVERY == HELDOUT_REMAINDER
+
+
+def imagenet_class_of(path: Path) -> int | None:
+    """The ImageNet class index a file belongs to, from a WordNet id starting its name or a parent folder's."""
+    wnids = imagenet_wnids()
+    for name in (path.name, *(parent.name for parent in path.parents)):
+        match = _WNID.match(name)
+        if match and match[0] in wnids:
+            return wnids.index(match[0])
+    return None
+
+
+def split_files(paths: Sequence[Path], split: str) -> list[Path]:
+    """``all`` the files, or the project split's ``train`` (800 classes) or ``heldout`` (200) part."""
+    if split not in SPLITS:
+        raise TrainingError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "all":
+        return list(paths)
+    chosen = []
+    for path in paths:
+        index = imagenet_class_of(path)
+        if index is None:
+            raise TrainingError(f"{path}: split {split!r} needs ImageNet WordNet ids (n01440764...) in file or folder names")
+        if is_heldout_class(index) == (split == "heldout"):
+            chosen.append(path)
+    return chosen
+
+
+def build_transform(preprocess: Preprocess, augment: str = "standard") -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (3, H, W) picture -> float [0, 1] model input at the classifier's input size."""
+    if augment not in AUGMENTATIONS:
+        raise TrainingError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    if augment == "none":
+        return lambda image: preprocess.to_input(image, "crop")
+    size = list(preprocess.input_size)
+    mode = InterpolationMode(preprocess.interpolation)
+    if augment == "standard":
+        steps = [
+            v2.Resize(int(min(size) / preprocess.crop_pct), interpolation=mode, antialias=True),
+            v2.RandomCrop(size, pad_if_needed=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    else:
+        steps = [
+            v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=mode, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.05)], p=0.8),
+            v2.RandomGrayscale(p=0.1),
+        ]
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of image ``index`` in ``epoch``: well mixed, the same on every run."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class ImageFiles(Dataset):
+    """Images by file; an item is (index, augmentation seed) as :class:`EpochSampler` yields them."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.files = list(files)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+        index, seed = item
+        picture = image_to_tensor(load_image(self.files[index]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(picture)
+
+
+class EpochSampler(Sampler):
+    """This rank's share of an epoch in seeded order (torch's DistributedSampler), with seeds, from an offset."""
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True) -> None:
+        self.base = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start ``epoch``, leaving out its first ``skip`` samples (already trained on before a resume)."""
+        self.base.set_epoch(epoch)
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.base):
+            if position >= self.skip:
+                yield index, sample_seed(self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)
+
+
+def readable_images(
+    folder: str | Path, split: str = "all", limit: int | None = None, rank: int = 0, world: int = 1
+) -> tuple[list[Path], list[str]]:
+    """The images below ``folder`` that load, and one message per file that does not (logged as a warning).
+
+    With several ranks each checks its share and the caller merges the results (see ``distributed``).
+    """
+    try:
+        files = split_files(find_images(folder), split)
+    except ImageLoadError as error:
+        raise TrainingError(f"--data {error}") from None
+    if limit is not None:
+        files = files[:limit]
+    problems = []
+    for position, path in enumerate(files):
+        if position % world != rank:
+            continue
+        try:
+            load_image(path)
+        except ImageLoadError as error:
+            problems.append(str(path))
+            log.warning("skipping %s", error)
+    return files, problems
