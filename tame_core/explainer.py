@@ -100,7 +100,7 @@ class Explanation:
         head = self.explainer.head
         with torch.no_grad():
             terms = head.branch_contributions(self.branch_features, self.classes)
-        return resize_maps(minmax_normalize(terms), self.inputs.shape[-2:]).clamp_(0, 1)
+        return minmax_normalize(resize_maps(terms, self.inputs.shape[-2:]))
 
     def map_at_original(self, index: int = 0, k: int = 0) -> np.ndarray:
         """Map ``k`` of image ``index`` as float32 (H, W) at the original picture's size.
@@ -140,11 +140,11 @@ class Explainer:
         self.head = head.to(backbone.device).eval()
         self.metadata = metadata
         self.amp = amp
-        self._taps = LayerTaps(backbone, self.layers)  # resolves names now: unknown layers fail early
         if metadata is not None:
             check_fits(metadata, backbone, self.layers, head.channels)
         elif head.num_classes != backbone.num_classes:
             raise CheckpointError(f"head has {head.num_classes} classes, backbone {backbone.name!r} has {backbone.num_classes}")
+        self._taps = LayerTaps(backbone, self.layers)  # resolves names now: unknown layers fail early
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -194,10 +194,10 @@ class Explainer:
         branch_mask: Sequence[bool] | None,
         size: Sequence[int],
     ) -> torch.Tensor:
-        """[0, 1] maps (B, K, H, W) at ``size`` for per-image ``classes`` (B, K): the fuser, min-max, resize."""
+        """[0, 1] maps (B, K, H, W) at ``size`` for per-image ``classes`` (B, K): fuser, resize, min-max."""
         with torch.no_grad():
             raw = self.head.fuse(branch_features, classes, branch_mask)
-            return resize_maps(minmax_normalize(raw), size).clamp_(0, 1)
+            return minmax_normalize(resize_maps(raw, size))
 
     def class_tensor(self, classes: ClassSpec, logits: torch.Tensor, top_k: int = 1) -> torch.Tensor:
         """Resolve a user's class choice into a (B, K) long tensor on the device."""

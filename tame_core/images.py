@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -61,10 +62,11 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int = M
         raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{label}: not an image (or a format Pillow cannot read)") from None
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as error:  # Pillow refuses > 2x its limit before we see the size
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found[1]) / 1e6:.0f} megapixels, " if found else ""
         raise ImageLoadError(
-            f"{label}: image is over the {max_pixels / 1e6:.0f}-megapixel limit (decompression-bomb guard); "
-            "downscale it first"
+            f"{label}: image is {size}over the {max_pixels / 1e6:.0f}-megapixel limit; downscale it first"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
         reason = " ".join(str(error).split()) or error.__class__.__name__

@@ -163,7 +163,8 @@ def _numpy_image(array: np.ndarray) -> torch.Tensor:
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     if array.dtype == np.uint8:
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+        array = np.ascontiguousarray(array) if array.flags.writeable else array.copy()  # torch wants writable memory
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
     return _tensor_image(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1))
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tame_core.errors import EvaluationError
-from tame_core.metrics import METRICS, average_drop_increase, spec_for
+from tame_core.metrics import METRICS, average_drop_increase, deletion_insertion, spec_for, stream_curve
 from tame_core.metrics.base import pixel_ranks, quantiles
 
 SIZE = 10
@@ -132,3 +132,94 @@ def test_adic_rejects_bad_inputs_with_one_line_errors():
         average_drop_increase(model, images, torch.rand(2, SIZE, SIZE), 0, fractions=(0.0,))
     with pytest.raises(EvaluationError, match="NaN"):
         average_drop_increase(model, images, torch.full((2, SIZE, SIZE), float("nan")), 0)
+
+
+# --- deletion and insertion curves ----------------------------------------------------------------
+
+
+def ideal_and_anti_maps() -> torch.Tensor:
+    return torch.stack([region_map(1.0, 0.0), 1.0 - region_map(1.0, 0.0)])
+
+
+def expected_curve(counts: list[int], mode: str, inside: float = 1.0, base: float = 0.0) -> list[float]:
+    """p(class 0) when the first n of R's 25 pixels are deleted (or inserted), by hand."""
+    values = []
+    for n in counts:
+        changed = min(n, 25)
+        if mode == "deletion":
+            mean_r = ((25 - changed) * inside + changed * base) / 25
+        else:
+            mean_r = (changed * inside + (25 - changed) * base) / 25
+        values.append(sigmoid(4.0 * (mean_r - 0.5)))
+    return values
+
+
+def test_deletion_and_insertion_known_answer():
+    """Class-0 logit = 4 * (mean R - 0.5) on an all-ones image; with the ideal map (1 on R) the first
+    25 pixels changed are R's, so deletion falls to sigmoid(-2) by 25% and insertion rises to sigmoid(2)."""
+    model = RegionModel(scale=4.0, bias=0.5)
+    images = torch.ones(2, 3, SIZE, SIZE)
+    result = deletion_insertion(model, images, ideal_and_anti_maps(), 0, steps=4, baseline="zeros")
+    assert result.fractions.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    high, low = sigmoid(2.0), sigmoid(-2.0)
+    assert result.deletion[0].tolist() == pytest.approx([high, low, low, low, low], rel=1e-5)
+    assert result.insertion[0].tolist() == pytest.approx([low, high, high, high, high], rel=1e-5)
+    assert result.deletion_auc[0].item() == pytest.approx(0.25 * (high / 2 + 3.5 * low), rel=1e-5)
+    assert result.insertion_auc[0].item() == pytest.approx(0.25 * (low / 2 + 3.5 * high), rel=1e-5)
+    # The anti-map deletes R last: deletion stays high until the end, insertion stays low until the end.
+    assert result.deletion[1].tolist() == pytest.approx([high, high, high, high, low], rel=1e-5)
+    assert result.deletion_auc[1] > result.deletion_auc[0] and result.insertion_auc[1] < result.insertion_auc[0]
+    summary = result.summary()
+    assert summary["deletion_auc"] == pytest.approx(result.deletion_auc.mean().item())
+    assert set(summary) == {"deletion_auc", "insertion_auc"}
+
+
+def test_curve_steps_change_exactly_their_share_of_pixels():
+    model = RegionModel(scale=4.0, bias=0.5)
+    images = torch.ones(1, 3, SIZE, SIZE)
+    result = deletion_insertion(model, images, region_map(1.0, 0.0)[None], [0], steps=10, baseline="zeros", batch_size=3)
+    counts = list(range(0, 101, 10))
+    assert result.deletion[0].tolist() == pytest.approx(expected_curve(counts, "deletion"), rel=1e-5)
+    assert result.insertion[0].tolist() == pytest.approx(expected_curve(counts, "insertion"), rel=1e-5)
+
+
+def test_curve_baselines():
+    """Blur of a flat image is the image (flat curve); "mean" replaces pixels by the image's mean colour."""
+    model = RegionModel(scale=4.0, bias=0.5)
+    flat = deletion_insertion(model, torch.ones(1, 3, SIZE, SIZE), region_map(1.0, 0.0)[None], 0, steps=4, baseline="blur")
+    assert flat.deletion[0].tolist() == pytest.approx([sigmoid(2.0)] * 5, rel=1e-5)
+    image = torch.zeros(1, 3, SIZE, SIZE)
+    image[:, :, R[0], R[1]] = 1.0  # mean colour 0.25
+    mean = deletion_insertion(model, image, region_map(1.0, 0.0)[None], 0, steps=10, baseline="mean")
+    counts = list(range(0, 101, 10))
+    assert mean.deletion[0].tolist() == pytest.approx(expected_curve(counts, "deletion", 1.0, 0.25), rel=1e-5)
+    assert mean.insertion[0].tolist() == pytest.approx(expected_curve(counts, "insertion", 1.0, 0.25), rel=1e-5)
+    with pytest.raises(EvaluationError, match="unknown baseline 'noise'"):
+        deletion_insertion(model, image, region_map(1.0, 0.0)[None], 0, baseline="noise")
+
+
+def test_curve_forwards_are_batched():
+    model = RegionModel()
+    images = torch.rand(3, 3, SIZE, SIZE)
+    deletion_insertion(model, images, torch.rand(3, SIZE, SIZE), 0, steps=9, batch_size=16)
+    assert model.images == 2 * 3 * 10 and model.calls == 2 * 2  # 30 rows per curve: two forwards of <= 16
+    model.calls = model.images = 0
+    only = deletion_insertion(model, images, torch.rand(3, SIZE, SIZE), 0, steps=9, batch_size=64, modes=["insertion"])
+    assert model.calls == 1 and bool(torch.isnan(only.deletion).all())
+
+
+def test_stream_curve_yields_points_as_batches_finish_and_matches_the_batched_curve():
+    model = RegionModel(scale=4.0, bias=0.5)
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(3, SIZE, SIZE, generator=generator)
+    saliency = torch.rand(SIZE, SIZE, generator=generator)
+    stream = stream_curve(model, image, saliency, 0, mode="insertion", steps=10, baseline="blur", batch_size=4)
+    first = next(stream)
+    assert model.calls == 1 and first[0] == 0.0
+    points = [first, *stream]
+    assert model.calls == 3 and len(points) == 11
+    batched = deletion_insertion(model, image[None], saliency[None], 0, steps=10, baseline="blur")
+    assert [p for _, p in points] == pytest.approx(batched.insertion[0].tolist(), abs=1e-6)
+    assert [f for f, _ in points] == pytest.approx(batched.fractions.tolist())
+    with pytest.raises(EvaluationError, match="curve mode"):
+        next(stream_curve(model, image, saliency, 0, mode="sideways"))

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     explainer = explainer_from(args)
+    target = None if args.target is None else explainer.backbone.class_index(args.target)  # fail before any work
     args.out.mkdir(parents=True, exist_ok=True)
     stems = _unique_stems(args.images)
     loaded: dict[int, np.ndarray] = {}
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             yield picture
 
     order: list[int] = []
-    results = explainer.explain_many(readable(), classes=args.target, batch_size=args.batch_size, geometry=args.geometry)
+    results = explainer.explain_many(readable(), classes=target, batch_size=args.batch_size, geometry=args.geometry)
     for index, explanation in tqdm(results, total=len(args.images), unit="img", desc="explain", file=sys.stderr):
         position = order[index]
         picture = loaded.pop(index)

@@ -27,7 +27,8 @@ MAX_UPLOAD_MB = 25
 #: would only cost memory in the session and time in every overlay.
 MAX_SIDE = 1024
 
-#: Longest side of the thumbnails in the sidebar and galleries.
+#: Longest side of the previews (side-by-side tiles) and thumbnails (sidebar, galleries).
+PREVIEW_SIDE = 480
 THUMBNAIL_SIDE = 192
 
 
@@ -40,6 +41,7 @@ class ActiveImage:
     digest: str
     source: str  # "upload" or "sample"
     original_size: tuple[int, int]  # (height, width) before any downscaling
+    preview: np.ndarray = field(repr=False)  # (h, w, 3) uint8, at most PREVIEW_SIDE a side
     thumbnail: np.ndarray = field(repr=False)  # (h, w, 3) uint8, at most THUMBNAIL_SIDE a side
 
     @property
@@ -55,18 +57,23 @@ def pixels_digest(pixels: np.ndarray) -> str:
 
 
 def active_image(picture: Image.Image | np.ndarray, name: str, source: str) -> ActiveImage:
-    """Wrap an RGB picture, downscaled so its longest side is at most :data:`MAX_SIDE`, with a thumbnail."""
+    """Wrap an RGB picture, downscaled so its longest side is at most :data:`MAX_SIDE`, with smaller copies."""
     image = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
     image = image.convert("RGB")
     original = (image.height, image.width)
     scale = MAX_SIDE / max(original)
     if scale < 1:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
     pixels = np.asarray(image, dtype=np.uint8).copy()
-    pixels.setflags(write=False)  # shared by cached results: nobody may paint on it
+    return ActiveImage(
+        name, pixels, pixels_digest(pixels), source, original, _shrunk(image, PREVIEW_SIDE), _shrunk(image, THUMBNAIL_SIDE)
+    )
+
+
+def _shrunk(image: Image.Image, side: int) -> np.ndarray:
     small = image.copy()
-    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    return ActiveImage(name, pixels, pixels_digest(pixels), source, original, np.asarray(small, dtype=np.uint8))
+    small.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return np.asarray(small, dtype=np.uint8)
 
 
 def read_upload(name: str, data: bytes, max_mb: float = MAX_UPLOAD_MB) -> ActiveImage:

@@ -13,7 +13,7 @@ import enum
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from ..errors import TameError
 
@@ -70,8 +70,11 @@ Work = Callable[[JobContext], Any]
 class Job:
     """One unit of background work: ``Job(name, work).start()``, then poll its properties."""
 
-    def __init__(self, name: str, work: Work) -> None:
+    def __init__(self, name: str, work: Work, tag: Hashable = None) -> None:
         self.name = name
+        #: What the job was started for (e.g. model, image, class and settings): a page shows a job's
+        #: results only while its tag matches what the user has selected now.
+        self.tag = tag
         self._work = work
         self._lock = threading.Lock()
         self._stop = threading.Event()

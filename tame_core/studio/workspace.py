@@ -14,7 +14,7 @@ from typing import Hashable, Sequence
 
 from ..explainer import Explanation
 from .images import ActiveImage
-from .jobs import Job, Work
+from .jobs import Job, JobContext, Work
 from .models import LoadedModel
 
 #: Explanations kept per session (one is a few MB of cached features).
@@ -89,6 +89,14 @@ class Workspace:
             self.store(model, image.digest, found)
         return found
 
+    def precompute(self, model: LoadedModel, images: Sequence[ActiveImage], context: JobContext) -> int:
+        """Explain ``images`` ahead of time (a background job's work, e.g. for Demo mode); returns how many."""
+        for done, image in enumerate(images):
+            context.check_stop()
+            context.progress(done / len(images), f"Explaining {image.name} ({done + 1}/{len(images)})")
+            self.explanation(model, image)
+        return len(images)
+
     def view(
         self, model: LoadedModel, image: ActiveImage, class_index: int | None = None, mask: Sequence[bool] | None = None
     ) -> Explanation:
@@ -123,11 +131,16 @@ class Workspace:
     def job(self, key: str) -> Job | None:
         return self.jobs.get(key)
 
-    def start_job(self, key: str, name: str, work: Work) -> Job:
+    def job_for(self, key: str, tag: Hashable) -> Job | None:
+        """Job ``key`` if it was started for ``tag`` (the current selection), else None."""
+        job = self.jobs.get(key)
+        return job if job is not None and job.tag == tag else None
+
+    def start_job(self, key: str, name: str, work: Work, tag: Hashable = None) -> Job:
         """Start ``work`` as this session's job ``key``; a job still running under that key is stopped first."""
         previous = self.jobs.get(key)
         if previous is not None and previous.running:
             previous.stop()
-        job = Job(name, work)
+        job = Job(name, work, tag)
         self.jobs[key] = job
         return job.start()

@@ -1,0 +1,169 @@
+"""Streamlit pieces every page uses: the session's workspace, the model, the image picker, error guards
+and job panels. Layout only; the logic behind them is in :mod:`tame_core.studio`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, TypeVar
+
+import streamlit as st
+
+from tame_core.errors import ImageLoadError, TameError
+from tame_core.studio import (
+    GALLERY,
+    MAX_UPLOAD_MB,
+    UPLOAD_TYPES,
+    ActiveImage,
+    Job,
+    JobState,
+    LoadedModel,
+    ModelChoice,
+    Workspace,
+    load_model,
+    load_sample,
+    read_upload,
+    render,
+)
+
+log = logging.getLogger("tame_core.studio.app")
+T = TypeVar("T")
+
+
+# --- session and model ------------------------------------------------------------------------------
+def workspace() -> Workspace:
+    """This browser session's pictures, results and jobs (never shared with another session)."""
+    if "workspace" not in st.session_state:
+        st.session_state["workspace"] = Workspace()
+    return st.session_state["workspace"]
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _cached_model(
+    head: str | None, backbone: str | None, revision: str | None, device: str, fingerprint: tuple[int, int] | None
+) -> LoadedModel:
+    # fingerprint is part of the cache key only: a head file rewritten on disk loads afresh.
+    return load_model(ModelChoice(head, backbone, revision, device))
+
+
+def resolve_model(choice: ModelChoice | None) -> None:
+    """Load the sidebar's choice (cached per process) and note the model or the error for the page."""
+    st.session_state["model"], st.session_state["model_error"] = None, None
+    if choice is None:
+        st.session_state["model_error"] = "choose a head in the sidebar"
+        return
+    try:
+        st.session_state["model"] = _cached_model(
+            choice.head, choice.backbone, choice.revision, choice.device, choice.fingerprint()
+        )
+    except TameError as error:
+        st.session_state["model_error"] = str(error)
+
+
+def model_or_stop() -> LoadedModel:
+    """The model the sidebar loaded; without one, say why and end the page here."""
+    model = st.session_state.get("model")
+    if model is None:
+        st.info(f"No model to explain with: {st.session_state.get('model_error') or 'choose one in the sidebar'}.")
+        st.stop()
+    return model
+
+
+def image_or_stop(hint: str = "Upload an image or pick a sample on the Explain page.") -> ActiveImage:
+    image = workspace().current_image
+    if image is None:
+        st.info(hint)
+        st.stop()
+    return image
+
+
+# --- errors -----------------------------------------------------------------------------------------
+def guarded(body: Callable[[], T]) -> T | None:
+    """Run a page's body; a user error becomes its one-line ``st.error``, a bug a short one, never a traceback."""
+    try:
+        return body()
+    except TameError as error:
+        st.error(str(error))
+    except Exception as error:  # noqa: BLE001 - keep the app usable whatever happened
+        log.exception("page failed")
+        reason = " ".join(str(error).split())[:200]
+        st.error(f"Something went wrong ({type(error).__name__}: {reason}). The rest of the app still works.")
+    return None
+
+
+# --- pictures ---------------------------------------------------------------------------------------
+def _use_sample(key: str) -> None:
+    workspace().add(load_sample(key))
+
+
+def image_picker() -> None:
+    """Upload one or several images, or pick a gallery sample; bad files get an error naming them."""
+    ws = workspace()
+    files = st.file_uploader(
+        "Upload images",
+        type=list(UPLOAD_TYPES),
+        accept_multiple_files=True,
+        max_upload_size=MAX_UPLOAD_MB,
+        key="uploads",
+        help=f"JPEG, PNG or WebP, up to {MAX_UPLOAD_MB} MB each. Several at once are fine.",
+    )
+    present = set()
+    for upload in files or []:
+        present.add(upload.file_id)
+        if upload.file_id in ws.seen_uploads or upload.file_id in ws.upload_errors:
+            continue  # decoded on an earlier run
+        try:
+            image = ws.add(read_upload(upload.name, upload.getvalue()))
+            ws.seen_uploads[upload.file_id] = image.digest
+        except ImageLoadError as error:
+            ws.upload_errors[upload.file_id] = str(error)
+    for file_id, message in ws.upload_errors.items():
+        if file_id in present:
+            st.error(message)
+    st.caption("…or pick a sample photo (public domain / CC0, shipped with scikit-image):")
+    columns = st.columns(len(GALLERY))
+    for column, (key, sample) in zip(columns, GALLERY.items()):
+        column.button(sample.title, key=f"sample-{key}", on_click=_use_sample, args=(key,), width="stretch")
+
+
+def class_picker(model: LoadedModel, image: ActiveImage) -> int:
+    """A searchable picker over every class; it starts at the model's top-1 and remembers the choice."""
+    ws = workspace()
+    names = model.class_names
+    chosen = st.selectbox(
+        f"Explain class (type to search all {len(names)})",
+        range(len(names)),
+        index=ws.chosen_class(model, image),
+        format_func=lambda index: render.class_label(index, names),
+        key=f"class-{model.tag}-{image.digest}",
+    )
+    ws.choose_class(model, image, chosen)
+    return chosen
+
+
+# --- background jobs --------------------------------------------------------------------------------
+def job_status(job: Job | None, key: str) -> None:
+    """Progress bar and Stop button of a running job; the outcome of a finished one."""
+    if job is None:
+        return
+    if job.running:
+        text = job.message or f"{job.name}…"
+        columns = st.columns([5, 1])
+        columns[0].progress(job.progress, text=f"{text} ({job.elapsed:.0f} s)")
+        columns[1].button("Stop", key=f"stop-{key}", on_click=job.stop, width="stretch")
+    elif job.state is JobState.FAILED:
+        st.error(f"{job.name} failed: {job.error}")
+    elif job.state is JobState.STOPPED:
+        st.warning(f"{job.name} stopped after {job.elapsed:.0f} s; what was computed is kept.")
+
+
+def live(job: Job | None, draw: Callable[[], None], every: float = 0.5) -> None:
+    """Draw ``draw`` now and, while ``job`` runs, every ``every`` seconds; a full rerun once it ends."""
+    running = job is not None and job.running
+
+    def body() -> None:
+        guarded(draw)  # a fragment rerun happens outside the page's own guard
+        if running and job is not None and not job.running:
+            st.rerun(scope="app")  # show the final state and stop polling
+
+    st.fragment(body, run_every=every if running else None)()

@@ -1,0 +1,130 @@
+"""Branches: switch the head's branches on and off and see what each tapped layer adds to the map."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
+from tame_core.metrics import METRICS
+from tame_core.studio import ActiveImage, LoadedModel, render
+from tame_core.studio.ablation import AblationRow, ablation_rows, combinations
+
+SCORES = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15")
+
+
+def branch_toggles(model: LoadedModel) -> tuple[bool, ...]:
+    ws = workspace()
+    current = ws.branch_mask(model)
+    channels = model.explainer.head.channels
+    columns = st.columns(len(model.layers))
+    mask = tuple(
+        column.toggle(
+            f"`{layer}`", value=current[index], key=f"branch-{model.tag}-{index}", help=f"{channels[index]} channels"
+        )
+        for index, (column, layer) in enumerate(zip(columns, model.layers))
+    )
+    ws.set_branch_mask(model, mask)
+    return mask
+
+
+def mask_label(model: LoadedModel, mask: tuple[bool, ...]) -> str:
+    return " + ".join(layer for layer, on in zip(model.layers, mask) if on)
+
+
+def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...]) -> None:
+    """AD/IC of the current map, measured for every branch combination in the background."""
+    ws = workspace()
+    tag = (model.key, image.digest, class_index, mask if len(mask) > 4 else None)
+    job = ws.job_for("ablation", tag)
+    if job is None:
+        explanation = ws.view(model, image, class_index)
+        masks = combinations(len(mask), mask)
+        job = ws.start_job("ablation", "Measuring AD/IC", lambda ctx: ablation_rows(model, explanation, masks), tag)
+
+    def draw() -> None:
+        job_status(job, "ablation")
+        rows: list[AblationRow] | None = job.result
+        if not rows:
+            st.caption("Average Drop / Increase in Confidence appear here in a moment.")
+            return
+        by_mask = {row.mask: row for row in rows}
+        full, row = by_mask.get((True,) * len(mask)), by_mask.get(mask)
+        if row is None:
+            st.info("Switch a branch on to measure its map.")
+            return
+        columns = st.columns(1 + len(SCORES))
+        columns[0].metric(
+            "P(class | image × map)",
+            f"{row.masked_probability:.1%}",
+            delta=None if full is None or row is full else f"{(row.masked_probability - full.masked_probability) * 100:+.1f} pts",
+        )
+        for column, name in zip(columns[1:], SCORES):
+            spec = METRICS[name]
+            delta = None if full is None or row is full else f"{row.scores[name] - full.scores[name]:+.1f}"
+            column.metric(
+                name,
+                f"{row.scores[name]:.1f}%",
+                delta=delta,
+                delta_color="inverse" if spec.direction == "lower" else "normal",
+                help=f"{spec.description}; {spec.direction} is better",
+            )
+        if len(rows) > 1:
+            with st.expander("Every combination of branches", expanded=False):
+                st.dataframe(
+                    [
+                        {
+                            "branches on": mask_label(model, r.mask),
+                            "current": "◀" if r.mask == mask else "",
+                            "P(class | image × map)": r.masked_probability,
+                            **r.scores,
+                        }
+                        for r in rows
+                    ],
+                    hide_index=True,
+                    column_config={"P(class | image × map)": st.column_config.NumberColumn(format="percent")},
+                )
+
+    live(job, draw)
+
+
+def body() -> None:
+    st.title("Branches")
+    model = model_or_stop()
+    image = image_or_stop()
+    ws = workspace()
+    with st.spinner("Explaining…"):
+        base = ws.explanation(model, image)
+    st.caption(
+        "One toggle per tapped layer. The map is re-fused from cached features as branches go on and off "
+        "(no backbone run); each branch's own term of the map is shown below."
+    )
+    class_index = class_picker(model, image)
+    mask = branch_toggles(model)
+    view = ws.view(model, image, class_index, mask)
+    probability = float(base.with_classes(class_index).class_probs[0, 0])
+    label = render.class_label(class_index, model.class_names)
+
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        if not any(mask):
+            st.warning("All branches are off: the map is the fuser's bias alone, flat.")
+        saliency = render.saliency(view)
+        st.image(
+            render.overlay_image(image.pixels, saliency),
+            caption=f"{label}: p = {probability:.1%} on the image; map from {mask_label(model, mask) or 'no branch'}",
+            output_format="JPEG",
+        )
+    with right:
+        st.subheader("Average Drop / Increase in Confidence")
+        scores_panel(model, image, class_index, mask)
+
+    st.subheader("Each branch's contribution")
+    contributions = ws.view(model, image, class_index).branch_maps()[0, 0].cpu().numpy()
+    preview = image.preview
+    for column, layer, term, on in zip(st.columns(len(model.layers)), model.layers, contributions, mask):
+        column.image(
+            render.overlay_image(preview, term), caption=f"{layer}{'' if on else ' (off)'}", output_format="JPEG"
+        )
+
+
+guarded(body)

@@ -1,0 +1,78 @@
+"""Deletion curves: how fast the class probability falls (deletion) or rises (insertion) with each map."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
+from tame_core.metrics.curves import BASELINES, MODES
+from tame_core.studio import plots
+from tame_core.studio.methods import DEFAULT_STEPS, CurvePoint, MethodMap, auc_direction, auc_rows, curve_points, list_methods, perturbed_image
+
+
+def body() -> None:
+    st.title("Deletion curves")
+    model = model_or_stop()
+    image = image_or_stop()
+    ws = workspace()
+    st.caption(
+        "Pixels are changed in the order each map ranks them. Deletion replaces the most salient first (a "
+        "faithful map makes the probability fall fast: low AUC); insertion restores them onto a blurred copy "
+        "(it should rise fast: high AUC). Curves are drawn as they are computed."
+    )
+    class_index = class_picker(model, image)
+    available = list_methods()
+    settings = st.columns([3, 1, 1])
+    baselines = settings[0].multiselect(
+        "Baselines to compare with TAME", available[1:], key="curve_methods", help="Score-CAM, Ablation-CAM and RISE take longer."
+    )
+    steps = settings[1].select_slider("Steps", [10, 20, 25, 50, 100], value=DEFAULT_STEPS, key="curve_steps")
+    baseline = settings[2].selectbox("Changed pixels become", BASELINES, key="curve_baseline")
+    methods = ["tame", *baselines]
+    explanation = ws.view(model, image, class_index)
+    tag = (model.key, image.digest, class_index, tuple(methods), steps, baseline)
+    job = ws.job_for("curves", tag)
+    if job is None:
+        job = ws.start_job(
+            "curves",
+            "Deletion and insertion curves",
+            lambda context: curve_points(model, explanation, methods, context, steps, baseline),
+            tag,
+        )
+
+    def draw() -> None:
+        job_status(job, "curves")
+        records = job.records
+        points = [r for r in records if isinstance(r, CurvePoint)]
+        maps = {r.method: r for r in records if isinstance(r, MethodMap)}
+        for column, mode in zip(st.columns(2), MODES):
+            column.plotly_chart(plots.curve_figure(points, mode, methods), key=f"curve-{mode}", width="stretch")
+        rows = auc_rows(points)
+        if rows:
+            st.dataframe(
+                rows,
+                hide_index=True,
+                column_config={
+                    "deletion_auc": st.column_config.NumberColumn(f"deletion AUC ({auc_direction('deletion')})", format="%.3f"),
+                    "insertion_auc": st.column_config.NumberColumn(
+                        f"insertion AUC ({auc_direction('insertion')})", format="%.3f"
+                    ),
+                },
+            )
+        if maps:
+            st.subheader("The picture at one step")
+            pick, slider = st.columns([1, 3])
+            method = pick.selectbox("Map", list(maps), key="curve_view_method")
+            step = slider.slider("Step", 0, steps, steps // 5, key="curve_view_step")
+            shown = st.columns(len(MODES))
+            for column, mode in zip(shown, MODES):
+                column.image(
+                    perturbed_image(explanation, maps[method].saliency, mode, step, steps, baseline),
+                    caption=f"{mode}: {step / steps:.0%} of pixels {'deleted' if mode == 'deletion' else 'inserted'}",
+                    width="stretch",
+                )
+
+    live(job, draw)
+
+
+guarded(body)

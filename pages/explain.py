@@ -1,0 +1,75 @@
+"""Explain: upload or pick images; top-5 predictions, any class's map over the picture, downloads."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._shared import class_picker, guarded, image_or_stop, image_picker, model_or_stop, workspace
+from tame_core.maps import COLORMAPS
+from tame_core.studio import render
+
+GRID_COLUMNS = 4
+
+
+def all_images(model, alpha: float, colormap: str) -> None:
+    """Every active picture with its map, small; one click makes a picture the current one."""
+    ws = workspace()
+    columns = st.columns(GRID_COLUMNS)
+    for position, image in enumerate(list(ws.images.values())):
+        view = ws.view(model, image, ws.chosen_class(model, image))
+        column = columns[position % GRID_COLUMNS]
+        column.image(render.overlay_image(image.thumbnail, render.saliency(view), alpha, colormap))
+        label = render.class_label(int(view.classes[0, 0]), model.class_names)
+        column.button(f"{image.name}: {label}", key=f"open-{image.digest}", on_click=ws.select, args=(image.digest,))
+
+
+def body() -> None:
+    st.title("Explain")
+    image_picker()
+    model = model_or_stop()
+    image = image_or_stop("Upload an image or pick a sample above to see what the classifier looks at.")
+    ws = workspace()
+    with st.spinner("Explaining…"):
+        base = ws.explanation(model, image)
+
+    controls, pictures = st.columns([1, 2], gap="large")
+    with controls:
+        st.subheader(image.name)
+        st.dataframe(
+            render.prediction_rows(base),
+            hide_index=True,
+            column_config={
+                "rank": st.column_config.NumberColumn("#", width="small"),
+                "probability": st.column_config.ProgressColumn("probability", format="percent", min_value=0.0, max_value=1.0),
+            },
+        )
+        class_index = class_picker(model, image)
+        alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
+        colormap = st.selectbox("Colormap", list(COLORMAPS), key="colormap")
+
+    view = ws.view(model, image, class_index)
+    saliency = render.saliency(view)
+    overlaid = render.overlay_image(image.pixels, saliency, alpha, colormap)
+    probability = float(view.class_probs[0, 0])
+    label = render.class_label(class_index, model.class_names)
+    with pictures:
+        left, right = st.columns(2)
+        left.image(overlaid, caption=f"{label}: p = {probability:.1%}", output_format="JPEG")
+        right.image(render.heatmap_image(saliency, colormap), caption="The map alone (all branches)", output_format="JPEG")
+        stem = f"{render.file_stem(image.name)}_{render.file_stem(model.class_names[class_index])}"
+        left.download_button(
+            "Overlay (.png)", data=lambda: render.png_bytes(overlaid), file_name=f"{stem}_overlay.png", mime="image/png"
+        )
+        right.download_button(
+            "Map (.npy)",
+            data=lambda: render.npy_bytes(saliency),
+            file_name=f"{stem}_map.npy",
+            mime="application/octet-stream",
+            help=f"float32 array {saliency.shape[0]}×{saliency.shape[1]} in [0, 1], the picture's size",
+        )
+
+    if len(ws.images) > 1 and st.toggle(f"Show all {len(ws.images)} images", key="show_all"):
+        all_images(model, alpha, colormap)
+
+
+guarded(body)

@@ -1,0 +1,158 @@
+"""One interface for every explanation method: maps, passes counted, wall time measured.
+
+A :class:`Method` subclass implements :meth:`Method.compute` (images and classes in, (B, h, w) maps
+out); the base class checks the inputs and options, counts the images that went forward (and
+backward) through the backbone with hooks on it, times the call (synchronising the device), and turns
+the maps into (B, H, W) in [0, 1] at the input size. So the counts are measured, not declared.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..errors import EvaluationError
+from ..explainer import Explainer
+from ..maps import minmax_normalize, resize_maps
+from ..metrics.base import class_vector
+
+Model = Union[Explainer, Backbone]
+
+
+@dataclass
+class MethodResult:
+    """Maps (B, H, W) in [0, 1] at input size, passes per image through the backbone, wall seconds."""
+
+    maps: torch.Tensor
+    forward_passes: float
+    backward_passes: float
+    seconds: float
+
+    @property
+    def ms_per_image(self) -> float:
+        return self.seconds * 1000.0 / max(1, self.maps.shape[0])
+
+
+class PassCounter:
+    """Counts images going forward through a module, and backward through its output, while active."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.forwards = 0
+        self.backwards = 0
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def __enter__(self) -> "PassCounter":
+        self._handle = self.module.register_forward_hook(self._count)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _count(self, module: nn.Module, args: tuple, output: object) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return
+        self.forwards += args[0].shape[0]
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(self._count_backward)
+
+    def _count_backward(self, grad: torch.Tensor) -> None:
+        self.backwards += grad.shape[0]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so wall times measure the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Method:
+    """An explanation method; subclasses set ``name`` and implement :meth:`compute`."""
+
+    name: str = ""
+    description: str = ""
+    needs_head: bool = False
+
+    def compute(self, explainer: Model, images01: torch.Tensor, classes: torch.Tensor, **options: Any) -> torch.Tensor:
+        """Maps (B, h, w) for ``classes`` (B,) of raw [0, 1] ``images01`` (B, 3, H, W) on the device."""
+        raise NotImplementedError
+
+    def options(self) -> list[str]:
+        """The keyword options :meth:`compute` takes."""
+        parameters = inspect.signature(self.compute).parameters.values()
+        return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    def __call__(
+        self,
+        explainer: Model,
+        images01: torch.Tensor,
+        classes: torch.Tensor | Sequence[int] | int,
+        **options: Any,
+    ) -> MethodResult:
+        backbone = explainer.backbone if isinstance(explainer, Explainer) else explainer
+        if self.needs_head and not isinstance(explainer, Explainer):
+            raise EvaluationError(f"method {self.name!r} needs an Explainer (a backbone with a trained head)")
+        unknown = sorted(set(options) - set(self.options()))
+        if unknown:
+            accepted = ", ".join(self.options()) or "none"
+            raise EvaluationError(f"method {self.name!r} has no option {unknown[0]!r} (its options: {accepted})")
+        if not isinstance(images01, torch.Tensor) or images01.ndim != 4 or images01.shape[1] != 3:
+            raise EvaluationError("images must be a (B, 3, H, W) tensor of raw [0, 1] pixels")
+        device = backbone.device
+        images01 = images01.to(device, torch.float32)
+        classes = class_vector(classes, images01.shape[0], device)
+        if int(classes.min()) < 0 or int(classes.max()) >= backbone.num_classes:
+            raise EvaluationError(f"class indices must be in 0..{backbone.num_classes - 1}")
+        with PassCounter(backbone.net) as counter:
+            synchronize(device)
+            start = time.perf_counter()
+            maps = self.compute(explainer, images01, classes, **options)
+            maps = resize_maps(minmax_normalize(maps.to(device).float()), images01.shape[-2:]).clamp_(0.0, 1.0)
+            synchronize(device)
+            seconds = time.perf_counter() - start
+        batch = images01.shape[0]
+        return MethodResult(maps, counter.forwards / batch, counter.backwards / batch, seconds)
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` available by its name to :func:`explain_with`, the CLI and the app."""
+    if not method.name or method.name in _METHODS:
+        raise ValueError(f"method name {method.name!r} is empty or registered twice")
+    _METHODS[method.name] = method
+    return method
+
+
+def list_methods() -> list[str]:
+    """Method names in table order: TAME first, the Grad-CAM family, RISE."""
+    return list(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    if name not in _METHODS:
+        close = difflib.get_close_matches(name, list(_METHODS), n=2, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise EvaluationError(f"unknown method {name!r}{hint} (methods: {', '.join(_METHODS)})")
+    return _METHODS[name]
+
+
+def explain_with(
+    method: str,
+    explainer: Model,
+    images01: torch.Tensor,
+    classes: torch.Tensor | Sequence[int] | int,
+    **options: Any,
+) -> MethodResult:
+    """Explain ``images01`` (B, 3, H, W) for ``classes`` (B,) with the method called ``method``."""
+    return get_method(method)(explainer, images01, classes, **options)

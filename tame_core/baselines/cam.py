@@ -1,0 +1,108 @@
+"""The Grad-CAM family through pytorch-grad-cam, on CNNs and ViTs.
+
+pytorch-grad-cam holds the hooks and the per-method weighting; we give it the backbone (raw [0, 1]
+images in, so Score-CAM's masks multiply the picture before normalisation, like every other method
+here), a target layer, and the engine's token adapter as the reshape transform, so ViT token layers
+become (B, C, h, w) maps exactly as TAME's taps see them.
+
+The default target layer is the backbone's deepest TAME layer (ResNet-50 ``layer4``, VGG-16
+``features.30``, EfficientNet-Lite0 ``blocks.6``, ViT-B/16 the last block's first LayerNorm); if that
+layer is a transformer block, its first norm is used, as pytorch-grad-cam advises (a block's output
+gets gradient only through the class token). ``layer=`` overrides it.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from types import SimpleNamespace
+from unittest import mock
+
+import pytorch_grad_cam
+import torch
+from pytorch_grad_cam import ablation_cam, score_cam
+from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from ..taps import find_module, output_to_map, patch_grid
+from .base import Method, Model, register_method
+
+#: pytorch-grad-cam's Score-CAM and Ablation-CAM draw tqdm bars per image; our callers show their own.
+_SILENT_TQDM = SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+
+
+def default_target_layer(backbone: nn.Module) -> str:
+    """The module name CAMs read by default: the deepest default layer, or a transformer block's first norm."""
+    name = backbone.resolve_layer(backbone.default_layers[-1])
+    module = find_module(backbone.net, name)
+    for norm in ("norm1", "ln_1"):
+        if isinstance(getattr(module, norm, None), nn.Module):
+            return f"{name}.{norm}"
+    return name
+
+
+class CamMethod(Method):
+    """One pytorch-grad-cam class behind the common interface."""
+
+    def __init__(self, name: str, cam_class: type, description: str, images_per_call: int | None = None) -> None:
+        self.name = name
+        self.cam_class = cam_class
+        self.description = description
+        self.images_per_call = images_per_call  # Score-CAM holds (images x channels) masked copies at once
+
+    def compute(
+        self,
+        explainer: Model,
+        images01: torch.Tensor,
+        classes: torch.Tensor,
+        *,
+        layer: str | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """``layer``: target layer name (default: :func:`default_target_layer`); ``batch_size``: forwards per
+        batch for Score-CAM and Ablation-CAM (pytorch-grad-cam's defaults 16 and 32)."""
+        backbone = getattr(explainer, "backbone", explainer)
+        layer_name = backbone.resolve_layer(layer) if layer else default_target_layer(backbone)
+        module = find_module(backbone.net, layer_name, backbone.layer_aliases)
+        input_hw = tuple(images01.shape[-2:])
+        tokens = patch_grid(backbone.net, input_hw) is not None
+
+        def reshape(tensor: torch.Tensor) -> torch.Tensor:
+            return output_to_map(tensor, backbone.net, input_hw, module)
+
+        keywords = {}
+        if self.cam_class is pytorch_grad_cam.AblationCAM:
+            keywords["ablation_layer"] = AblationLayerVit() if tokens else AblationLayer()
+            if batch_size:
+                keywords["batch_size"] = int(batch_size)
+        step = self.images_per_call or images01.shape[0]
+        maps = []
+        with ExitStack() as stack:
+            stack.enter_context(torch.enable_grad())  # callers may be inside no_grad; CAMs need the graph
+            for module_with_bar in (score_cam, ablation_cam):
+                stack.enter_context(mock.patch.object(module_with_bar, "tqdm", _SILENT_TQDM))
+            cam = stack.enter_context(self.cam_class(model=backbone, target_layers=[module], reshape_transform=reshape, **keywords))
+            if batch_size and self.cam_class is pytorch_grad_cam.ScoreCAM:
+                cam.batch_size = int(batch_size)
+            for start in range(0, images01.shape[0], step):
+                chunk = images01[start : start + step]
+                if cam.uses_gradients:
+                    chunk = chunk.detach().clone().requires_grad_(True)  # the backbone is frozen: grads flow from here
+                targets = [ClassifierOutputTarget(int(c)) for c in classes[start : start + step].tolist()]
+                maps.append(torch.from_numpy(cam(input_tensor=chunk, targets=targets)))
+        return torch.cat(maps).to(images01.device)
+
+
+_FAMILY = (
+    ("gradcam", pytorch_grad_cam.GradCAM, "Grad-CAM: channel weights = mean gradient", None),
+    ("gradcam++", pytorch_grad_cam.GradCAMPlusPlus, "Grad-CAM++: higher-order gradient weights", None),
+    ("xgradcam", pytorch_grad_cam.XGradCAM, "XGrad-CAM: activation-normalised gradient weights", None),
+    ("scorecam", pytorch_grad_cam.ScoreCAM, "Score-CAM: weights from a forward per channel mask", 1),
+    ("ablationcam", pytorch_grad_cam.AblationCAM, "Ablation-CAM: weights from a forward per ablated channel", None),
+    ("layercam", pytorch_grad_cam.LayerCAM, "LayerCAM: element-wise positive-gradient weights", None),
+    ("eigencam", pytorch_grad_cam.EigenCAM, "Eigen-CAM: first principal component of the activations", None),
+    ("hirescam", pytorch_grad_cam.HiResCAM, "HiResCAM: element-wise gradient times activation", None),
+)
+
+for _name, _cam_class, _description, _per_call in _FAMILY:
+    register_method(CamMethod(_name, _cam_class, _description, _per_call))

@@ -1,0 +1,120 @@
+"""``tame train --data DIR --out HEAD.safetensors``: train a head on any folder of images (no labels).
+
+The target of each image is the frozen classifier's own top-1 prediction. Ctrl-C saves a resumable
+state; ``--resume`` continues it. Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m tame_core train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from ..backbones import DEFAULT_BACKBONE
+from ..head import VARIANTS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..training import AUGMENTATIONS, INITS, MASK_ORDERS, SPLITS, LossWeights
+
+    parser = subparsers.add_parser("train", help="train a head on a folder of images", description=__doc__)
+    parser.add_argument("--data", required=True, type=Path, help="folder of images (recursive; jpg, png, webp, ...)")
+    parser.add_argument("--out", required=True, type=Path, help="head checkpoint to write (.safetensors + .json card)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default: {DEFAULT_BACKBONE})")
+    model.add_argument("--weights", default="pretrained", help="backbone weights: pretrained, random or a file")
+    model.add_argument("--layers", nargs="+", help="layers to tap (default: the backbone's; see `tame layers`)")
+    model.add_argument("--variant", choices=sorted(VARIANTS), default="tame", help="head variant")
+    data = parser.add_argument_group("data")
+    data.add_argument("--split", choices=SPLITS, default="all",
+                      help="train/heldout: the project's ImageNet split by WordNet id (class i held out when i %% 5 == 4)")
+    data.add_argument("--limit", type=int, help="use only the first N images")
+    data.add_argument("--augment", choices=AUGMENTATIONS, default="standard", help="augmentation (default: standard = resize, random crop, flip)")
+    data.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, 4 on GPU)")
+    recipe = parser.add_argument_group("recipe (defaults: the papers')")
+    recipe.add_argument("--epochs", type=int, default=8)
+    recipe.add_argument("--batch-size", type=int, default=32, help="per process")
+    recipe.add_argument("--lr", type=float, default=1e-3, help="OneCycleLR max learning rate")
+    recipe.add_argument("--momentum", type=float, default=0.9)
+    recipe.add_argument("--weight-decay", type=float, default=5e-4)
+    recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--init", choices=INITS, default="random", help="cam: start every class from its class activation map")
+    recipe.add_argument("--top-k", type=int, default=1, help="train the maps of each image's top-k predicted classes")
+    recipe.add_argument("--mask-order", choices=MASK_ORDERS, default="raw", help="normalized: T-TAME's order for ViTs")
+    defaults = LossWeights()
+    for name, flag, text in (
+        ("ce", "--ce-weight", "cross-entropy weight"),
+        ("area", "--area-weight", "area weight"),
+        ("area_eps", "--area-eps", "area epsilon"),
+        ("area_power", "--area-power", "area exponent"),
+        ("tv", "--tv-weight", "total-variation weight"),
+        ("tv_border", "--tv-border", "TV border-value factor"),
+    ):
+        default = getattr(defaults, name)
+        recipe.add_argument(flag, dest=f"loss_{name}", type=float, default=default, help=f"{text} (default {default})")
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    run_group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
+    run_group.add_argument("--checkpoint-every", type=int, default=50, help="save the resumable state every N steps")
+    run_group.add_argument("--resume", action="store_true", help="continue from the saved state")
+    run_group.add_argument("--state", type=Path, help="training state file (default: <out>.state.pt)")
+    run_group.add_argument("--log", type=Path, help="JSON-lines log (default: <out>.log.jsonl)")
+    run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def config_from(args: argparse.Namespace):
+    from ..training import LossWeights, TrainConfig
+
+    loss = LossWeights(**{key[5:]: value for key, value in vars(args).items() if key.startswith("loss_")})
+    return TrainConfig(
+        data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
+        variant=args.variant, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
+        init=args.init, top_k=args.top_k, mask_order=args.mask_order, loss=loss, device=args.device, amp=args.amp,
+        workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, state=args.state,
+        log=args.log, progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import train_head
+
+    config = config_from(args)
+    _log_warnings_to_stderr()
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, _stopper(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        out = train_head(config, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop.is_set():
+        print(f"stopped; state saved to {config.state_path}; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    print(out)
+    return 0
+
+
+def _stopper(stop: threading.Event):
+    """First Ctrl-C (or SIGTERM): finish the step, save, stop. A second one interrupts at once."""
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+    return handle
+
+
+def _log_warnings_to_stderr() -> None:
+    logger = logging.getLogger("tame_core.training")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False

@@ -1,0 +1,64 @@
+"""What each branch adds: Average Drop / Increase in Confidence for every combination of branches.
+
+Branch toggles in the app must feel instant, but AD/IC needs forward passes of masked images. With a
+handful of branches there are few combinations, so all of them are measured at once in one batched
+call (a background job on the page) and each toggle only looks its row up: the TAME papers' branch
+ablation, for one image.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..explainer import Explanation
+from ..metrics import average_drop_increase
+from .models import LoadedModel
+
+#: Up to this many branches every combination is measured (15 for 4); beyond, only the current one.
+MAX_COMBINATIONS_BRANCHES = 4
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One combination of branches: the class probability on image x map and AD/IC in %."""
+
+    mask: tuple[bool, ...]
+    masked_probability: float  # P(class | image x map): what the head is trained to keep high
+    scores: dict[str, float]  # AD100, IC100, AD50, IC50, AD15, IC15
+
+
+def combinations(branches: int, current: Sequence[bool] | None = None) -> list[tuple[bool, ...]]:
+    """Every mask with at least one branch on (all of them first), or just ``current`` when too many."""
+    if branches > MAX_COMBINATIONS_BRANCHES:
+        return [tuple(bool(b) for b in current)] if current is not None else [(True,) * branches]
+    masks = [m for m in itertools.product((True, False), repeat=branches) if any(m)]
+    return sorted(masks, key=lambda m: (-sum(m), [not b for b in m]))
+
+
+def ablation_rows(model: LoadedModel, explanation: Explanation, masks: Sequence[Sequence[bool]]) -> list[AblationRow]:
+    """AD/IC of the explanation's (single image, first class) map under each branch mask, batched."""
+    if explanation.inputs.shape[0] != 1:
+        raise ValueError("ablation is measured one image at a time")
+    masks = [tuple(bool(b) for b in mask) for mask in masks]
+    count = len(masks)
+    maps = torch.cat([explanation.with_branches(mask).maps[:, 0] for mask in masks])  # (count, H, W)
+    images = explanation.inputs.expand(count, -1, -1, -1)
+    classes = explanation.classes[:, 0].expand(count)
+    with model.busy() as explainer:
+        result = average_drop_increase(
+            explainer.backbone, images, maps, classes, clean_logits=explanation.logits.expand(count, -1)
+        )
+    per_image = result.per_image()
+    full_map_row = result.fractions.index(1.0) if 1.0 in result.fractions else 0
+    return [
+        AblationRow(
+            mask,
+            float(result.masked[full_map_row, row]),
+            {name: float(values[row]) for name, values in per_image.items()},
+        )
+        for row, mask in enumerate(masks)
+    ]

@@ -1,0 +1,32 @@
+"""Training TAME heads: the papers' losses and masking, any image folder, resumable, DDP-ready.
+
+``train_head(TrainConfig(data=..., out=...))`` is the whole API; ``tame train`` is its command line.
+"""
+
+from .config import TrainConfig
+from .data import AUGMENTATIONS, SPLITS, TrainingError, is_heldout_class, readable_images, split_files
+from .init import INITS, init_from_cam
+from .losses import LossTerms, LossWeights, area_loss, tame_loss, variation_loss
+from .step import MASK_ORDERS, batch_loss, masked_logits
+from .trainer import train_head
+
+__all__ = [
+    "AUGMENTATIONS",
+    "INITS",
+    "MASK_ORDERS",
+    "SPLITS",
+    "LossTerms",
+    "LossWeights",
+    "TrainConfig",
+    "TrainingError",
+    "area_loss",
+    "batch_loss",
+    "init_from_cam",
+    "is_heldout_class",
+    "masked_logits",
+    "readable_images",
+    "split_files",
+    "tame_loss",
+    "train_head",
+    "variation_loss",
+]

@@ -1,0 +1,99 @@
+"""Everything a training run depends on, in one dataclass that the CLI, the app and the card share."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..head import VARIANTS
+from .data import AUGMENTATIONS, SPLITS, TrainingError
+from .init import INITS
+from .losses import LossWeights
+from .step import MASK_ORDERS
+
+
+@dataclass
+class TrainConfig:
+    """A head training run. The defaults are the papers' recipe (TAME, T-TAME).
+
+    ``out`` is the head checkpoint (``.safetensors`` + ``.json`` card); the resumable state and the
+    JSON-lines log go beside it unless ``state`` / ``log`` say otherwise.
+    """
+
+    data: Path
+    out: Path
+    backbone: str = "efficientnet_lite0"
+    weights: str = "pretrained"  # backbone weights: "pretrained", "random" or a file
+    layers: Sequence[str] | None = None  # None: the backbone's default layers
+    variant: str = "tame"
+    split: str = "all"  # "train"/"heldout": the project's ImageNet split of the folder
+    limit: int | None = None  # use only the first N images (sorted paths) of the split
+    epochs: int = 8
+    batch_size: int = 32  # per process; DDP's global batch is this times the world size
+    lr: float = 1e-3  # OneCycleLR's max learning rate
+    momentum: float = 0.9  # Nesterov
+    weight_decay: float = 5e-4  # on weights; none on biases
+    seed: int = 0
+    augment: str = "standard"
+    init: str = "random"  # "cam": every class starts from its class activation map
+    top_k: int = 1  # train each image's map for its top-k predicted classes
+    mask_order: str = "raw"  # "normalized": T-TAME's order for ViTs
+    loss: LossWeights = field(default_factory=LossWeights)
+    device: str = "auto"
+    amp: bool | None = None  # mixed precision; None: on for CUDA
+    workers: int | None = None  # data-loading processes; None: 0 on the CPU, 4 on a GPU
+    checkpoint_every: int = 50  # save the resumable state every N steps (and at the end)
+    resume: bool = False
+    state: Path | None = None
+    log: Path | None = None
+    progress: bool = True  # tqdm bar on stderr (rank 0)
+
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        self.out = self.out if self.out.suffix == ".safetensors" else self.out.with_suffix(".safetensors")
+        if isinstance(self.loss, dict):
+            self.loss = LossWeights(**self.loss)
+        if self.layers is not None:
+            self.layers = list(self.layers)
+        self.validate()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state) if self.state else self.out.with_suffix(".state.pt")
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log) if self.log else self.out.with_suffix(".log.jsonl")
+
+    def validate(self) -> None:
+        choices = {
+            "variant": VARIANTS,
+            "split": SPLITS,
+            "augment": AUGMENTATIONS,
+            "init": INITS,
+            "mask_order": MASK_ORDERS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise TrainingError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("epochs", "batch_size", "top_k", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise TrainingError(f"limit must be at least 1, got {self.limit}")
+        if not self.lr > 0:
+            raise TrainingError(f"lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the card and the saved state."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["loss"] = asdict(self.loss)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+    def schedule_key(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one to continue the same schedule."""
+        keep = ("backbone", "weights", "layers", "variant", "split", "limit", "epochs", "batch_size", "lr", "momentum",
+                "weight_decay", "seed", "augment", "init", "top_k", "mask_order", "loss")
+        values = self.to_dict()
+        return {k: values[k] for k in keep}

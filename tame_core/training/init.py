@@ -1,0 +1,62 @@
+"""Start every class from its class activation map (CAM), so classes never seen in training explain sensibly.
+
+When the last tapped layer is the one the classifier global-pools (EfficientNet-Lite0's ``bn2``), the
+classifier's weight row of class c, applied at each position of that layer, *is* c's CAM. We make the
+last branch an identity (its batch-norm scale starts at 0, so ``relu(0 + x) = x`` for the non-negative
+pooled features), put the classifier's rows in that branch's fuser columns and zeros in the others.
+A scale and offset from one batch put the predicted classes' maps in the sigmoid's useful range; the
+explained maps are min-max normalised, so they do not depend on that choice.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..head import TAMEHead
+from ..taps import LayerTaps
+from .data import TrainingError
+
+INITS = ("random", "cam")
+
+
+def classifier_of(backbone: Backbone) -> nn.Linear:
+    """The final linear layer that maps pooled features to logits."""
+    net = backbone.net
+    layer = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "fc", None)
+    if not isinstance(layer, nn.Linear):
+        raise TrainingError(f"--init cam needs a classifier that ends in global pooling + one linear layer; {backbone.name} does not")
+    return layer
+
+
+@torch.no_grad()
+def init_from_cam(head: TAMEHead, backbone: Backbone, layers: Sequence[str], inputs01: torch.Tensor) -> None:
+    """Initialise ``head`` so each class's map is its CAM, scaled using the batch ``inputs01``."""
+    if head.variant != "tame":
+        raise TrainingError(f"--init cam needs the 'tame' head variant (a skip connection and ReLU), not {head.variant!r}")
+    classifier = classifier_of(backbone)
+    with LayerTaps(backbone, layers) as taps:
+        logits = backbone(inputs01.to(backbone.device)).float()
+    pooled = taps.features[-1].float()
+    if pooled.shape[1] != classifier.in_features or float(pooled.min()) < 0:
+        raise TrainingError(
+            f"--init cam needs the last layer to be the non-negative features the classifier pools "
+            f"(for efficientnet_lite0: bn2); {layers[-1]!r} is not"
+        )
+    pooled_logits = classifier(pooled.mean(dim=(2, 3)))
+    if not torch.allclose(pooled_logits, logits, rtol=1e-3, atol=1e-3 * float(logits.abs().max())):
+        raise TrainingError(f"--init cam: the classifier does not global-pool layer {layers[-1]!r} (for efficientnet_lite0: bn2)")
+    weight, bias = classifier.weight.float(), classifier.bias.float()
+    top = logits.argmax(dim=1)
+    cams = torch.einsum("bchw,bc->bhw", pooled, weight[top]) + bias[top][:, None, None]
+    scale = 1.0 / max(float(cams.std()), 1e-6)
+    offset = float(cams.mean())
+    last = head.branches[-1]
+    last.bn.weight.zero_()
+    last.bn.bias.zero_()
+    head.fuser.weight.zero_()
+    head.fuser.weight[:, head.slices[-1], 0, 0] = scale * weight.to(head.fuser.weight.device)
+    head.fuser.bias.copy_(scale * (bias - offset))

@@ -1,0 +1,240 @@
+"""``train_head``: fit a TAME head to a frozen backbone on a folder of images.
+
+The pipeline per step (see ``step.batch_loss``): clean forward (targets, tapped features) -> head maps
+-> masked forward -> loss -> SGD step -> OneCycleLR step. The backbone never leaves eval mode and none
+of its parameters or batch-norm statistics change; only the head trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import threading
+import time
+from itertools import islice
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..backbones import Backbone, load_backbone
+from ..checkpoint import metadata_for, save_head
+from ..head import TAMEHead
+from ..taps import LayerTaps, check_layers
+from .config import TrainConfig
+from .data import HELDOUT_EVERY, HELDOUT_REMAINDER, EpochSampler, ImageFiles, TrainingError, build_transform, readable_images
+from .distributed import Distributed
+from .init import init_from_cam
+from .progress import Callback, RunReporter
+from .state import load_state, rng_state, save_state, set_rng_state
+from .step import batch_loss
+
+
+def parameter_groups(head: TAMEHead, weight_decay: float) -> list[dict]:
+    """Weight decay on weights, none on biases (the papers' SGD setting)."""
+    decay = [p for name, p in head.named_parameters() if not name.endswith("bias")]
+    no_decay = [p for name, p in head.named_parameters() if name.endswith("bias")]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _autocast(device: torch.device, amp: bool | None) -> tuple[contextlib.AbstractContextManager | None, torch.dtype | None]:
+    if not (amp if amp is not None else device.type == "cuda"):
+        return None, None
+    if device.type != "cuda":
+        raise TrainingError("--amp (mixed precision) needs a CUDA device")
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype), dtype
+
+
+def train_head(config: TrainConfig, callback: Callback | None = None, stop: threading.Event | None = None) -> Path:
+    """Train a head as ``config`` says; returns the head checkpoint path (``config.out``).
+
+    ``callback(record)`` receives every log record (step records and events) on rank 0. Setting
+    ``stop`` makes the run save its resumable state and the head so far, then return;
+    ``TrainConfig(resume=True)`` continues from the saved state with the same schedule.
+    """
+    dist = Distributed.setup(config.device)
+    try:
+        return _Run(config, dist, callback, stop).train()
+    finally:
+        dist.close()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, dist: Distributed, callback: Callback | None, stop: threading.Event | None) -> None:
+        self.config, self.dist, self.stop = config, dist, stop
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.backbone: Backbone = load_backbone(config.backbone, config.weights, dist.device)
+        self.layers = list(config.layers or self.backbone.default_layers)
+        channels = [info.channels for info in check_layers(self.backbone, self.layers)]
+        files, problems = readable_images(config.data, config.split, config.limit, dist.rank, dist.world)
+        skipped = set(dist.gather(problems))
+        self.files = [path for path in files if str(path) not in skipped]
+        self.skipped = len(skipped)
+        if not self.files:
+            raise TrainingError(f"--data {config.data}: no readable images (split {config.split!r})")
+        self.dataset = ImageFiles(self.files, build_transform(self.backbone.preprocess, config.augment))
+        self.sampler = EpochSampler(self.dataset, config.seed, dist.rank, dist.world)
+        self.steps_per_epoch = math.ceil(len(self.sampler.base) / config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.head = TAMEHead(channels, self.backbone.num_classes, config.variant).to(dist.device)
+        if config.init == "cam":
+            init_from_cam(self.head, self.backbone, self.layers, self._first_batch())
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(self.head, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=config.lr, total_steps=self.total_steps, cycle_momentum=False
+        )
+        self.autocast, amp_dtype = _autocast(dist.device, config.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.step = 0
+        self.seconds = 0.0  # training time over all sessions of this run
+        self.images = 0  # images trained on (all ranks), likewise
+        self.resumed_from: int | None = None
+        self.saved_step = -1
+        if config.resume:
+            self._restore()
+        self.reporter = RunReporter(
+            config.log_path if dist.is_main else None,
+            self.total_steps,
+            self.step,
+            append=config.resume,
+            callback=callback if dist.is_main else None,
+            progress=config.progress and dist.is_main,
+        )
+
+    # --- state --------------------------------------------------------------------------------
+    def _first_batch(self) -> torch.Tensor:
+        self.sampler.set_epoch(0)
+        items = list(islice(iter(self.sampler), self.config.batch_size))
+        return torch.stack([self.dataset[item] for item in items]).to(self.dist.device)
+
+    def _key(self) -> dict:
+        return {**self.config.schedule_key(), "layers": self.layers, "images": len(self.files), "world": self.dist.world}
+
+    def _restore(self) -> None:
+        state = self.dist.broadcast(load_state(self.config.state_path) if self.dist.is_main else None)
+        saved, here = state["key"], self._key()
+        different = [name for name in here if saved.get(name) != here[name]]
+        if different:
+            details = "; ".join(f"{name}: saved {saved.get(name)!r}, now {here[name]!r}" for name in different[:3])
+            raise TrainingError(f"--resume: {self.config.state_path} is from a different run ({details})")
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step, self.seconds, self.images = int(state["step"]), float(state["seconds"]), int(state["images"])
+        self.resumed_from = self.step
+        self.saved_step = self.step
+
+    def _save_state(self) -> None:
+        self.saved_step = self.step
+        if self.dist.is_main:
+            save_state(self.config.state_path, {
+                "key": self._key(),
+                "step": self.step,
+                "seconds": self.seconds,
+                "images": self.images,
+                "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+            })
+            self.reporter.event("checkpoint", step=self.step, path=str(self.config.state_path))
+
+    def _save_head(self) -> None:
+        if not self.dist.is_main:
+            return
+        config = self.config
+        finished = self.step >= self.total_steps
+        training = {
+            "recipe": {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "state", "log", "resume", "progress", "workers", "device")},
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "finished": finished,
+            "seconds": round(self.seconds, 1),
+            "images_per_second": round(self.images / max(self.seconds, 1e-9), 2),
+            "device": str(self.dist.device),
+            "world_size": self.dist.world,
+            "torch": torch.__version__,
+        }
+        data = {
+            "folder": config.data.name,
+            "images": len(self.files),
+            "skipped_unreadable": self.skipped,
+            "split": config.split,
+            "split_rule": f"ImageNet class index i (sorted WordNet ids) held out when i % {HELDOUT_EVERY} == {HELDOUT_REMAINDER}"
+            if config.split != "all" else None,
+            "limit": config.limit,
+            "seed": config.seed,
+        }
+        metadata = metadata_for(self.head.eval(), self.backbone, self.layers, training=training, data=data)
+        save_head(self.head, metadata, config.out)
+        self.head.train()
+
+    # --- the loop -------------------------------------------------------------------------------
+    def train(self) -> Path:
+        config, dist = self.config, self.dist
+        model = dist.wrap(self.head)
+        self.head.train()
+        taps = LayerTaps(self.backbone, self.layers)
+        workers = config.workers if config.workers is not None else (4 if dist.device.type == "cuda" else 0)
+        if self.resumed_from is not None:
+            self.reporter.event("resume", step=self.step, total_steps=self.total_steps)
+        else:
+            self.reporter.event("start", total_steps=self.total_steps, images=len(self.files), world_size=dist.world)
+        epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
+        stopped = False
+        try:
+            while self.step < self.total_steps and not stopped:
+                self.sampler.set_epoch(epoch, skip=done_in_epoch * config.batch_size)
+                done_in_epoch = 0
+                loader = DataLoader(
+                    self.dataset, batch_size=config.batch_size, sampler=self.sampler, num_workers=workers,
+                    pin_memory=dist.device.type == "cuda",
+                )
+                for images in loader:
+                    stopped = self._train_step(model, taps, images, epoch)
+                    if stopped:
+                        break
+                epoch += 1
+            if self.saved_step != self.step:
+                self._save_state()
+            self._save_head()
+            self.reporter.event("stopped" if stopped else "done", step=self.step, path=str(config.out))
+            if stopped:
+                self.reporter.note(f"stopped at step {self.step}/{self.total_steps}; continue with --resume")
+        finally:
+            self.reporter.close()
+        dist.barrier()
+        return config.out
+
+    def _train_step(self, model: torch.nn.Module, taps: LayerTaps, images: torch.Tensor, epoch: int) -> bool:
+        """One optimisation step; True when the run must stop (the state is then saved)."""
+        config, dist = self.config, self.dist
+        started = time.perf_counter()
+        inputs = images.to(dist.device, non_blocking=True)
+        terms = batch_loss(self.backbone, taps, model, inputs, config.loss, config.mask_order, config.top_k, self.autocast)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        values = dist.mean(torch.stack([terms.loss, terms.ce, terms.area, terms.tv]).detach().float()).tolist()
+        elapsed = time.perf_counter() - started
+        self.seconds += elapsed
+        self.images += inputs.shape[0] * dist.world
+        record = {"step": self.step, "epoch": epoch, **dict(zip(("loss", "ce", "area", "tv"), values)),
+                  "lr": lr, "images": inputs.shape[0] * dist.world, "seconds": round(elapsed, 4)}
+        self.reporter.step(record)
+        stopping = dist.any(self.stop is not None and self.stop.is_set())
+        if stopping or self.step % config.checkpoint_every == 0:
+            self._save_state()
+        return stopping

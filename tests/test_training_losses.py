@@ -1,0 +1,145 @@
+"""Loss terms and masking order: known answers computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tame_core.backbones import Backbone
+from tame_core.preprocessing import Preprocess
+from tame_core.taps import LayerTaps
+from tame_core.training import LossWeights, area_loss, batch_loss, masked_logits, tame_loss, variation_loss
+
+
+def test_area_loss_known_values():
+    masks = torch.tensor([0.0, 1.0, 0.25, 0.0]).view(1, 1, 2, 2)
+    expected = (0.0005**0.3 * 2 + 1.0005**0.3 + 0.2505**0.3) / 4
+    assert area_loss(masks).item() == pytest.approx(expected, rel=1e-6)
+    assert area_loss(masks, eps=0.0, power=1.0).item() == pytest.approx(0.3125)
+
+
+def test_variation_loss_single_corner_pixel():
+    # [[1, 0], [0, 0]]: one vertical and one horizontal jump of 1; the 1 lies on the top row and
+    # the left column, so the border sum is 2: (1 + 1 + 0.3 * 2) / (2 * 1).
+    masks = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    assert variation_loss(masks).item() == pytest.approx(1.3)
+    assert variation_loss(masks, border=0.0).item() == pytest.approx(1.0)
+
+
+def test_variation_loss_divides_by_twice_the_batch_not_the_map_count():
+    centre = torch.zeros(3, 3)
+    centre[1, 1] = 1.0  # four jumps of 1, nothing on the border
+    one = centre.view(1, 1, 3, 3)
+    assert variation_loss(one).item() == pytest.approx(4 / 2)
+    two_images = torch.stack([centre, torch.zeros(3, 3)]).view(2, 1, 3, 3)
+    assert variation_loss(two_images).item() == pytest.approx(4 / 4)
+    two_maps_per_image = torch.stack([centre, centre]).view(1, 2, 3, 3)  # B x K maps: K adds, B divides
+    assert variation_loss(two_maps_per_image).item() == pytest.approx(8 / 2)
+
+
+def test_variation_loss_constant_map_costs_only_its_border():
+    masks = torch.full((1, 1, 4, 4), 0.5)
+    # 4 edges of 4 pixels each at 0.25: 4.0, times 0.3, over 2.
+    assert variation_loss(masks).item() == pytest.approx(0.3 * 4.0 / 2)
+
+
+def test_tame_loss_combines_terms_with_the_papers_weights():
+    classes = 10
+    logits = torch.zeros(2, classes)  # uniform: CE = ln(10) whatever the target
+    masks = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(1, 1, 2, 2).expand(2, 1, 2, 2)
+    terms = tame_loss(logits, torch.tensor([3, 7]), masks)
+    assert terms.ce.item() == pytest.approx(math.log(classes), rel=1e-6)
+    assert terms.area.item() == pytest.approx((1.0005**0.3 + 3 * 0.0005**0.3) / 4, rel=1e-6)
+    assert terms.tv.item() == pytest.approx(2 * 2.6 / 4)
+    assert terms.loss.item() == pytest.approx(1.5 * terms.ce.item() + 2 * terms.area.item() + 0.01 * terms.tv.item(), rel=1e-6)
+    custom = tame_loss(logits, torch.tensor([3, 7]), masks, LossWeights(ce=1.0, area=0.0, tv=0.0))
+    assert custom.loss.item() == pytest.approx(math.log(classes), rel=1e-6)
+
+
+class Probe(nn.Module):
+    """A stand-in classifier that records every input it gets; class i is 'the amount of colour i'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.features(x).mean(dim=(2, 3)) * 10
+
+
+def probe_backbone() -> Backbone:
+    preprocess = Preprocess(input_size=(8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return Backbone("probe", Probe(), preprocess, ["red", "green", "blue"], ["features"])
+
+
+def test_masked_logits_raw_order_masks_before_normalising():
+    backbone = probe_backbone()
+    image = torch.ones(1, 3, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4] = 1.0
+    masked_logits(backbone, image, mask, "raw")
+    seen = backbone.net.seen[-1]
+    assert torch.allclose(seen[..., :4], torch.full_like(seen[..., :4], (1 - 0.5) / 0.25))
+    assert torch.allclose(seen[..., 4:], torch.full_like(seen[..., 4:], (0 - 0.5) / 0.25))  # black, normalised
+
+
+def test_masked_logits_normalized_order_masks_the_normalised_image():
+    backbone = probe_backbone()
+    image = torch.ones(1, 3, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4] = 1.0
+    masked_logits(backbone, image, mask, "normalized")
+    seen = backbone.net.seen[-1]
+    assert torch.allclose(seen[..., :4], torch.full_like(seen[..., :4], 2.0))
+    assert torch.all(seen[..., 4:] == 0)  # the mean colour, not black
+    with pytest.raises(ValueError, match="mask order"):
+        masked_logits(backbone, image, mask, "sideways")
+
+
+def test_batch_loss_masks_each_image_with_its_own_class_map():
+    backbone = probe_backbone()
+    images = torch.zeros(3, 3, 8, 8)
+    for i in range(3):
+        images[i, i] = 1.0  # image i is pure colour i, so the classifier predicts class i
+    # Pre-sigmoid maps of image i for target class j: constant c[i, j] (B x B maps, 2 x 2 pixels).
+    c = torch.tensor([[0.0, 1.0, 2.0], [3.0, -1.0, 4.0], [5.0, 6.0, 1.5]])
+    calls = []
+
+    def head(features, classes):
+        calls.append(classes.clone())
+        return c[:, classes][:, :, None, None].expand(-1, -1, 2, 2).clone().requires_grad_()
+
+    terms = batch_loss(backbone, LayerTaps(backbone, ["features"]), head, images)
+    assert calls[0].tolist() == [0, 1, 2]
+    clean, masked = backbone.net.seen
+    assert torch.allclose(clean, backbone.normalize(images))
+    own = torch.sigmoid(torch.diagonal(c))
+    assert torch.allclose(masked, backbone.normalize(images * own[:, None, None, None]), atol=1e-6)
+    all_maps = torch.sigmoid(c)
+    assert terms.area.item() == pytest.approx(((all_maps + 0.0005) ** 0.3).mean().item(), rel=1e-6)
+    # constant maps: only the border term, 0.3 * (4 edges x 2 pixels) * s^2 for each of the 9 maps, over 2 x 3
+    assert terms.tv.item() == pytest.approx((0.3 * 8 * (all_maps**2)).sum().item() / 6, rel=1e-5)
+
+
+def test_batch_loss_top_k_masks_each_image_once_per_class():
+    backbone = probe_backbone()
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, 0], images[0, 1] = 1.0, 0.5  # top-2: red, green
+    images[1, 2], images[1, 0] = 1.0, 0.5  # top-2: blue, red
+    seen_classes = []
+
+    def head(features, classes):
+        seen_classes.append(classes.tolist())
+        return torch.zeros(2, len(classes), 2, 2, requires_grad=True)
+
+    terms = batch_loss(backbone, LayerTaps(backbone, ["features"]), head, images, top_k=2)
+    assert seen_classes == [[0, 1, 2, 0]]
+    masked = backbone.net.seen[1]
+    assert masked.shape == (4, 3, 8, 8)  # each image twice, each time with a half mask (sigmoid(0))
+    assert torch.allclose(masked, backbone.normalize(images.repeat_interleave(2, 0) * 0.5))
+    assert terms.loss.requires_grad
