@@ -22,6 +22,8 @@ from .imputation import noisy_linear_impute
 Order = Literal["morf", "lerf"]
 ORDERS: tuple[str, ...] = ("morf", "lerf")
 _NAMES = {"morf": "MoRF", "lerf": "LeRF"}
+#: Standard deviation of the noise added to imputed pixels (the ROAD paper's and pytorch-grad-cam's).
+DEFAULT_NOISE = 0.01
 
 
 @dataclass
@@ -74,7 +76,7 @@ def road(
     percentages: Sequence[int] = DEFAULT_ROAD_PERCENTAGES,
     order: Order = "morf",
     batch_size: int | None = None,
-    noise: float = 0.01,
+    noise: float = DEFAULT_NOISE,
     seed: int = 0,
     tolerance: float = 1e-5,
     clean_logits: torch.Tensor | None = None,

@@ -19,10 +19,11 @@ def class_label(index: int, class_names: Sequence[str]) -> str:
 
 
 def prediction_rows(explanation: Explanation, k: int = 5) -> list[dict[str, object]]:
-    """The image's top-``k`` classes as table rows (rank, class, index, probability)."""
+    """The image's top-``k`` classes as table rows (rank, class label, index, probability)."""
+    names = explanation.explainer.backbone.class_names
     return [
-        {"rank": rank, "class": name, "index": index, "probability": probability}
-        for rank, (index, name, probability) in enumerate(explanation.top_k(k)[0], start=1)
+        {"rank": rank, "class": class_label(index, names), "index": index, "probability": probability}
+        for rank, (index, _, probability) in enumerate(explanation.top_k(k)[0], start=1)
     ]
 
 

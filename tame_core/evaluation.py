@@ -1,0 +1,343 @@
+"""Evaluate explanation methods on a folder of images: the papers' faithfulness table, with costs.
+
+Each image is shown to the classifier as it is evaluated (centre crop) and explained for its top-1
+class by every method; each method's maps then go through AD/IC, ROAD (MoRF and LeRF) and the
+deletion/insertion curves, batch by batch on the model's device. One clean forward per batch serves
+all methods and metrics. Per-image values are kept, so a state file lets an interrupted run resume
+where it stopped, and a method may run on only the first images (``method_limits``) when it is slow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .baselines import explain_with, get_method, list_methods
+from .errors import EvaluationError, ImageLoadError
+from .explainer import Explainer
+from .images import find_images, image_to_tensor, load_image
+from .metrics import METRICS, average_drop_increase, deletion_insertion, road, spec_for
+from .metrics.base import DEFAULT_ROAD_PERCENTAGES
+from .metrics.curves import BASELINES
+from .metrics.road import DEFAULT_NOISE
+
+#: Metric groups an evaluation can run (all by default).
+METRIC_GROUPS = ("adic", "road", "curves")
+#: The columns of the printed table (the JSON and CSV hold every metric).
+TABLE_COLUMNS = (
+    "AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "MoRF", "LeRF",
+    "deletion_auc", "insertion_auc", "ms_per_image", "forward_passes",
+)
+_SHORT = {"deletion_auc": "Del", "insertion_auc": "Ins", "ms_per_image": "ms/img", "forward_passes": "fwd/img"}
+
+#: progress(done, total, message): units are (image, method) pairs.
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class EvaluationReport:
+    """One row of averaged metrics per method, and the settings that produced them."""
+
+    settings: dict[str, Any]
+    methods: dict[str, dict[str, float]]
+    skipped: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per method: ``method`` and each metric by name (NaN, where a metric had no value, as None)."""
+        return [{"method": method, **{k: _finite(v) for k, v in values.items()}} for method, values in self.methods.items()]
+
+    def to_json(self) -> str:
+        directions = {name: spec_for(name).direction for row in self.methods.values() for name in row if name != "images"}
+        payload = {"settings": self.settings, "results": self.rows(), "directions": directions, "skipped": self.skipped}
+        return json.dumps(payload, indent=2, allow_nan=False, default=_plain)
+
+    def to_csv(self) -> str:
+        names: list[str] = []
+        for values in self.methods.values():
+            names.extend(name for name in values if name not in names)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["method", *names], lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows():
+            writer.writerow({key: _cell(value) for key, value in row.items()})
+        return buffer.getvalue()
+
+    def save(self, out: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``results.json`` and ``results.csv`` into the folder ``out``."""
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = folder / "results.json", folder / "results.csv"
+        _write_atomically(paths[0], self.to_json())
+        _write_atomically(paths[1], self.to_csv())
+        return paths
+
+    def table(self, columns: Sequence[str] = TABLE_COLUMNS) -> str:
+        """The paper-style table: one line per method, arrows saying which way is better."""
+        present = [c for c in columns if any(c in row for row in self.methods.values())]
+        headers = ["method", *(f"{_SHORT.get(c, c)}{'↓' if spec_for(c).direction == 'lower' else '↑'}" for c in present), "images"]
+        lines = [[method, *(_format(row.get(c)) for c in present), str(int(row.get("images", 0)))] for method, row in self.methods.items()]
+        widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
+        render = lambda cells: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))  # noqa: E731
+        return "\n".join([render(headers), *(render(line) for line in lines)])
+
+
+class _Tally:
+    """Per-image metric values and summed costs of each method: what a state file holds."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        data = data or {}
+        self.values: dict[str, dict[str, list[float]]] = data.get("values", {})
+        self.costs: dict[str, dict[str, float]] = data.get("costs", {})
+        self.images_done: int = data.get("images_done", 0)
+        self.skipped: list[str] = data.get("skipped", [])
+
+    def add(self, method: str, per_image: Mapping[str, torch.Tensor]) -> None:
+        row = self.values.setdefault(method, {})
+        for name, values in per_image.items():
+            row.setdefault(name, []).extend(float(v) for v in values.detach().float().cpu())
+
+    def add_cost(self, method: str, images: int, seconds: float, forwards: float, backwards: float) -> None:
+        cost = self.costs.setdefault(method, {"images": 0, "seconds": 0.0, "forwards": 0.0, "backwards": 0.0})
+        cost["images"] += images
+        cost["seconds"] += seconds
+        cost["forwards"] += forwards * images
+        cost["backwards"] += backwards * images
+
+    def summary(self, methods: Sequence[str]) -> dict[str, dict[str, float]]:
+        result = {}
+        for method in methods:
+            cost = self.costs.get(method)
+            if not cost or not cost["images"]:
+                continue
+            row = {name: sum(values) / len(values) for name, values in self.values.get(method, {}).items() if values}
+            row["ms_per_image"] = cost["seconds"] * 1000.0 / cost["images"]
+            row["forward_passes"] = cost["forwards"] / cost["images"]
+            row["backward_passes"] = cost["backwards"] / cost["images"]
+            row["images"] = cost["images"]
+            result[method] = {name: row[name] for name in _ordered(row)}
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": self.values, "costs": self.costs, "images_done": self.images_done, "skipped": self.skipped}
+
+
+def select_files(
+    data_dir: str | os.PathLike, split: str = "all", list_file: str | os.PathLike | None = None, limit: int | None = None
+) -> list[Path]:
+    """The images to evaluate: every image below ``data_dir``, or those named in ``list_file`` (one path
+    per line, relative to ``data_dir``), narrowed to the project's ``train``/``heldout`` split, then the
+    first ``limit``."""
+    from .training.data import split_files  # the project's one definition of the ImageNet split
+
+    if list_file is not None:
+        lines = Path(list_file).read_text().splitlines()
+        files = [Path(data_dir) / line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        missing = [str(path) for path in files if not path.is_file()]
+        if missing:
+            raise EvaluationError(f"{len(missing)} files named in {list_file} do not exist (first: {missing[0]})")
+    else:
+        try:
+            files = find_images(data_dir)
+        except ImageLoadError as error:
+            raise EvaluationError(f"--data {error}") from None
+    files = split_files(files, split)
+    if limit is not None:
+        files = files[: max(0, int(limit))]
+    if not files:
+        raise EvaluationError(f"no images to evaluate in {data_dir} (split {split!r})")
+    return files
+
+
+def evaluate(
+    explainer: Explainer,
+    data_dir: str | os.PathLike,
+    methods: Sequence[str] | None = None,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    *,
+    split: str = "all",
+    list_file: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    metrics: Sequence[str] = METRIC_GROUPS,
+    steps: int = 50,
+    baseline: str = "blur",
+    road_percentages: Sequence[int] = DEFAULT_ROAD_PERCENTAGES,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    method_limits: Mapping[str, int] | None = None,
+    metric_batch_size: int | None = None,
+    seed: int = 0,
+    state_path: str | os.PathLike | None = None,
+    stop: threading.Event | None = None,
+) -> EvaluationReport:
+    """Explain the images of ``data_dir`` with each of ``methods`` (default: all) and measure the maps.
+
+    ``method_options`` passes keywords to a method (``{"rise": {"masks": 1000}}``); ``method_limits``
+    runs a method on the first N images only. With ``state_path`` the per-image results are saved after
+    every batch and a run with the same settings resumes from them; ``stop`` ends the run after the
+    current batch (the report then covers the images done).
+    """
+    methods = list(methods or list_methods())
+    for method in methods:
+        get_method(method)  # unknown names fail before any work
+    unknown = sorted(set(metrics) - set(METRIC_GROUPS))
+    if unknown or not metrics:
+        raise EvaluationError(f"unknown metric group {unknown[0] if unknown else ''!r}; choose from {', '.join(METRIC_GROUPS)}")
+    if baseline not in BASELINES:
+        raise EvaluationError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+    if batch_size < 1:
+        raise EvaluationError(f"batch size must be at least 1, got {batch_size}")
+    options = {m: dict((method_options or {}).get(m, {})) for m in methods}
+    limits = {m: int(n) for m, n in (method_limits or {}).items() if m in methods}
+    files = select_files(data_dir, split, list_file, limit)
+    backbone = explainer.backbone
+    settings = {
+        "backbone": backbone.name,
+        "head": _head_name(explainer),
+        "data": str(data_dir),
+        "split": split,
+        "list_file": str(list_file) if list_file else None,
+        "images": len(files),
+        "geometry": "crop",
+        "classes": "top-1 prediction",
+        "methods": methods,
+        "method_options": options,
+        "method_limits": limits,
+        "metrics": list(metrics),
+        "curve_steps": steps,
+        "curve_baseline": baseline,
+        "road_percentages": list(road_percentages),
+        "road_noise": DEFAULT_NOISE,
+        "seed": seed,
+        "batch_size": batch_size,
+        "device": str(explainer.device),
+    }
+    tally = _load_state(state_path, settings)
+    total = sum(min(len(files), limits.get(m, len(files))) for m in methods)
+    done = sum(min(tally.images_done, limits.get(m, len(files))) for m in methods)
+    preprocess = backbone.preprocess
+    for start in range(tally.images_done, len(files), batch_size):
+        if stop is not None and stop.is_set():
+            break
+        paths = files[start : start + batch_size]
+        pictures, names = [], []
+        for path in paths:
+            try:
+                pictures.append(image_to_tensor(load_image(path)))
+                names.append(path)
+            except ImageLoadError as error:
+                tally.skipped.append(str(error))
+        if pictures:
+            inputs = preprocess.batch(pictures, "crop", explainer.device)
+            with torch.no_grad():
+                logits = backbone(inputs).float()
+            classes = logits.argmax(dim=1)
+            for method in methods:
+                keep = max(0, min(len(pictures), limits.get(method, len(files)) - start))
+                if keep == 0:
+                    continue
+                if progress is not None:
+                    progress(done, total, f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}")
+                _evaluate_method(
+                    tally, method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
+                    metrics, steps, baseline, road_percentages, metric_batch_size, seed,
+                )
+                done += min(len(paths), limits.get(method, len(files)) - start)
+        tally.images_done = start + len(paths)
+        _save_state(state_path, settings, tally)
+    if progress is not None:
+        progress(done, total, "done")
+    return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped))
+
+
+def _evaluate_method(
+    tally: _Tally,
+    method: str,
+    explainer: Explainer,
+    inputs: torch.Tensor,
+    classes: torch.Tensor,
+    logits: torch.Tensor,
+    options: Mapping[str, Any],
+    metrics: Sequence[str],
+    steps: int,
+    baseline: str,
+    road_percentages: Sequence[int],
+    metric_batch_size: int | None,
+    seed: int,
+) -> None:
+    result = explain_with(method, explainer, inputs, classes, **options)
+    tally.add_cost(method, inputs.shape[0], result.seconds, result.forward_passes, result.backward_passes)
+    model, maps = explainer.backbone, result.maps
+    if "adic" in metrics:
+        tally.add(method, average_drop_increase(model, inputs, maps, classes, batch_size=metric_batch_size, clean_logits=logits).per_image())
+    if "road" in metrics:
+        for order in ("morf", "lerf"):
+            found = road(model, inputs, maps, classes, road_percentages, order, metric_batch_size, seed=seed, clean_logits=logits)
+            tally.add(method, found.per_image())
+    if "curves" in metrics:
+        tally.add(method, deletion_insertion(model, inputs, maps, classes, steps, baseline, metric_batch_size).per_image())
+
+
+def _load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> _Tally:
+    if path is None or not Path(path).exists():
+        return _Tally()
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise EvaluationError(f"cannot read evaluation state {path}: {error}") from None
+    if saved.get("settings") != json.loads(json.dumps(settings, default=_plain)):
+        raise EvaluationError(f"evaluation state {path} was saved with other settings; delete it or choose another --out")
+    return _Tally(saved.get("tally"))
+
+
+def _save_state(path: str | os.PathLike | None, settings: dict[str, Any], tally: _Tally) -> None:
+    if path is not None:
+        _write_atomically(Path(path), json.dumps({"settings": settings, "tally": tally.to_dict()}, default=_plain))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _head_name(explainer: Explainer) -> str | None:
+    metadata = explainer.metadata
+    return None if metadata is None else f"{metadata.backbone} {metadata.variant} head, layers {', '.join(metadata.layers)}"
+
+
+def _ordered(row: Mapping[str, float]) -> list[str]:
+    """Metric names in the registry's order, then any others, then the image count."""
+    known = [name for name in METRICS if name in row]
+    return [*known, *(name for name in row if name not in known and name != "images"), "images"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _format(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _cell(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
