@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
 from .checkpoint import HeadMetadata, check_fits, load_head
 from .errors import CheckpointError, ClassError
 from .head import TAMEHead
@@ -155,10 +155,12 @@ class Explainer:
         device: torch.device | str | None = None,
         revision: str | None = None,
         amp: bool = False,
+        weights: Weights = "pretrained",
     ) -> "Explainer":
         """Load a head (bundled by default, a local ``.safetensors``, or a Hub repo id) and its backbone.
 
         Without ``backbone`` the head's card names it; without ``head`` the backbone's bundled head is used.
+        ``weights`` are the backbone's (see :func:`~tame_core.backbones.load_backbone`).
         """
         device = torch.device(device) if device is not None else auto_device()
         backbone_name = backbone.name if isinstance(backbone, Backbone) else backbone
@@ -167,7 +169,7 @@ class Explainer:
         if isinstance(backbone, Backbone):
             net = backbone.to(device)
         else:
-            net = load_backbone(backbone or metadata.backbone, device=device)
+            net = load_backbone(backbone or metadata.backbone, weights=weights, device=device)
         return cls(net, tame_head, metadata.layers, metadata, amp=amp)
 
     @property

@@ -157,3 +157,15 @@ def test_weights_only_refuses_pickled_objects(tmp_path):
     with pytest.raises(BackboneError, match="cannot read weights file"):
         load_backbone("efficientnet_lite0", weights=path)
     assert not marker.exists()
+
+
+def test_timm_model_from_a_local_file(tmp_path):
+    import timm
+
+    torch.manual_seed(3)
+    state = {k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()}
+    path = tmp_path / "resnet18.safetensors"
+    save_file(state, str(path))
+    backbone = load_backbone("timm:resnet18", weights=path)
+    torch.testing.assert_close(backbone.net.fc.weight, state["fc.weight"], rtol=0, atol=0)
+    assert backbone.source == str(path) and backbone.default_layers == ("layer2", "layer3", "layer4")

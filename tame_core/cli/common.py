@@ -15,6 +15,7 @@ def add_model_options(parser: argparse.ArgumentParser, head: bool = True) -> Non
     if head:
         group.add_argument("--head", help="head: a .safetensors path or a Hub repo id (default: the bundled head)")
         group.add_argument("--revision", help="Hub revision (branch, tag or commit) of --head")
+    group.add_argument("--weights", default="pretrained", help="backbone weights: pretrained (default) or a local file")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     group.add_argument("--amp", action="store_true", help="mixed precision for the backbone forward")
 
@@ -24,4 +25,6 @@ def device_from(args: argparse.Namespace) -> torch.device:
 
 
 def explainer_from(args: argparse.Namespace) -> Explainer:
-    return Explainer.load(args.head, args.backbone, device=device_from(args), revision=args.revision, amp=args.amp)
+    return Explainer.load(
+        args.head, args.backbone, device=device_from(args), revision=args.revision, amp=args.amp, weights=args.weights
+    )
