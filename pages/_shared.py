@@ -96,6 +96,19 @@ def _use_sample(key: str) -> None:
     workspace().add(load_sample(key))
 
 
+def _take_uploads() -> None:
+    """Decode new uploads into the workspace before the script runs, so the sidebar already shows them."""
+    ws = workspace()
+    for upload in st.session_state.get("uploads") or []:
+        if upload.file_id in ws.seen_uploads or upload.file_id in ws.upload_errors:
+            continue  # decoded on an earlier change
+        try:
+            image = ws.add(read_upload(upload.name, upload.getvalue()))
+            ws.seen_uploads[upload.file_id] = image.digest
+        except ImageLoadError as error:
+            ws.upload_errors[upload.file_id] = str(error)
+
+
 def image_picker() -> None:
     """Upload one or several images, or pick a gallery sample; bad files get an error naming them."""
     ws = workspace()
@@ -105,18 +118,10 @@ def image_picker() -> None:
         accept_multiple_files=True,
         max_upload_size=MAX_UPLOAD_MB,
         key="uploads",
+        on_change=_take_uploads,
         help=f"JPEG, PNG or WebP, up to {MAX_UPLOAD_MB} MB each. Several at once are fine.",
     )
-    present = set()
-    for upload in files or []:
-        present.add(upload.file_id)
-        if upload.file_id in ws.seen_uploads or upload.file_id in ws.upload_errors:
-            continue  # decoded on an earlier run
-        try:
-            image = ws.add(read_upload(upload.name, upload.getvalue()))
-            ws.seen_uploads[upload.file_id] = image.digest
-        except ImageLoadError as error:
-            ws.upload_errors[upload.file_id] = str(error)
+    present = {upload.file_id for upload in files or []}
     for file_id, message in ws.upload_errors.items():
         if file_id in present:
             st.error(message)
@@ -151,6 +156,8 @@ def job_status(job: Job | None, key: str) -> None:
         columns = st.columns([5, 1])
         columns[0].progress(job.progress, text=f"{text} ({job.elapsed:.0f} s)")
         columns[1].button("Stop", key=f"stop-{key}", on_click=job.stop, width="stretch")
+    elif job.state is JobState.DONE:
+        st.caption(f"{job.name}: done in {job.elapsed:.1f} s.")
     elif job.state is JobState.FAILED:
         st.error(f"{job.name} failed: {job.error}")
     elif job.state is JobState.STOPPED:

@@ -9,7 +9,7 @@ from tame_core.metrics import METRICS
 from tame_core.studio import ActiveImage, LoadedModel, render
 from tame_core.studio.ablation import AblationRow, ablation_rows, combinations
 
-SCORES = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15")
+FRACTIONS = (100, 50, 15)  # % of the map's pixels kept
 
 
 def branch_toggles(model: LoadedModel) -> tuple[bool, ...]:
@@ -52,22 +52,22 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
         if row is None:
             st.info("Switch a branch on to measure its map.")
             return
-        columns = st.columns(1 + len(SCORES))
-        columns[0].metric(
+        st.metric(
             "P(class | image × map)",
             f"{row.masked_probability:.1%}",
             delta=None if full is None or row is full else f"{(row.masked_probability - full.masked_probability) * 100:+.1f} pts",
+            help="The class probability when the image is multiplied by the map: what the head is trained to keep high",
         )
-        for column, name in zip(columns[1:], SCORES):
-            spec = METRICS[name]
-            delta = None if full is None or row is full else f"{row.scores[name] - full.scores[name]:+.1f}"
-            column.metric(
-                name,
-                f"{row.scores[name]:.1f}%",
-                delta=delta,
-                delta_color="inverse" if spec.direction == "lower" else "normal",
-                help=f"{spec.description}; {spec.direction} is better",
-            )
+        for column, kept in zip(st.columns(len(FRACTIONS)), FRACTIONS):
+            for name in (f"AD{kept}", f"IC{kept}"):
+                spec = METRICS[name]
+                column.metric(
+                    name,
+                    f"{row.scores[name]:.1f}%",
+                    delta=None if full is None or row is full else f"{row.scores[name] - full.scores[name]:+.1f}",
+                    delta_color="inverse" if spec.direction == "lower" else "normal",
+                    help=f"{spec.description}; {spec.direction} is better",
+                )
         if len(rows) > 1:
             with st.expander("Every combination of branches", expanded=False):
                 st.dataframe(
@@ -115,7 +115,7 @@ def body() -> None:
             output_format="JPEG",
         )
     with right:
-        st.subheader("Average Drop / Increase in Confidence")
+        st.subheader("What the map keeps")
         scores_panel(model, image, class_index, mask)
 
     st.subheader("Each branch's contribution")

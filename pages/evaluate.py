@@ -1,4 +1,4 @@
-"""evaluate: being built."""
+"""Evaluate: being built (waits for tame_core.evaluation)."""
 
 import streamlit as st
 

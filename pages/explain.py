@@ -32,12 +32,13 @@ def body() -> None:
     with st.spinner("Explaining…"):
         base = ws.explanation(model, image)
 
-    controls, pictures = st.columns([1, 2], gap="large")
+    controls, pictures = st.columns([2, 3], gap="large")
     with controls:
         st.subheader(image.name)
         st.dataframe(
             render.prediction_rows(base),
             hide_index=True,
+            column_order=("rank", "class", "probability"),
             column_config={
                 "rank": st.column_config.NumberColumn("#", width="small"),
                 "probability": st.column_config.ProgressColumn("probability", format="percent", min_value=0.0, max_value=1.0),

@@ -1,5 +1,153 @@
-"""train: being built."""
+"""Train: fit a TAME head on a folder of images in the background, watch it learn, stop, resume, save."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import streamlit as st
 
-st.info("This page is being built.")
+from pages._shared import guarded, job_status, live, workspace
+from tame_core.backbones import DEFAULT_BACKBONE, list_backbones, load_backbone
+from tame_core.head import VARIANTS
+from tame_core.hub import push_head
+from tame_core.taps import list_layers
+from tame_core.training import SPLITS, TrainConfig
+from tame_core.studio import plots
+from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, output_path, train_work
+
+CHECKPOINT_EVERY = 10  # steps between saved states: also how often the preview maps refresh
+
+
+@st.cache_resource(show_spinner="Listing the backbone's layers…")
+def usable_layers(backbone: str) -> tuple[dict[str, str], list[str]]:
+    """({layer: "name (channels, map size)"} for every tappable layer, the default layers); random weights suffice."""
+    net = load_backbone(backbone, weights="random")
+    labels = {
+        info.name: f"{info.name} ({info.channels} ch, {info.map_size[0]}×{info.map_size[1]})"
+        for info in list_layers(net)
+        if info.usable and info.map_size is not None
+    }
+    return labels, list(net.default_layers)
+
+
+def training_data() -> Path | None:
+    """The folder to train on: typed in, or an uploaded zip unpacked (once per upload)."""
+    source = st.radio("Images", ["A folder on the server", "Upload a zip"], horizontal=True, key="train_source")
+    if source == "A folder on the server":
+        text = st.text_input("Folder (searched recursively)", key="train_folder", placeholder="/data/my-images")
+        if not text.strip():
+            return None
+        folder = Path(text.strip()).expanduser()
+        if not folder.is_dir():
+            st.error(f"{folder}: not a folder on this server")
+            return None
+        return folder
+    upload = st.file_uploader("Zip of images", type=["zip"], key="train_zip")
+    if upload is None:
+        return None
+    unpacked = st.session_state.setdefault("train_unpacked", {})
+    if upload.file_id not in unpacked:
+        with st.spinner(f"Unpacking {upload.name}…"):
+            unpacked[upload.file_id] = extract_zip(upload.getvalue(), tempfile.mkdtemp(prefix="tame-train-"), upload.name)
+    return unpacked[upload.file_id]
+
+
+def settings(data: Path | None) -> TrainConfig | None:
+    backbones = list(list_backbones())
+    left, middle, right = st.columns(3)
+    backbone = left.selectbox("Backbone", backbones, index=backbones.index(DEFAULT_BACKBONE), key="train_backbone")
+    variant = middle.selectbox("Head variant", list(VARIANTS), key="train_variant")
+    name = right.text_input("Save as checkpoints/…", value="my_head", key="train_name")
+    layers, default_layers = usable_layers(backbone)
+    chosen = st.multiselect(
+        "Layers to tap (one branch each)",
+        list(layers),
+        default=default_layers,
+        format_func=layers.get,
+        key=f"train_layers_{backbone}",
+    )
+    epochs, batch, rate, split = st.columns(4)
+    values = {
+        "epochs": epochs.number_input("Epochs", 1, 200, 2, key="train_epochs"),
+        "batch_size": batch.select_slider("Batch size", [4, 8, 16, 32, 64], value=16, key="train_batch"),
+        "lr": rate.number_input("Learning rate", 1e-5, 1.0, 1e-3, format="%.4f", key="train_lr"),
+        "split": split.selectbox("Split", SPLITS, key="train_split", help="train / heldout: the project's ImageNet split"),
+    }
+    if data is None or not chosen:
+        st.info("Choose the images and at least one layer to start.")
+        return None
+    model = st.session_state.get("model")  # train where the sidebar's model runs
+    return TrainConfig(
+        data=data,
+        out=output_path(name),
+        backbone=backbone,
+        layers=chosen,
+        variant=variant,
+        device=model.choice.device if model is not None else "cpu",
+        checkpoint_every=CHECKPOINT_EVERY,
+        progress=False,
+        **values,
+    )
+
+
+def start(config: TrainConfig, resume: bool) -> None:
+    config.resume = resume
+    preview = TrainingPreview.from_folder(config)
+    verb = "Resuming" if resume else "Training"
+    workspace().start_job("train", f"{verb} {config.out.stem}", lambda context: train_work(config, context, preview), config.out)
+
+
+def progress_panel() -> None:
+    job = workspace().job("train")
+    if job is None:
+        return
+
+    def draw() -> None:
+        job_status(job, "train")
+        records = job.records
+        steps = [r for r in records if "loss" in r]
+        if steps:
+            st.plotly_chart(plots.loss_figure(steps), key="train_losses", width="stretch")
+        previews = [r for r in records if r.get("event") == "preview"]
+        if previews:
+            st.caption(f"Maps of the head saved at step {previews[-1]['step']}:")
+            for column, picture in zip(st.columns(len(previews[-1]["overlays"]) or 1), previews[-1]["overlays"]):
+                column.image(picture, width="stretch")
+        if job.finished and job.result is not None:
+            st.success(f"Saved {job.result}. Choose it in the sidebar (Head: local file) to explain with it.")
+
+    live(job, draw, every=1.0)
+
+
+def hub_panel(path: Path) -> None:
+    with st.expander("Push to the Hugging Face Hub"):
+        repo = st.text_input("Repo id", placeholder="owner/name", key="push_repo")
+        token = st.text_input("Token (write access)", type="password", key="push_token")
+        private = st.checkbox("Private repo", key="push_private")
+        if st.button("Push", key="push", disabled=not repo.strip()):
+            with st.spinner(f"Pushing to {repo}…"):
+                url = push_head(path, repo.strip(), token=token or None, private=private)
+            st.success(f"Pushed: {url}")
+
+
+def body() -> None:
+    st.title("Train a head")
+    data = training_data()
+    config = settings(data)
+    job = workspace().job("train")
+    running = job is not None and job.running
+    if config is not None:
+        go, again = st.columns(2)
+        if go.button("Start training", type="primary", disabled=running, key="train_start"):
+            start(config, resume=False)
+            st.rerun()
+        if can_resume(config) and again.button("Resume the stopped run", disabled=running, key="train_resume"):
+            start(config, resume=True)
+            st.rerun()
+    progress_panel()
+    if job is not None and job.finished and job.result is not None:
+        hub_panel(Path(job.result))
+
+
+guarded(body)

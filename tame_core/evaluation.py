@@ -196,6 +196,11 @@ def evaluate(
     if batch_size < 1:
         raise EvaluationError(f"batch size must be at least 1, got {batch_size}")
     options = {m: dict((method_options or {}).get(m, {})) for m in methods}
+    for method, given in options.items():
+        accepted = get_method(method).options()
+        wrong = sorted(set(given) - set(accepted))
+        if wrong:
+            raise EvaluationError(f"method {method!r} has no option {wrong[0]!r} (its options: {', '.join(accepted) or 'none'})")
     limits = {m: int(n) for m, n in (method_limits or {}).items() if m in methods}
     files = select_files(data_dir, split, list_file, limit)
     backbone = explainer.backbone

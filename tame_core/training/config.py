@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..checkpoint import paths_for
 from ..head import VARIANTS
 from .data import AUGMENTATIONS, SPLITS, TrainingError
 from .init import INITS
@@ -51,7 +52,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
-        self.out = self.out if self.out.suffix == ".safetensors" else self.out.with_suffix(".safetensors")
+        self.out = paths_for(self.out)[0]  # x, x.safetensors or x.json: the tensor file
         if isinstance(self.loss, dict):
             self.loss = LossWeights(**self.loss)
         if self.layers is not None:

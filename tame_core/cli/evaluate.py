@@ -1,0 +1,132 @@
+"""``tame evaluate --data DIR``: the papers' faithfulness table for TAME and the baselines on a folder.
+
+Prints AD/IC at 100/50/15%, ROAD MoRF/LeRF, deletion/insertion AUC, milliseconds and forward passes
+per image for each method, and writes ``results.json`` and ``results.csv`` into ``--out``. The run
+saves its per-image results after every batch: after Ctrl-C, the same command with ``--resume``
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..errors import EvaluationError
+from .common import add_model_options, explainer_from
+
+STATE_FILE = "evaluation_state.json"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..baselines import list_methods
+    from ..evaluation import METRIC_GROUPS
+    from ..metrics.curves import BASELINES
+
+    parser = subparsers.add_parser("evaluate", help="measure TAME and baselines: AD/IC, ROAD, deletion/insertion", description=__doc__)
+    add_model_options(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, type=Path, help="folder of images (recursive)")
+    data.add_argument("--split", choices=("all", "train", "heldout"), default="all",
+                      help="heldout: only ImageNet classes i with i %% 5 == 4 (by the WordNet id in the file name)")
+    data.add_argument("--list", dest="list_file", type=Path, help="file naming the images to use, one path per line (relative to --data)")
+    data.add_argument("--limit", type=int, help="only the first N images")
+    run = parser.add_argument_group("methods and metrics")
+    run.add_argument("--methods", default=",".join(list_methods()), help=f"comma-separated (default: all: {','.join(list_methods())})")
+    run.add_argument("--metrics", default=",".join(METRIC_GROUPS), help=f"comma-separated groups (default: {','.join(METRIC_GROUPS)})")
+    run.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                     help="a method option, e.g. rise.masks=1000 or gradcam.layer=blocks.5 (repeatable)")
+    run.add_argument("--method-limit", action="append", default=[], metavar="METHOD=N",
+                     help="run a slow method on the first N images only, e.g. scorecam=50 (repeatable)")
+    run.add_argument("--steps", type=int, default=50, help="deletion/insertion steps (default 50)")
+    run.add_argument("--baseline", choices=BASELINES, default="blur", help="what deleted pixels become (default blur)")
+    run.add_argument("--batch-size", type=int, default=8, help="images explained per batch")
+    run.add_argument("--metric-batch-size", type=int, help="perturbed images per forward (default: 32 on CPU, 256 on GPU)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the ROAD noise")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", type=Path, default=Path("."), help="folder for results.json and results.csv (default: .)")
+    output.add_argument("--resume", action="store_true", help=f"continue the run saved in --out/{STATE_FILE}")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
+
+    methods = _names(args.methods)
+    metrics = _names(args.metrics)
+    options = parse_options(args.option)
+    limits = {method: int(_number(value, f"--method-limit {method}={value}")) for method, value in (_pair(item, "--method-limit") for item in args.method_limit)}
+    state = args.out / STATE_FILE
+    if state.exists() and not args.resume:
+        state.unlink()  # a fresh run; --resume keeps it
+    explainer = explainer_from(args)
+    bar = tqdm(total=0, unit="img", desc="evaluate", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(message, refresh=True)
+
+    try:
+        report = evaluate(
+            explainer, args.data, methods, args.limit, progress, split=args.split, list_file=args.list_file,
+            batch_size=args.batch_size, metrics=metrics, steps=args.steps, baseline=args.baseline,
+            method_options=options, method_limits=limits, metric_batch_size=args.metric_batch_size,
+            seed=args.seed, state_path=state,
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: the images done are saved in {state}; add --resume to continue", file=sys.stderr)
+        raise
+    bar.close()
+    report.settings["head"] = str(args.head) if args.head else report.settings["head"]
+    json_path, csv_path = report.save(args.out)
+    print(report.table())
+    for skipped in report.skipped:
+        print(f"skipped: {skipped}", file=sys.stderr)
+    print(f"wrote {json_path} and {csv_path}", file=sys.stderr)
+    return 0
+
+
+def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["rise.masks=1000", "gradcam.layer=blocks.5"]`` -> ``{"rise": {"masks": 1000}, "gradcam": {"layer": "blocks.5"}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, value = _pair(item, "--option")
+        method, dot, name = key.partition(".")
+        if not dot or not method or not name:
+            raise EvaluationError(f"--option {item!r} must look like METHOD.KEY=VALUE (e.g. rise.masks=1000)")
+        options.setdefault(method, {})[name] = _value(value)
+    return options
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _pair(item: str, flag: str) -> tuple[str, str]:
+    key, equals, value = item.partition("=")
+    if not equals or not key.strip() or not value.strip():
+        raise EvaluationError(f"{flag} {item!r} must look like NAME=VALUE")
+    return key.strip(), value.strip()
+
+
+def _value(text: str) -> Any:
+    """An option value: an int, a float, or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _number(text: str, what: str) -> float:
+    value = _value(text)
+    if not isinstance(value, (int, float)) or value < 0:
+        raise EvaluationError(f"{what}: expected a non-negative number")
+    return value

@@ -1,0 +1,138 @@
+"""Baselines behind one interface: known answers on a toy backbone, shapes and ranges on a CNN and a ViT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tame_core import load_backbone
+from tame_core.backbones import Backbone
+from tame_core.baselines import explain_with, list_methods
+from tame_core.baselines.cam import default_target_layer
+from tame_core.errors import EvaluationError, LayerError
+from tame_core.preprocessing import Preprocess
+
+SIZE = 16
+REGION = (slice(2, 8), slice(4, 12))
+
+
+class RegionNet(nn.Module):
+    """Class 0's logit is the mean brightness (a 1x1 conv feature) over REGION; class 1's is 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 1, kernel_size=1, bias=False)
+        nn.init.constant_(self.features.weight, 1 / 3)
+        region = torch.zeros(1, 1, SIZE, SIZE)
+        region[:, :, REGION[0], REGION[1]] = 1.0
+        self.register_buffer("region", region)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feature = self.features(x)
+        score = (feature * self.region).sum(dim=(1, 2, 3)) / self.region.sum()
+        return torch.stack([8 * (score - 0.5), torch.zeros_like(score)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def toy() -> Backbone:
+    identity = Preprocess(input_size=(SIZE, SIZE), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return Backbone("toy", RegionNet(), identity, ["evidence", "other"], ["features"])
+
+
+def region_mask() -> torch.Tensor:
+    mask = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    mask[REGION] = True
+    return mask
+
+
+def test_methods_in_table_order():
+    assert list_methods() == [
+        "tame", "gradcam", "gradcam++", "xgradcam", "scorecam", "ablationcam", "layercam", "eigencam", "hirescam", "rise",
+    ]
+
+
+@pytest.mark.parametrize("method", ["hirescam", "layercam"])
+def test_elementwise_gradient_cams_find_the_region(toy, method):
+    """Gradient x activation is non-zero exactly on REGION, so the normalised map is its indicator."""
+    images = torch.full((2, 3, SIZE, SIZE), 0.8)
+    result = explain_with(method, toy, images, [0, 0])
+    expected = region_mask().float().expand(2, SIZE, SIZE)
+    assert torch.allclose(result.maps, expected, atol=1e-5)
+    assert result.forward_passes == 1.0 and result.backward_passes == 1.0
+    assert result.seconds > 0 and result.ms_per_image == pytest.approx(result.seconds * 500)
+    other = explain_with(method, toy, images, 1)  # a constant logit: no gradient anywhere
+    assert float(other.maps.abs().max()) == 0.0
+
+
+def test_rise_is_seeded_counts_its_masks_and_finds_the_region(toy):
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.5
+    result = explain_with("rise", toy, images, 0, masks=600, cells=4, batch_size=256)
+    assert result.forward_passes == 600 and result.backward_passes == 0
+    inside = result.maps[:, region_mask()].mean(dim=1)
+    outside = result.maps[:, ~region_mask()].mean(dim=1)
+    assert bool((inside > outside + 0.2).all())
+    again = explain_with("rise", toy, images, 0, masks=600, cells=4, batch_size=7)
+    assert torch.allclose(result.maps, again.maps, atol=1e-5)
+    other = explain_with("rise", toy, images, 0, masks=600, cells=4, seed=1)
+    assert not torch.allclose(result.maps, other.maps, atol=1e-3)
+
+
+def test_scorecam_makes_a_forward_per_channel(toy):
+    result = explain_with("scorecam", toy, torch.rand(3, 3, SIZE, SIZE), 0)
+    assert result.forward_passes == 2.0 and result.backward_passes == 0.0  # the CAM forward + 1 channel
+
+
+def test_errors_name_the_thing_at_fault(toy):
+    images = torch.rand(1, 3, SIZE, SIZE)
+    with pytest.raises(EvaluationError, match="unknown method 'gradcan'; did you mean gradcam"):
+        explain_with("gradcan", toy, images, 0)
+    with pytest.raises(EvaluationError, match="method 'gradcam' has no option 'masks' \\(its options: layer, batch_size\\)"):
+        explain_with("gradcam", toy, images, 0, masks=10)
+    with pytest.raises(EvaluationError, match="method 'tame' needs an Explainer"):
+        explain_with("tame", toy, images, 0)
+    with pytest.raises(EvaluationError, match="class indices must be in 0..1"):
+        explain_with("gradcam", toy, images, 5)
+    with pytest.raises(LayerError, match="unknown layer 'featurez'"):
+        explain_with("gradcam", toy, images, 0, layer="featurez")
+
+
+def test_every_method_on_a_cnn(explainer):
+    """EfficientNet-Lite0 (real weights) with an untrained head, on small inputs. Score-CAM and
+    Ablation-CAM read the 24-channel ``blocks.1`` here to stay quick (a forward per channel)."""
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected_forwards = {"rise": 32, "scorecam": 1 + 24, "ablationcam": 2 + 24}
+    for method in list_methods():
+        options = {"rise": {"masks": 32}, "scorecam": {"layer": "blocks.1"}, "ablationcam": {"layer": "blocks.1"}}
+        result = explain_with(method, explainer, images, [281, 409], **options.get(method, {}))
+        assert result.maps.shape == (2, 64, 64), method
+        assert float(result.maps.min()) >= 0.0 and float(result.maps.max()) <= 1.0, method
+        assert bool(torch.isfinite(result.maps).all()), method
+        assert result.forward_passes == expected_forwards.get(method, 1), method
+        gradients = method in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
+        assert result.backward_passes == (1 if gradients else 0), method
+    assert default_target_layer(explainer.backbone) == "blocks.6"
+
+
+@pytest.fixture(scope="module")
+def vit_tiny() -> Backbone:
+    return load_backbone("timm:vit_tiny_patch16_224", weights="random")
+
+
+def test_cams_on_a_vit_use_the_token_adapter(vit_tiny):
+    """Random-init timm ViT-Tiny: the last block's norm1 (197 tokens -> 14 x 14 map), maps of input size."""
+    assert default_target_layer(vit_tiny) == "blocks.11.norm1"
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    for method in ("gradcam", "hirescam", "eigencam"):
+        result = explain_with(method, vit_tiny, images, [3, 7])
+        assert result.maps.shape == (2, 224, 224), method
+        assert 0.0 <= float(result.maps.min()) and float(result.maps.max()) <= 1.0, method
+        assert float(result.maps.std()) > 0, method  # a real 14 x 14 map, not a constant
+
+
+@pytest.mark.slow
+def test_ablation_cam_on_a_vit_ablates_token_channels(vit_tiny):
+    images = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    result = explain_with("ablationcam", vit_tiny, images, 3, batch_size=64)
+    assert result.maps.shape == (1, 224, 224) and result.forward_passes == 2 + 192
+    assert float(result.maps.std()) > 0

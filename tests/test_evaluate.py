@@ -1,0 +1,131 @@
+"""Dataset evaluation and ``tame evaluate``: rows per method with every metric, files, splits, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tame_core.classes import imagenet_wnids
+from tame_core.cli import main
+from tame_core.errors import EvaluationError
+from tame_core.evaluation import evaluate, select_files
+
+FAST = dict(steps=4, road_percentages=(20, 80), batch_size=2, method_options={"rise": {"masks": 8}})
+PAPER_KEYS = {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc", "ms_per_image", "forward_passes"}
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory, sample_images):
+    """Three CC0 photos, downscaled; the third under a held-out ImageNet class's WordNet id."""
+    folder = tmp_path_factory.mktemp("photos")
+    wnids = imagenet_wnids()
+    names = [f"{wnids[0]}_chelsea.png", f"{wnids[1]}_coffee.png", f"{wnids[4]}_astronaut.png"]
+    for name, key in zip(names, ("chelsea", "coffee", "astronaut")):
+        picture = Image.fromarray(sample_images[key])
+        picture.thumbnail((160, 160))
+        picture.save(folder / name)
+    return folder
+
+
+def test_evaluate_reports_every_metric_per_method(explainer, photo_dir):
+    calls = []
+    report = evaluate(explainer, photo_dir, ["tame", "gradcam", "rise"], limit=2, progress=lambda *a: calls.append(a), **FAST)
+    assert list(report.methods) == ["tame", "gradcam", "rise"]
+    for method, row in report.methods.items():
+        assert PAPER_KEYS | {"MoRF", "LeRF", "MoRF20", "LeRF80", "MoRF_dprob"} <= set(row), method
+        assert row["images"] == 2
+        for name in ("AD100", "AD50", "AD15", "IC100", "IC50", "IC15", "MoRF", "LeRF"):
+            assert 0.0 <= row[name] <= 100.0, (method, name)
+        assert 0.0 <= row["deletion_auc"] <= 1.0 and 0.0 <= row["insertion_auc"] <= 1.0
+        assert row["ms_per_image"] > 0
+    assert report.methods["tame"]["forward_passes"] == 1 and report.methods["tame"]["backward_passes"] == 0
+    assert report.methods["gradcam"]["backward_passes"] == 1
+    assert report.methods["rise"]["forward_passes"] == 8
+    assert calls[-1][:2] == (6, 6) and calls[-1][2] == "done"
+    table = report.table().splitlines()
+    assert table[0].split()[:3] == ["method", "AD100↓", "IC100↑"] and table[1].startswith("tame")
+    assert report.settings["images"] == 2 and report.settings["classes"] == "top-1 prediction"
+
+
+def test_split_and_list_files_choose_the_images(photo_dir, tmp_path):
+    assert [p.name for p in select_files(photo_dir, "heldout")] == [f"{imagenet_wnids()[4]}_astronaut.png"]
+    assert len(select_files(photo_dir, "train")) == 2 and len(select_files(photo_dir, "all", limit=1)) == 1
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# chosen\n{imagenet_wnids()[1]}_coffee.png\n")
+    assert [p.name for p in select_files(photo_dir, list_file=listing)] == [f"{imagenet_wnids()[1]}_coffee.png"]
+    listing.write_text("missing.png\n")
+    with pytest.raises(EvaluationError, match="1 files named in .* do not exist"):
+        select_files(photo_dir, list_file=listing)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    Image.new("RGB", (32, 32)).save(plain / "cat.png")
+    with pytest.raises(Exception, match="needs ImageNet WordNet ids"):
+        select_files(plain, "heldout")
+
+
+def test_an_interrupted_run_resumes_to_the_same_report(explainer, photo_dir, tmp_path):
+    settings = dict(FAST, metrics=("adic", "road"))
+    whole = evaluate(explainer, photo_dir, ["tame", "rise"], **settings)
+    state = tmp_path / "state.json"
+    stop = threading.Event()
+
+    def stop_after_first_batch(done, total, message):
+        if done >= 2:  # both methods ran on the first batch
+            stop.set()
+
+    partial = evaluate(explainer, photo_dir, ["tame", "rise"], progress=stop_after_first_batch, state_path=state, stop=stop, **settings)
+    assert partial.methods["tame"]["images"] == 2 and partial.settings["images_done"] == 2
+    resumed = evaluate(explainer, photo_dir, ["tame", "rise"], state_path=state, **settings)
+    assert resumed.methods["tame"]["images"] == 3
+    for method in ("tame", "rise"):
+        for name in ("AD100", "AD15", "IC50", "MoRF", "LeRF", "MoRF_dprob"):
+            assert resumed.methods[method][name] == pytest.approx(whole.methods[method][name], abs=1e-4), (method, name)
+    with pytest.raises(EvaluationError, match="saved with other settings"):
+        evaluate(explainer, photo_dir, ["tame"], state_path=state, **settings)
+
+
+def test_method_limits_and_option_checks(explainer, photo_dir):
+    report = evaluate(explainer, photo_dir, ["tame", "rise"], metrics=("adic",), method_limits={"rise": 1}, **FAST)
+    assert report.methods["tame"]["images"] == 3 and report.methods["rise"]["images"] == 1
+    with pytest.raises(EvaluationError, match="method 'rise' has no option 'layer'"):
+        evaluate(explainer, photo_dir, ["rise"], method_options={"rise": {"layer": "x"}})
+    with pytest.raises(EvaluationError, match="unknown method 'gradcan'"):
+        evaluate(explainer, photo_dir, ["gradcan"])
+    with pytest.raises(EvaluationError, match="unknown metric group 'speed'"):
+        evaluate(explainer, photo_dir, ["tame"], metrics=("adic", "speed"))
+
+
+def test_cli_writes_json_and_csv_with_the_issue_names(random_head_path, photo_dir, tmp_path, capsys):
+    out = tmp_path / "results"
+    code = main([
+        "evaluate", "--head", str(random_head_path), "--device", "cpu", "--data", str(photo_dir), "--split", "train",
+        "--methods", "tame,eigencam,rise", "--option", "rise.masks=4", "--metrics", "adic,curves", "--steps", "4",
+        "--out", str(out), "--no-progress",
+    ])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert printed.out.splitlines()[0].startswith("method") and "eigencam" in printed.out
+    payload = json.loads((out / "results.json").read_text())
+    assert [row["method"] for row in payload["results"]] == ["tame", "eigencam", "rise"]
+    assert PAPER_KEYS <= set(payload["results"][0])
+    assert payload["settings"]["split"] == "train" and payload["settings"]["images"] == 2
+    assert payload["directions"]["AD100"] == "lower" and payload["directions"]["insertion_auc"] == "higher"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [row["method"] for row in rows] == ["tame", "eigencam", "rise"]
+    assert float(rows[2]["forward_passes"]) == 4.0
+    assert np.isclose(float(rows[0]["AD100"]), payload["results"][0]["AD100"], rtol=1e-5)
+
+
+def test_cli_errors_are_one_line(random_head_path, photo_dir, tmp_path, capsys):
+    base = ["evaluate", "--head", str(random_head_path), "--device", "cpu", "--data", str(photo_dir), "--out", str(tmp_path)]
+    assert main([*base, "--option", "rise-masks"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --option 'rise-masks' must look like NAME=VALUE"
+    assert main([*base, "--methods", "tame,gradcan"]) == 2
+    assert "unknown method 'gradcan'; did you mean gradcam" in capsys.readouterr().err
+    assert main([*base, "--data", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -1,0 +1,199 @@
+"""The work behind the Branches, Curves, Compare and Train pages (tame_core.studio), without Streamlit."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tame_core.metrics import average_drop_increase
+from tame_core.metrics.curves import baseline_images, deletion_insertion
+from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace, load_sample
+from tame_core.studio.ablation import ablation_rows, combinations
+from tame_core.studio.methods import (
+    CurvePoint,
+    MethodMap,
+    auc_direction,
+    auc_rows,
+    compare_methods,
+    curve_points,
+    list_methods,
+    perturbed_image,
+)
+from tame_core.studio.plots import curve_figure, loss_figure
+from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, output_path, train_work
+from tame_core.training import TrainConfig, TrainingError
+
+
+@pytest.fixture(scope="module")
+def model(explainer, random_head_path) -> LoadedModel:
+    return LoadedModel(ModelChoice(head=str(random_head_path)), explainer)
+
+
+@pytest.fixture(scope="module")
+def chelsea(model):
+    image = load_sample("chelsea")
+    return image, Workspace().view(model, image, 281)  # tabby
+
+
+def run(work) -> Job:
+    job = Job("test", work).start()
+    assert job.wait(300)
+    assert job.state is JobState.DONE, job.error
+    return job
+
+
+# --- branches ---------------------------------------------------------------------------------------
+def test_combinations_cover_every_nonempty_mask_all_branches_first():
+    masks = combinations(3)
+    assert len(masks) == 7 and len(set(masks)) == 7
+    assert masks[0] == (True, True, True) and (False, False, False) not in masks
+    assert [sum(m) for m in masks] == [3, 2, 2, 2, 1, 1, 1]
+    assert combinations(6, (True, False) * 3) == [(True, False) * 3]
+
+
+def test_ablation_rows_match_average_drop_increase_on_each_mask(model, chelsea):
+    _, explanation = chelsea
+    masks = [(True, True, True), (False, False, True)]
+    rows = ablation_rows(model, explanation, masks)
+    assert [row.mask for row in rows] == masks
+    for row in rows:
+        maps = explanation.with_branches(row.mask).maps[:, 0]
+        direct = average_drop_increase(model.explainer.backbone, explanation.inputs, maps, explanation.classes[:, 0])
+        assert row.scores == pytest.approx(direct.summary(), abs=1e-4)
+        assert row.masked_probability == pytest.approx(float(direct.masked[0, 0]), abs=1e-6)
+        assert set(row.scores) == {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15"}
+    assert rows[0].scores != rows[1].scores  # switching branches off changes what the map keeps
+
+
+# --- curves and comparison --------------------------------------------------------------------------
+def test_streamed_curves_match_the_batched_metric(model, chelsea):
+    _, explanation = chelsea
+    job = run(lambda context: curve_points(model, explanation, ["tame"], context, steps=6, baseline="blur"))
+    records = job.records
+    maps = [r for r in records if isinstance(r, MethodMap)]
+    points = [r for r in records if isinstance(r, CurvePoint)]
+    assert [m.method for m in maps] == ["tame"] and maps[0].forward_passes == 1
+    assert len(points) == 2 * 7 and points[0].fraction == 0.0 and points[6].fraction == 1.0
+    batched = deletion_insertion(
+        model.explainer.backbone, explanation.inputs, maps[0].saliency[None], explanation.classes[:, 0], steps=6
+    )
+    torch.testing.assert_close(torch.tensor([p.probability for p in points[:7]]), batched.deletion[0], atol=1e-5, rtol=0)
+    (row,) = auc_rows(points)
+    assert row["deletion_auc"] == pytest.approx(float(batched.deletion_auc[0]), abs=1e-5)
+    assert row["insertion_auc"] == pytest.approx(float(batched.insertion_auc[0]), abs=1e-5)
+    assert job.result["tame"].deletion.shape == (1, 7)
+    half = auc_rows(points[:10])[0]  # insertion only part drawn: no AUC yet
+    assert half["deletion_auc"] is not None and half["insertion_auc"] is None
+    assert auc_direction("deletion") == "lower is better" and auc_direction("insertion") == "higher is better"
+    figure = curve_figure(points[:10], "insertion", ["tame"])
+    assert len(figure.data) == 1 and len(figure.data[0].x) == 3
+
+
+def test_perturbed_images_run_from_the_picture_to_the_baseline(model, chelsea):
+    _, explanation = chelsea
+    saliency = explanation.maps[0, 0]
+    original = (explanation.inputs[0].clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
+    blurred = (baseline_images(explanation.inputs, "blur")[0] * 255 + 0.5).byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(perturbed_image(explanation, saliency, "deletion", 0, 10), original)
+    assert np.array_equal(perturbed_image(explanation, saliency, "deletion", 10, 10), blurred)
+    assert np.array_equal(perturbed_image(explanation, saliency, "insertion", 0, 10, "blur"), blurred)
+    halfway = perturbed_image(explanation, saliency, "deletion", 5, 10, "zeros")
+    assert 0.45 < (halfway.sum(axis=2) == 0).mean() < 0.55
+
+
+def test_compare_records_each_method_with_its_cost(model, chelsea):
+    _, explanation = chelsea
+    assert list_methods()[0] == "tame" and "gradcam" in list_methods()
+    job = run(lambda context: compare_methods(model, explanation, ["tame", "gradcam"], context))
+    tame, gradcam = job.result
+    assert [r.method for r in job.records] == ["tame", "gradcam"]
+    assert (tame.forward_passes, tame.backward_passes) == (1, 0)
+    assert gradcam.backward_passes >= 1
+    for result in job.result:
+        assert result.saliency.shape == explanation.inputs.shape[-2:]
+        assert 0.0 <= float(result.saliency.min()) and float(result.saliency.max()) <= 1.0
+        assert result.milliseconds > 0
+
+
+def test_an_unknown_method_fails_the_job_with_one_line(model, chelsea):
+    _, explanation = chelsea
+    job = Job("bad", lambda context: compare_methods(model, explanation, ["tame", "gradcum"], context)).start()
+    assert job.wait(60) and job.state is JobState.FAILED
+    assert "unknown method 'gradcum'" in job.error and len(job.records) == 1
+
+
+# --- training ---------------------------------------------------------------------------------------
+def zipped(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def png(seed: int, size: int = 64) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_zips_unpack_their_images_and_bad_ones_are_refused(tmp_path):
+    folder = extract_zip(zipped({"a/one.png": png(0), "two.PNG": png(1), "notes.txt": b"x"}), tmp_path / "ok")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["a/one.png", "two.PNG"]
+    with pytest.raises(TrainingError, match=r"^up\.zip: not a zip file$"):
+        extract_zip(b"PK but not really", tmp_path / "bad", "up.zip")
+    with pytest.raises(TrainingError, match="no images inside"):
+        extract_zip(zipped({"readme.md": b"hi"}), tmp_path / "empty")
+    with pytest.raises(TrainingError, match="would unpack outside its folder"):
+        extract_zip(zipped({"../../evil.png": png(2)}), tmp_path / "slip")
+    assert not (tmp_path / "evil.png").exists()
+
+
+def test_output_names_are_checked(tmp_path):
+    assert output_path("my_head", tmp_path) == tmp_path / "my_head.safetensors"
+    assert output_path("v2.safetensors", tmp_path) == tmp_path / "v2.safetensors"
+    with pytest.raises(TrainingError, match="is the bundled head's"):
+        output_path("efficientnet_lite0", tmp_path)
+    with pytest.raises(TrainingError, match="use letters, digits"):
+        output_path("../escape", tmp_path)
+
+
+@pytest.mark.slow
+def test_training_job_streams_losses_previews_and_resumes(tmp_path):
+    data = tmp_path / "images"
+    data.mkdir()
+    for index in range(4):
+        (data / f"{index}.png").write_bytes(png(index, 96))
+    config = TrainConfig(
+        data=data, out=tmp_path / "head.safetensors", epochs=2, batch_size=2, checkpoint_every=1, progress=False,
+        device="cpu", augment="none",
+    )
+    preview = TrainingPreview.from_folder(config, count=2)
+    job = Job("train", lambda context: train_work(config, context, preview)).start()
+    deadline = time.monotonic() + 300
+    while job.running and time.monotonic() < deadline:
+        if any("loss" in record for record in job.records):
+            job.stop()  # the trainer saves a resumable state and returns
+            break
+        time.sleep(0.05)
+    assert job.wait(300) and job.state is JobState.STOPPED, job.error
+    steps = [r for r in job.records if "loss" in r]
+    assert 1 <= len(steps) < 4 and {"ce", "area", "tv", "lr"} <= set(steps[0])
+    previews = [r for r in job.records if r.get("event") == "preview"]
+    assert previews and len(previews[-1]["overlays"]) == 2 and previews[-1]["overlays"][0].shape == (224, 224, 3)
+    assert can_resume(config)
+
+    config.resume = True
+    resumed = run(lambda context: train_work(config, context))
+    records = resumed.records
+    assert records[0]["event"] == "resume" and records[0]["step"] == len(steps)
+    assert [r["step"] for r in records if "loss" in r] == list(range(len(steps) + 1, 5))
+    assert resumed.result == config.out and config.out.is_file()
+    assert loss_figure(steps + [r for r in records if "loss" in r]).data[0].x == tuple(range(1, 5))
