@@ -1,5 +1,98 @@
-"""Evaluate: being built (waits for tame_core.evaluation)."""
+"""Evaluate: a folder of images in, the papers' faithfulness table out (AD/IC, ROAD, deletion/insertion, cost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
-st.info("This page is being built.")
+from pages._shared import guarded, job_status, live, model_or_stop, workspace
+from tame_core.evaluation import TABLE_COLUMNS
+from tame_core.metrics.curves import BASELINES
+from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
+from tame_core.studio.methods import list_methods
+from tame_core.training import SPLITS
+
+DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
+
+
+def request_form() -> EvaluationRequest | None:
+    folder = st.text_input("Folder of images (searched recursively)", key="eval_folder", placeholder="/data/imagenet-samples")
+    available = list_methods()
+    methods = st.multiselect(
+        "Methods",
+        available,
+        default=[m for m in DEFAULT_METHODS if m in available],
+        key="eval_methods",
+        help="Score-CAM, Ablation-CAM and RISE need hundreds to thousands of forward passes per image.",
+    )
+    split, limit, steps, baseline = st.columns(4)
+    values = {
+        "split": split.selectbox("Split", SPLITS, key="eval_split", help="train / heldout: the project's ImageNet split"),
+        "limit": limit.number_input("Images (0 = all)", 0, 100_000, 20, key="eval_limit") or None,
+        "steps": steps.select_slider("Curve steps", [10, 20, 25, 50, 100], value=50, key="eval_steps"),
+        "baseline": baseline.selectbox("Deleted pixels become", BASELINES, key="eval_baseline"),
+    }
+    if not folder.strip() or not methods:
+        st.info("Name a folder of images on the server and at least one method.")
+        return None
+    path = Path(folder.strip()).expanduser()
+    if not path.is_dir():
+        st.error(f"{path}: not a folder on this server")
+        return None
+    return EvaluationRequest(data=str(path), methods=tuple(methods), **values)
+
+
+def results(job) -> None:
+    report = job.result
+    rows = report.rows()
+    shown = ["method", *(c for c in TABLE_COLUMNS if any(c in row for row in rows)), "images"]
+    st.dataframe(
+        [{column_title(c): row.get(c) for c in shown} for row in rows],
+        hide_index=True,
+        column_config={column_title(c): st.column_config.NumberColumn(format="%.3f") for c in shown[1:-1]},
+    )
+    st.caption("↓ lower is better, ↑ higher is better. Every metric (ROAD per level too) is in the downloads.")
+    if report.skipped:
+        with st.expander(f"{len(report.skipped)} unreadable images were skipped"):
+            st.write("\n".join(f"- {line}" for line in report.skipped))
+    csv, raw = st.columns(2)
+    csv.download_button("Results (.csv)", report.to_csv(), file_name="results.csv", mime="text/csv", key="eval_csv")
+    raw.download_button("Results (.json)", report.to_json(), file_name="results.json", mime="application/json", key="eval_json")
+
+
+def body() -> None:
+    st.title("Evaluate")
+    st.caption(
+        "Each image is centre-cropped as the classifier sees it and explained for its top-1 class by every "
+        "method; the maps are then measured in batches. A stopped run resumes from the images already done."
+    )
+    model = model_or_stop()
+    ws = workspace()
+    request = request_form()
+    job = ws.job("evaluate")
+    running = job is not None and job.running
+    if request is not None:
+        state = request.state_path(model.choice)
+        start, again = st.columns(2)
+        fresh = start.button("Evaluate", type="primary", disabled=running, key="eval_start")
+        resume = state.exists() and again.button("Resume the stopped run", disabled=running, key="eval_resume")
+        if fresh or resume:
+            if fresh:
+                state.unlink(missing_ok=True)  # start over rather than continue a stopped run
+            ws.start_job(
+                "evaluate", "Evaluating", lambda context: evaluation_work(model.choice, request, context), request
+            )
+            st.rerun()
+    if job is None:
+        return
+
+    def draw() -> None:
+        job_status(job, "evaluate")
+        if job.finished and job.result is not None:
+            results(job)
+
+    live(job, draw, every=1.0)
+
+
+guarded(body)

@@ -31,16 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: The shipped recipe: the papers' loss, optimiser and schedule, plus what helps with ~1000 images
 #: (see the card's ``training.notes``).
-SHIPPED = dict(
-    backbone="efficientnet_lite0",
-    layers=["blocks.2", "blocks.4", "bn2"],
-    init="cam",
-    epochs=8,
-    seed=0,
-    split="train",
-)
+SHIPPED = {
+    "backbone": "efficientnet_lite0",
+    "layers": ["blocks.2", "blocks.4", "bn2"],
+    "init": "cam",
+    "epochs": 8,
+    "seed": 0,
+    "split": "train",
+}
 #: The papers' recipe as ``tame train`` runs it by default (the backbone's default layers).
-PAPER = dict(backbone="efficientnet_lite0", seed=0, split="train")
+PAPER = {"backbone": "efficientnet_lite0", "seed": 0, "split": "train"}
 NOTES = (
     "The last tapped layer is bn2, the features the classifier global-pools, and the fuser starts from the "
     "classifier's weights (--init cam): every class, trained or not, starts from its class activation map."

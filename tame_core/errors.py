@@ -41,3 +41,7 @@ class HubError(TameError, RuntimeError):
 
 class EvaluationError(TameError, ValueError):
     """Bad input to a metric, a baseline method or an evaluation run (unknown method, wrong shapes)."""
+
+
+class TrainingError(TameError, ValueError):
+    """A training option, data folder or saved training state that cannot be used."""

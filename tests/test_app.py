@@ -256,3 +256,45 @@ def test_train_page_trains_a_head_into_checkpoints(app, tmp_path, sample_images,
     assert job.result == tmp_path / "checkpoints" / "tiny.safetensors" and job.result.is_file()
     assert app.success[0].value.startswith(f"Saved {job.result}")
     assert len(app.get("plotly_chart")) == 1
+
+
+def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_images):
+    data = tmp_path / "images"
+    data.mkdir()
+    for name in ("chelsea", "rocket"):
+        Image.fromarray(sample_images[name]).save(data / f"{name}.png")
+    ok(open_page(app, "evaluate"))
+    app.text_input(key="eval_folder").input(str(tmp_path / "nowhere")).run()
+    assert app.error[0].value == f"{tmp_path / 'nowhere'}: not a folder on this server"
+    app.text_input(key="eval_folder").input(str(data)).run()
+    app.multiselect(key="eval_methods").set_value(["tame"]).run()
+    ok(app.select_slider(key="eval_steps").set_value(10).run())
+    ok(app.button(key="eval_start").click().run())
+    finish_jobs(app)
+    ok(app)
+    table = app.dataframe[0].value
+    assert list(table["method"]) == ["tame"] and list(table["images"]) == [2]
+    assert {"AD100 ↓", "IC100 ↑", "deletion_auc ↓", "insertion_auc ↑", "ms_per_image ↓"} <= set(table.columns)
+    assert [b.label for b in app.get("download_button")] == ["Results (.csv)", "Results (.json)"]
+
+
+def test_heads_from_an_upload_or_the_hub(app, fake_hub, random_head_path):
+    app.sidebar.selectbox(key="head_source").set_value("upload").run()
+    assert app.info[0].value == "No model to explain with: choose a head in the sidebar."
+    app.file_uploader(key="head_upload").set_value(("junk.safetensors", b"junk", "application/octet-stream")).run()
+    assert not app.exception and app.sidebar.error[0].value.startswith("junk.safetensors: not a readable safetensors file")
+    head = random_head_path.read_bytes()
+    ok(app.file_uploader(key="head_upload").set_value(("mine.safetensors", head, "application/octet-stream")).run())
+    assert app.session_state["model"].choice.head.endswith(".safetensors")
+
+    fake_hub.commit(
+        "team/app-head",
+        {"head.safetensors": head, "head.json": random_head_path.with_suffix(".json").read_bytes()},
+    )
+    app.sidebar.selectbox(key="head_source").set_value("hub").run()
+    ok(app.sidebar.text_input(key="hub_repo").input("team/app-head").run())
+    assert app.session_state["model"].choice.head == "team/app-head"
+    assert "efficientnet_lite0" in " ".join(c.value for c in app.sidebar.caption)
+    app.sidebar.text_input(key="hub_repo").input("team/missing").run()
+    assert not app.exception
+    assert app.sidebar.error[0].value.startswith("Cannot load the model: ") and "team/missing" in app.sidebar.error[0].value

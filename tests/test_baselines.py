@@ -112,6 +112,7 @@ def test_every_method_on_a_cnn(explainer):
         gradients = method in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
         assert result.backward_passes == (1 if gradients else 0), method
     assert default_target_layer(explainer.backbone) == "blocks.6"
+    assert default_target_layer(explainer.backbone, ["blocks.2", "blocks.4", "bn2"]) == "bn2"  # a head's deepest tap
 
 
 @pytest.fixture(scope="module")

@@ -52,13 +52,16 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="module")
 def server(chromium, random_head_path, tmp_path_factory):
-    """The app on a free port; the bundled head when there is one, else the untrained test head."""
+    """(url, tapped layers) of the app on a free port: the bundled head when there is one, else the test head."""
+    from tame_core.checkpoint import read_metadata
     from tame_core.explainer import bundled_head_path
 
     port = _free_port()
     env = dict(os.environ)
-    if not bundled_head_path("efficientnet_lite0").exists():
-        env["TAME_HEAD"] = str(random_head_path)
+    head = bundled_head_path("efficientnet_lite0")
+    if not head.exists():
+        head = random_head_path
+        env["TAME_HEAD"] = str(head)
     log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
@@ -78,7 +81,7 @@ def server(chromium, random_head_path, tmp_path_factory):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"streamlit did not start (exit code {process.poll()}); see {log.name}")
                 time.sleep(0.25)
-        yield url
+        yield url, read_metadata(head).layers
     finally:
         process.terminate()
         try:
@@ -115,7 +118,22 @@ def test_upload_explain_toggle_and_curves_in_a_real_browser(server, browser, tmp
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.goto(server)
+    try:
+        drive(page, server, browser, photo, notes)
+    except Exception:
+        shot(page, "failure")  # what the page showed when a wait gave up
+        raise
+    finally:
+        context.close()
+
+
+def main_image(page):
+    return page.locator('[data-testid="stMain"] [data-testid="stImage"] img').first
+
+
+def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path) -> None:
+    url, layers = server
+    page.goto(url)
     page.get_by_role("heading", name="Explain").wait_for(timeout=LONG)
 
     # upload a photo and a text file named .jpg: the photo is explained, the other named in an error
@@ -139,10 +157,13 @@ def test_upload_explain_toggle_and_curves_in_a_real_browser(server, browser, tmp
     nav(page, "Branches")
     page.get_by_role("heading", name="Branches").wait_for(timeout=LONG)
     page.get_by_text("AD100").first.wait_for(timeout=LONG)
-    first_toggle = page.locator('[data-testid="stWidgetLabel"]').filter(has_text="blocks.2").first
-    first_toggle.click()
-    page.get_by_text("blocks.2 (off)").wait_for(timeout=LONG)
-    page.get_by_text("map from blocks.4 + blocks.6").wait_for(timeout=LONG)
+    page.get_by_text(f"map from {' + '.join(layers)}").wait_for(timeout=LONG)
+    all_branches = main_image(page).get_attribute("src")
+    # the deepest branch: the one every trained head leans on, so switching it off must change the map
+    page.locator('[data-testid="stWidgetLabel"]').filter(has_text=layers[-1]).first.click()
+    page.get_by_text(f"{layers[-1]} (off)").wait_for(timeout=LONG)
+    page.get_by_text(f"map from {' + '.join(layers[:-1])}").wait_for(timeout=LONG)
+    assert main_image(page).get_attribute("src") != all_branches  # a new map (media URLs are content hashes)
     shot(page, "03-branch-off")
 
     # the deletion curves: plots appear and fill in; the AUC table when done
@@ -155,9 +176,10 @@ def test_upload_explain_toggle_and_curves_in_a_real_browser(server, browser, tmp
 
     # a second browser session sees none of the first one's images
     other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    other.goto(server)
+    other.goto(url)
     other.get_by_role("heading", name="Explain").wait_for(timeout=LONG)
     other.get_by_text("None yet: upload images").wait_for(timeout=LONG)
+    other.get_by_role("button", name="Chelsea the cat").wait_for(timeout=LONG)  # the page has finished drawing
     assert other.get_by_text("chelsea.png").count() == 0
     shot(other, "05-second-session")
     other.context.close()
@@ -167,4 +189,3 @@ def test_upload_explain_toggle_and_curves_in_a_real_browser(server, browser, tmp
     page.get_by_role("button", name="Next ▶").click()
     page.get_by_text("Cup of coffee: the model sees").wait_for(timeout=LONG)
     shot(page, "06-demo")
-    context.close()

@@ -25,6 +25,7 @@ from tame_core.studio.methods import (
     list_methods,
     perturbed_image,
 )
+from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
 from tame_core.studio.plots import curve_figure, loss_figure
 from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, output_path, train_work
 from tame_core.training import TrainConfig, TrainingError
@@ -197,3 +198,26 @@ def test_training_job_streams_losses_previews_and_resumes(tmp_path):
     assert [r["step"] for r in records if "loss" in r] == list(range(len(steps) + 1, 5))
     assert resumed.result == config.out and config.out.is_file()
     assert loss_figure(steps + [r for r in records if "loss" in r]).data[0].x == tuple(range(1, 5))
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+def test_evaluation_job_reports_the_table_and_resumes_from_its_state(tmp_path, random_head_path, sample_images):
+    data = tmp_path / "images"
+    data.mkdir()
+    for name in ("chelsea", "coffee"):
+        Image.fromarray(sample_images[name]).save(data / f"{name}.png")
+    (data / "broken.png").write_bytes(b"not a png")
+    choice = ModelChoice(head=str(random_head_path))
+    request = EvaluationRequest(data=str(data), methods=("tame",), steps=5)
+    first = run(lambda context: evaluation_work(choice, request, context, tmp_path / "state"))
+    (row,) = first.result.rows()
+    assert row["method"] == "tame" and row["images"] == 2 and row["forward_passes"] == 1
+    assert {"AD100", "IC15", "MoRF", "LeRF", "deletion_auc", "insertion_auc", "ms_per_image"} <= set(row)
+    assert len(first.result.skipped) == 1 and first.result.skipped[0].startswith(str(data / "broken.png"))
+    assert request.state_path(choice, tmp_path / "state").is_file()
+    assert request.state_path(choice, tmp_path / "state") != EvaluationRequest(str(data), ("tame",), steps=10).state_path(
+        choice, tmp_path / "state"
+    )
+    again = run(lambda context: evaluation_work(choice, request, context, tmp_path / "state"))
+    assert again.result.rows() == first.result.rows()  # everything came from the saved state
+    assert column_title("AD100") == "AD100 ↓" and column_title("insertion_auc") == "insertion_auc ↑"

@@ -12,7 +12,13 @@ from PIL import Image
 
 from tame_core.classes import imagenet_wnids
 from tame_core.preprocessing import Preprocess
-from tame_core.training import SPLITS, TrainingError, is_heldout_class, readable_images, split_files
+from tame_core.training import (
+    SPLITS,
+    TrainingError,
+    is_heldout_class,
+    readable_images,
+    split_files,
+)
 from tame_core.training.data import EpochSampler, ImageFiles, build_transform
 
 PREPROCESS = Preprocess(input_size=(32, 32), crop_pct=0.875)

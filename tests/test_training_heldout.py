@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from PIL import Image
 
 from tame_core.metrics import average_drop_increase

@@ -11,7 +11,14 @@ from torch import nn
 from tame_core.backbones import Backbone
 from tame_core.preprocessing import Preprocess
 from tame_core.taps import LayerTaps
-from tame_core.training import LossWeights, area_loss, batch_loss, masked_logits, tame_loss, variation_loss
+from tame_core.training import (
+    LossWeights,
+    area_loss,
+    batch_loss,
+    masked_logits,
+    tame_loss,
+    variation_loss,
+)
 
 
 def test_area_loss_known_values():

@@ -5,8 +5,10 @@ images in, so Score-CAM's masks multiply the picture before normalisation, like 
 here), a target layer, and the engine's token adapter as the reshape transform, so ViT token layers
 become (B, C, h, w) maps exactly as TAME's taps see them.
 
-The default target layer is the backbone's deepest TAME layer (ResNet-50 ``layer4``, VGG-16
-``features.30``, EfficientNet-Lite0 ``blocks.6``, ViT-B/16 the last block's first LayerNorm); if that
+The default target layer is TAME's deepest tapped layer when an :class:`~tame_core.explainer.Explainer`
+is given (both methods then read the same features; the bundled EfficientNet-Lite0 head taps ``bn2``,
+the last conv layer), else the backbone's deepest default layer (ResNet-50 ``layer4``, VGG-16
+``features.30``, EfficientNet-Lite0 ``blocks.6``, ViT-B/16 the last block's first LayerNorm). If that
 layer is a transformer block, its first norm is used, as pytorch-grad-cam advises (a block's output
 gets gradient only through the class token). ``layer=`` overrides it.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from types import SimpleNamespace
+from typing import Sequence
 from unittest import mock
 
 import pytorch_grad_cam
@@ -31,9 +34,10 @@ from .base import Method, Model, register_method
 _SILENT_TQDM = SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
 
 
-def default_target_layer(backbone: nn.Module) -> str:
-    """The module name CAMs read by default: the deepest default layer, or a transformer block's first norm."""
-    name = backbone.resolve_layer(backbone.default_layers[-1])
+def default_target_layer(backbone: nn.Module, layers: Sequence[str] | None = None) -> str:
+    """The module CAMs read by default: the deepest of ``layers`` (default: the backbone's default layers),
+    or that transformer block's first norm."""
+    name = backbone.resolve_layer((layers or backbone.default_layers)[-1])
     module = find_module(backbone.net, name)
     for norm in ("norm1", "ln_1"):
         if isinstance(getattr(module, norm, None), nn.Module):
@@ -62,7 +66,8 @@ class CamMethod(Method):
         """``layer``: target layer name (default: :func:`default_target_layer`); ``batch_size``: forwards per
         batch for Score-CAM and Ablation-CAM (pytorch-grad-cam's defaults 16 and 32)."""
         backbone = getattr(explainer, "backbone", explainer)
-        layer_name = backbone.resolve_layer(layer) if layer else default_target_layer(backbone)
+        tapped = getattr(explainer, "layers", None)  # an Explainer's head layers
+        layer_name = backbone.resolve_layer(layer) if layer else default_target_layer(backbone, tapped)
         module = find_module(backbone.net, layer_name, backbone.layer_aliases)
         input_hw = tuple(images01.shape[-2:])
         tokens = patch_grid(backbone.net, input_hw) is not None

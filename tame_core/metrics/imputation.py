@@ -22,6 +22,9 @@ DIRECT_WEIGHT, DIAGONAL_WEIGHT = 1 / 6, 1 / 12
 COARSEST_SIDE = 16
 #: Convergence is checked every this many iterations (each check syncs with the device).
 CHECK_EVERY = 8
+#: Images solved together on a CPU: one at a time keeps the solver's working set in cache (measured
+#: 4x faster per image than 16 at a time at 224 px); accelerators take the whole batch at once.
+CPU_CHUNK = 1
 
 
 def noisy_linear_impute(
@@ -29,14 +32,16 @@ def noisy_linear_impute(
     keep: torch.Tensor,
     noise: float = 0.01,
     generator: torch.Generator | None = None,
-    tolerance: float = 1e-5,
+    tolerance: float = 1e-4,
     max_iterations: int = 2000,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Fill the pixels of ``images`` (B, C, H, W) where ``keep`` (B, H, W) is False from their neighbours.
 
-    ``tolerance`` bounds each system's residual relative to its right-hand side: 1e-5 leaves pixel
-    errors around 1e-4, far below one 8-bit grey level; 1e-6 matches pytorch-grad-cam's
-    ``NoisyLinearImputer(noise=0)`` to a few 1e-5.
+    ``tolerance`` bounds each system's residual relative to its right-hand side: 1e-4 leaves pixel
+    errors of at most about 3e-3 (under one 8-bit grey level, and well under the 0.01 noise ROAD
+    adds); 1e-6 matches pytorch-grad-cam's ``NoisyLinearImputer(noise=0)`` to a few 1e-5. ``chunk``:
+    images solved together (default: 1 on a CPU, all on an accelerator).
     """
     if images.ndim != 4 or tuple(keep.shape) != (images.shape[0], *images.shape[-2:]):
         expected = (images.shape[0], *images.shape[-2:]) if images.ndim == 4 else "(B, H, W)"
@@ -45,7 +50,11 @@ def noisy_linear_impute(
         raise EvaluationError("cannot impute an image whose every pixel is removed (keep at least one)")
     values = images.float()
     kept = keep[:, None].to(values.dtype)
-    filled = _solve(values * kept, kept, tolerance, max_iterations)
+    step = chunk or (CPU_CHUNK if images.device.type == "cpu" else images.shape[0])
+    filled = torch.cat([
+        _solve(values[i : i + step] * kept[i : i + step], kept[i : i + step], tolerance, max_iterations)
+        for i in range(0, images.shape[0], step)
+    ])
     if noise:
         random = torch.randn(filled.shape, generator=generator, device=filled.device, dtype=filled.dtype)
         filled = filled + noise * random * (1 - kept)

@@ -78,13 +78,14 @@ def road(
     batch_size: int | None = None,
     noise: float = DEFAULT_NOISE,
     seed: int = 0,
-    tolerance: float = 1e-5,
+    tolerance: float = 1e-4,
     clean_logits: torch.Tensor | None = None,
 ) -> RoadResult:
     """ROAD at each removal level in ``percentages`` (0 < p < 100) for ``order`` "morf" or "lerf".
 
     Imputation and forwards run in batches of ``batch_size`` perturbed images on the images' device;
     the imputation noise is drawn from a generator seeded with ``seed``, so runs repeat exactly.
+    ``tolerance`` is the imputation solver's (see :func:`noisy_linear_impute`).
     """
     if order not in ORDERS:
         raise EvaluationError(f"ROAD order must be one of {', '.join(ORDERS)}, got {order!r}")

@@ -3,8 +3,9 @@
 ``train_head(TrainConfig(data=..., out=...))`` is the whole API; ``tame train`` is its command line.
 """
 
+from ..errors import TrainingError
 from .config import TrainConfig
-from .data import AUGMENTATIONS, SPLITS, TrainingError, is_heldout_class, readable_images, split_files
+from .data import AUGMENTATIONS, SPLITS, is_heldout_class, readable_images, split_files
 from .init import INITS, init_from_cam
 from .losses import LossTerms, LossWeights, area_loss, tame_loss, variation_loss
 from .step import MASK_ORDERS, batch_loss, masked_logits

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..checkpoint import paths_for
+from ..errors import TrainingError
 from ..head import VARIANTS
-from .data import AUGMENTATIONS, SPLITS, TrainingError
+from .data import AUGMENTATIONS, SPLITS
 from .init import INITS
 from .losses import LossWeights
 from .step import MASK_ORDERS

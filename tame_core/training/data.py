@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import InterpolationMode, v2
 
 from ..classes import imagenet_wnids
-from ..errors import ImageLoadError, TameError
+from ..errors import ImageLoadError, TrainingError
 from ..images import find_images, image_to_tensor, load_image
 from ..preprocessing import Preprocess
 
@@ -33,10 +33,6 @@ AUGMENTATIONS = ("none", "standard", "heavy")
 HELDOUT_EVERY, HELDOUT_REMAINDER = 5, 4
 SPLITS = ("all", "train", "heldout")
 _WNID = re.compile(r"n\d{8}")
-
-
-class TrainingError(TameError, ValueError):
-    """A training option, data folder or saved state that cannot be used."""
 
 
 def is_heldout_class(index: int) -> bool:

@@ -7,8 +7,9 @@ training runs in one process and every collective here is a no-op.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ class Distributed:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_group: bool = False
 
     @property
@@ -30,7 +31,7 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def setup(cls, device: str = "auto") -> "Distributed":
+    def setup(cls, device: str = "auto") -> Distributed:
         """Join the process group torchrun describes (gloo on CPUs, NCCL on GPUs), or run alone."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -6,8 +6,8 @@ top-1 class; the metrics themselves are :func:`tame_core.metrics.average_drop_in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

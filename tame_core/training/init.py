@@ -10,15 +10,15 @@ explained maps are min-max normalised, so they do not depend on that choice.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..errors import TrainingError
 from ..head import TAMEHead
 from ..taps import LayerTaps
-from .data import TrainingError
 
 INITS = ("random", "cam")
 

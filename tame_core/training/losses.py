@@ -66,9 +66,10 @@ def variation_loss(masks: torch.Tensor, border: float = 0.3) -> torch.Tensor:
 
 
 def tame_loss(
-    masked_logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, weights: LossWeights = LossWeights()
+    masked_logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, weights: LossWeights | None = None
 ) -> LossTerms:
     """The total loss from the masked-input logits (N, classes), their targets (N,) and all maps (B, K, h, w)."""
+    weights = weights or LossWeights()
     ce = F.cross_entropy(masked_logits.float(), targets)
     area = area_loss(masks.float(), weights.area_eps, weights.area_power)
     tv = variation_loss(masks.float(), weights.tv_border)

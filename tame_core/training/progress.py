@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -32,7 +33,7 @@ class RunReporter:
         self.handle = None
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(log_path, "a" if append else "w", encoding="utf-8")
+            self.handle = open(log_path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 - open for the run
         self.bar = tqdm(
             total=total_steps, initial=initial_step, unit="step", desc="train", file=sys.stderr,
             disable=not progress, dynamic_ncols=True,

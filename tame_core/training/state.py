@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .data import TrainingError
+from ..errors import TrainingError
 
 STATE_VERSION = 1
 

@@ -7,7 +7,7 @@ only the clean forward (targets and tapped features) runs without a graph.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ def batch_loss(
     taps: LayerTaps,
     head: HeadCall,
     inputs01: torch.Tensor,
-    weights: LossWeights = LossWeights(),
+    weights: LossWeights | None = None,
     mask_order: str = "raw",
     top_k: int = 1,
     autocast: contextlib.AbstractContextManager | None = None,
@@ -62,4 +62,4 @@ def batch_loss(
     repeated = inputs01.repeat_interleave(top_k, dim=0)
     with autocast:
         logits_masked = masked_logits(backbone, repeated, upsampled.reshape(-1, 1, *size), mask_order)
-    return tame_loss(logits_masked, targets, masks, weights)
+    return tame_loss(logits_masked, targets, masks, weights or LossWeights())

@@ -20,10 +20,18 @@ from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
 from ..checkpoint import metadata_for, save_head
+from ..errors import TrainingError
 from ..head import TAMEHead
 from ..taps import LayerTaps, check_layers
 from .config import TrainConfig
-from .data import HELDOUT_EVERY, HELDOUT_REMAINDER, EpochSampler, ImageFiles, TrainingError, build_transform, readable_images
+from .data import (
+    HELDOUT_EVERY,
+    HELDOUT_REMAINDER,
+    EpochSampler,
+    ImageFiles,
+    build_transform,
+    readable_images,
+)
 from .distributed import Distributed
 from .init import init_from_cam
 from .progress import Callback, RunReporter

@@ -1,0 +1,70 @@
+"""Evaluating a head from the app: :func:`tame_core.evaluation.evaluate` as a stoppable, resumable job.
+
+An evaluation runs for minutes, so it gets its own copy of the model instead of holding the shared one
+(which would stall every other session's explanations). Its per-image results are saved after every
+batch to a state file named by the settings, so a stopped run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..evaluation import EvaluationReport, evaluate
+from ..metrics import spec_for
+from .jobs import JobContext
+from .models import ModelChoice, load_model
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What the Evaluate page asks for: a folder of images, which of them, which methods, how finely."""
+
+    data: str
+    methods: tuple[str, ...]
+    split: str = "all"
+    limit: int | None = None
+    steps: int = 50
+    baseline: str = "blur"
+    method_limits: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+
+    def state_path(self, choice: ModelChoice, folder: str | Path | None = None) -> Path:
+        """Where this request's partial results live (one file per model and settings)."""
+        key = json.dumps({"model": repr(choice), **asdict(self)}, sort_keys=True)
+        root = Path(folder) if folder is not None else Path(tempfile.gettempdir()) / "tame-studio-evaluations"
+        return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def evaluation_work(
+    choice: ModelChoice, request: EvaluationRequest, context: JobContext, state_folder: str | Path | None = None
+) -> EvaluationReport:
+    """Run the evaluation (resuming its saved state, if any) with progress and stop wired to the job."""
+    context.progress(0.0, "Loading a copy of the model")
+    explainer = load_model(choice).explainer
+
+    def progress(done: int, total: int, message: str) -> None:
+        context.progress(done / total if total else 0.0, message)
+
+    return evaluate(
+        explainer,
+        request.data,
+        list(request.methods),
+        request.limit,
+        progress,
+        split=request.split,
+        steps=request.steps,
+        baseline=request.baseline,
+        method_limits=dict(request.method_limits),
+        state_path=request.state_path(choice, state_folder),
+        stop=context.stop_event,
+    )
+
+
+def column_title(name: str) -> str:
+    """A table heading that says which way is better: ``AD100 ↓``, ``IC100 ↑``."""
+    if name in ("method", "images"):
+        return name
+    return f"{name} {'↓' if spec_for(name).direction == 'lower' else '↑'}"
