@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import guarded, resolve_model, workspace
-from tame_core.backbones import list_backbones
+from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.explainer import bundled_head_path
 from tame_core.studio import HEAD_ENV, MAX_UPLOAD_MB, ModelChoice, default_choice, store_uploaded_head
 from tame_core.studio.models import MAX_HEAD_UPLOAD_MB, available_devices
@@ -54,7 +54,7 @@ def model_sidebar() -> ModelChoice | None:
         if head:
             st.caption(f"Using `{head}` (from ${HEAD_ENV}).")
         else:
-            st.caption(f"`checkpoints/{bundled_head_path('efficientnet_lite0').name}`, trained on ImageNet samples.")
+            st.caption(f"`checkpoints/{bundled_head_path(DEFAULT_BACKBONE).name}` on the embedded {DEFAULT_BACKBONE}.")
     elif source == "file":
         head = st.text_input("Path to a head (.safetensors)", key="head_path").strip() or None
     elif source == "upload":

@@ -137,7 +137,8 @@ def main() -> int:
 
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU ({os.cpu_count()} cores, load {load}); {head}")
-    print(f"picture {picture.shape[1]}x{picture.shape[0]} (app works at {working.shape[1]}x{working.shape[0]}); {args.repeats} repeats each")
+    size, work = f"{picture.shape[1]}x{picture.shape[0]}", f"{working.shape[1]}x{working.shape[0]}"
+    print(f"picture {size} (the app works at {work}); {args.repeats} repeats each")
     core = core_timings(working, args.repeats)
     app = app_timings(png_bytes(picture), args.repeats)
     width = max(map(len, [*core, *app]))
@@ -152,7 +153,8 @@ def main() -> int:
     for name, samples in app.items():
         median = statistics.median(samples) * 1000
         verdicts.append(median <= TARGET_MS)
-        print(f"  {name:<{width}}  {median_ms(samples)}  = {median / TARGET_MS:.2f} x target  {'OK' if median <= TARGET_MS else 'OVER'}")
+        verdict = "OK" if median <= TARGET_MS else "OVER"
+        print(f"  {name:<{width}}  {median_ms(samples)}  = {median / TARGET_MS:.2f} x target  {verdict}")
     return 0 if all(verdicts) else 1
 
 

@@ -91,7 +91,11 @@ def bench_methods(args, explainer, inputs, classes) -> dict[str, torch.Tensor]:
         options = {"masks": args.rise_masks} if method == "rise" else {}
         repeats = 1 if method in ("scorecam", "ablationcam", "rise") and device.type == "cpu" else args.repeats
         results = []
-        seconds = median_seconds(lambda: results.append(explain_with(method, explainer, inputs, classes, **options)), device, repeats)
+
+        def run(method: str = method, options: dict = options, results: list = results) -> None:
+            results.append(explain_with(method, explainer, inputs, classes, **options))
+
+        seconds = median_seconds(run, device, repeats)
         result = results[-1]
         maps[method] = result.maps
         if method == "tame":

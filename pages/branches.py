@@ -7,7 +7,7 @@ import streamlit as st
 from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
 from tame_core.metrics import METRICS
 from tame_core.studio import ActiveImage, LoadedModel, render
-from tame_core.studio.ablation import AblationRow, ablation_rows, combinations
+from tame_core.studio.ablation import MAX_COMBINATIONS_BRANCHES, AblationRow, ablation_rows, combinations
 
 FRACTIONS = (100, 50, 15)  # % of the map's pixels kept
 
@@ -34,7 +34,8 @@ def mask_label(model: LoadedModel, mask: tuple[bool, ...]) -> str:
 def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...]) -> None:
     """AD/IC of the current map, measured for every branch combination in the background."""
     ws = workspace()
-    tag = (model.key, image.digest, class_index, mask if len(mask) > 4 else None)
+    every_combination = len(mask) <= MAX_COMBINATIONS_BRANCHES  # else one job per mask
+    tag = (model.key, image.digest, class_index, None if every_combination else mask)
     job = ws.job_for("ablation", tag)
     if job is None:
         explanation = ws.view(model, image, class_index)

@@ -62,7 +62,10 @@ def body() -> None:
                 for r in done
             ],
             hide_index=True,
-            column_config={"ms": st.column_config.NumberColumn(format="%.1f"), "× TAME time": st.column_config.NumberColumn(format="%.1f×")},
+            column_config={
+                "ms": st.column_config.NumberColumn(format="%.1f"),
+                "× TAME time": st.column_config.NumberColumn(format="%.1f×"),
+            },
         )
         st.caption(f"All maps explain {label}; times are this machine's wall clock for one picture.")
 

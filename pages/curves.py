@@ -7,7 +7,16 @@ import streamlit as st
 from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
 from tame_core.metrics.curves import BASELINES, MODES
 from tame_core.studio import plots
-from tame_core.studio.methods import DEFAULT_STEPS, CurvePoint, MethodMap, auc_direction, auc_rows, curve_points, list_methods, perturbed_image
+from tame_core.studio.methods import (
+    DEFAULT_STEPS,
+    CurvePoint,
+    MethodMap,
+    auc_direction,
+    auc_rows,
+    curve_points,
+    list_methods,
+    perturbed_image,
+)
 
 
 def body() -> None:

@@ -6,12 +6,12 @@ import streamlit as st
 
 from pages._shared import class_picker, guarded, image_or_stop, image_picker, model_or_stop, workspace
 from tame_core.maps import COLORMAPS
-from tame_core.studio import render
+from tame_core.studio import LoadedModel, render
 
 GRID_COLUMNS = 4
 
 
-def all_images(model, alpha: float, colormap: str) -> None:
+def all_images(model: LoadedModel, alpha: float, colormap: str) -> None:
     """Every active picture with its map, small; one click makes a picture the current one."""
     ws = workspace()
     columns = st.columns(GRID_COLUMNS)
@@ -41,7 +41,7 @@ def body() -> None:
             column_order=("rank", "class", "probability"),
             column_config={
                 "rank": st.column_config.NumberColumn("#", width="small"),
-                "probability": st.column_config.ProgressColumn("probability", format="percent", min_value=0.0, max_value=1.0),
+                "probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
             },
         )
         class_index = class_picker(model, image)
@@ -56,7 +56,8 @@ def body() -> None:
     with pictures:
         left, right = st.columns(2)
         left.image(overlaid, caption=f"{label}: p = {probability:.1%}", output_format="JPEG")
-        right.image(render.heatmap_image(saliency, colormap), caption="The map alone (all branches)", output_format="JPEG")
+        heatmap = render.heatmap_image(saliency, colormap)
+        right.image(heatmap, caption="The map alone (all branches)", output_format="JPEG")
         stem = f"{render.file_stem(image.name)}_{render.file_stem(model.class_names[class_index])}"
         left.download_button(
             "Overlay (.png)", data=lambda: render.png_bytes(overlaid), file_name=f"{stem}_overlay.png", mime="image/png"

@@ -11,10 +11,10 @@ from pages._shared import guarded, job_status, live, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones, load_backbone
 from tame_core.head import VARIANTS
 from tame_core.hub import push_head
-from tame_core.taps import list_layers
-from tame_core.training import SPLITS, TrainConfig
 from tame_core.studio import plots
 from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, output_path, train_work
+from tame_core.taps import list_layers
+from tame_core.training import SPLITS, TrainConfig
 
 CHECKPOINT_EVERY = 10  # steps between saved states: also how often the preview maps refresh
 
@@ -138,6 +138,8 @@ def body() -> None:
     job = workspace().job("train")
     running = job is not None and job.running
     if config is not None:
+        if config.out.exists():
+            st.warning(f"{config.out} exists: a new run replaces it (or pick another name).")
         go, again = st.columns(2)
         if go.button("Start training", type="primary", disabled=running, key="train_start"):
             start(config, resume=False)

@@ -56,7 +56,9 @@ class EvaluationReport:
         return [{"method": method, **{k: _finite(v) for k, v in values.items()}} for method, values in self.methods.items()]
 
     def to_json(self) -> str:
-        directions = {name: spec_for(name).direction for row in self.methods.values() for name in row if name != "images"}
+        directions = {
+            name: spec_for(name).direction for row in self.methods.values() for name in row if not name.startswith("images")
+        }
         payload = {"settings": self.settings, "results": self.rows(), "directions": directions, "skipped": self.skipped}
         return json.dumps(payload, indent=2, allow_nan=False, default=_plain)
 
@@ -83,11 +85,20 @@ class EvaluationReport:
     def table(self, columns: Sequence[str] = TABLE_COLUMNS) -> str:
         """The paper-style table: one line per method, arrows saying which way is better."""
         present = [c for c in columns if any(c in row for row in self.methods.values())]
-        headers = ["method", *(f"{_SHORT.get(c, c)}{'↓' if spec_for(c).direction == 'lower' else '↑'}" for c in present), "images"]
-        lines = [[method, *(_format(row.get(c)) for c in present), str(int(row.get("images", 0)))] for method, row in self.methods.items()]
-        widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
-        render = lambda cells: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))  # noqa: E731
-        return "\n".join([render(headers), *(render(line) for line in lines)])
+        arrows = {"lower": "↓", "higher": "↑"}
+        headers = ["method", *(_SHORT.get(c, c) + arrows[spec_for(c).direction] for c in present), "images"]
+        lines = [
+            [method, *(_format(row.get(c)) for c in present), str(int(row.get("images", 0)))]
+            for method, row in self.methods.items()
+        ]
+        widths = [max(len(cells[i]) for cells in [headers, *lines]) for i in range(len(headers))]
+
+        def render(cells: list[str]) -> str:
+            return "  ".join(cells[0].ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(cells))
+
+        total = self.settings.get("images")
+        notes = [f"{group}: first {n} images only" for group, n in self.settings.get("metric_limits", {}).items() if total and n < total]
+        return "\n".join([render(headers), *(render(line) for line in lines), *notes])
 
 
 class _Tally:
@@ -97,10 +108,13 @@ class _Tally:
         data = data or {}
         self.values: dict[str, dict[str, list[float]]] = data.get("values", {})
         self.costs: dict[str, dict[str, float]] = data.get("costs", {})
+        self.counts: dict[str, dict[str, int]] = data.get("counts", {})
         self.images_done: int = data.get("images_done", 0)
         self.skipped: list[str] = data.get("skipped", [])
 
-    def add(self, method: str, per_image: Mapping[str, torch.Tensor]) -> None:
+    def add(self, method: str, group: str, per_image: Mapping[str, torch.Tensor], images: int) -> None:
+        counts = self.counts.setdefault(method, {})
+        counts[group] = counts.get(group, 0) + images
         row = self.values.setdefault(method, {})
         for name, values in per_image.items():
             row.setdefault(name, []).extend(float(v) for v in values.detach().float().cpu())
@@ -124,10 +138,14 @@ class _Tally:
             row["backward_passes"] = cost["backwards"] / cost["images"]
             row["images"] = cost["images"]
             result[method] = {name: row[name] for name in _ordered(row)}
+            result[method].update({f"images_{group}": n for group, n in self.counts.get(method, {}).items()})
         return result
 
     def to_dict(self) -> dict[str, Any]:
-        return {"values": self.values, "costs": self.costs, "images_done": self.images_done, "skipped": self.skipped}
+        return {
+            "values": self.values, "costs": self.costs, "counts": self.counts,
+            "images_done": self.images_done, "skipped": self.skipped,
+        }
 
 
 def select_files(
@@ -173,6 +191,7 @@ def evaluate(
     road_percentages: Sequence[int] = DEFAULT_ROAD_PERCENTAGES,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     method_limits: Mapping[str, int] | None = None,
+    metric_limits: Mapping[str, int] | None = None,
     metric_batch_size: int | None = None,
     seed: int = 0,
     state_path: str | os.PathLike | None = None,
@@ -181,7 +200,7 @@ def evaluate(
     """Explain the images of ``data_dir`` with each of ``methods`` (default: all) and measure the maps.
 
     ``method_options`` passes keywords to a method (``{"rise": {"masks": 1000}}``); ``method_limits``
-    runs a method on the first N images only. With ``state_path`` the per-image results are saved after
+    runs a method on the first N images only, ``metric_limits`` a metric group (``{"road": 50}``). With ``state_path`` the per-image results are saved after
     every batch and a run with the same settings resumes from them; ``stop`` ends the run after the
     current batch (the report then covers the images done).
     """
@@ -202,6 +221,9 @@ def evaluate(
         if wrong:
             raise EvaluationError(f"method {method!r} has no option {wrong[0]!r} (its options: {', '.join(accepted) or 'none'})")
     limits = {m: int(n) for m, n in (method_limits or {}).items() if m in methods}
+    group_limits = {g: int(n) for g, n in (metric_limits or {}).items()}
+    if set(group_limits) - set(METRIC_GROUPS):
+        raise EvaluationError(f"unknown metric group {sorted(set(group_limits) - set(METRIC_GROUPS))[0]!r} in the limits")
     files = select_files(data_dir, split, list_file, limit)
     backbone = explainer.backbone
     settings = {
@@ -216,6 +238,7 @@ def evaluate(
         "methods": methods,
         "method_options": options,
         "method_limits": limits,
+        "metric_limits": group_limits,
         "metrics": list(metrics),
         "curve_steps": steps,
         "curve_baseline": baseline,
@@ -233,11 +256,10 @@ def evaluate(
         if stop is not None and stop.is_set():
             break
         paths = files[start : start + batch_size]
-        pictures, names = [], []
+        pictures = []
         for path in paths:
             try:
                 pictures.append(image_to_tensor(load_image(path)))
-                names.append(path)
             except ImageLoadError as error:
                 tally.skipped.append(str(error))
         if pictures:
@@ -251,9 +273,10 @@ def evaluate(
                     continue
                 if progress is not None:
                     progress(done, total, f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}")
+                counts = {g: max(0, min(keep, group_limits.get(g, len(files)) - start)) for g in metrics}
                 _evaluate_method(
                     tally, method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
-                    metrics, steps, baseline, road_percentages, metric_batch_size, seed,
+                    counts, steps, baseline, road_percentages, metric_batch_size, seed,
                 )
                 done += min(len(paths), limits.get(method, len(files)) - start)
         tally.images_done = start + len(paths)
@@ -271,7 +294,7 @@ def _evaluate_method(
     classes: torch.Tensor,
     logits: torch.Tensor,
     options: Mapping[str, Any],
-    metrics: Sequence[str],
+    counts: Mapping[str, int],
     steps: int,
     baseline: str,
     road_percentages: Sequence[int],
@@ -280,15 +303,20 @@ def _evaluate_method(
 ) -> None:
     result = explain_with(method, explainer, inputs, classes, **options)
     tally.add_cost(method, inputs.shape[0], result.seconds, result.forward_passes, result.backward_passes)
-    model, maps = explainer.backbone, result.maps
-    if "adic" in metrics:
-        tally.add(method, average_drop_increase(model, inputs, maps, classes, batch_size=metric_batch_size, clean_logits=logits).per_image())
-    if "road" in metrics:
-        for order in ("morf", "lerf"):
-            found = road(model, inputs, maps, classes, road_percentages, order, metric_batch_size, seed=seed, clean_logits=logits)
-            tally.add(method, found.per_image())
-    if "curves" in metrics:
-        tally.add(method, deletion_insertion(model, inputs, maps, classes, steps, baseline, metric_batch_size).per_image())
+    model = explainer.backbone
+    for group, count in counts.items():
+        if count == 0:
+            continue
+        x, maps, c, clean = inputs[:count], result.maps[:count], classes[:count], logits[:count]
+        if group == "adic":
+            values = average_drop_increase(model, x, maps, c, batch_size=metric_batch_size, clean_logits=clean).per_image()
+        elif group == "road":
+            values = {}
+            for order in ("morf", "lerf"):
+                values.update(road(model, x, maps, c, road_percentages, order, metric_batch_size, seed=seed, clean_logits=clean).per_image())
+        else:
+            values = deletion_insertion(model, x, maps, c, steps, baseline, metric_batch_size).per_image()
+        tally.add(method, group, values, count)
 
 
 def _load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> _Tally:

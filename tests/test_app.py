@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +233,7 @@ def test_two_sessions_never_share_images_or_results(monkeypatch, random_head_pat
 
 
 @pytest.mark.slow
-def test_train_page_trains_a_head_into_checkpoints(app, tmp_path, sample_images, monkeypatch):
+def test_train_page_trains_a_head_and_pushes_it(app, tmp_path, sample_images, monkeypatch, fake_hub):
     from tame_core.studio import training
 
     monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path / "checkpoints")
@@ -256,6 +255,10 @@ def test_train_page_trains_a_head_into_checkpoints(app, tmp_path, sample_images,
     assert job.result == tmp_path / "checkpoints" / "tiny.safetensors" and job.result.is_file()
     assert app.success[0].value.startswith(f"Saved {job.result}")
     assert len(app.get("plotly_chart")) == 1
+    app.text_input(key="push_repo").input("team/trained-in-app").run()
+    ok(app.button(key="push").click().run())
+    assert "team/trained-in-app" in app.success[1].value
+    assert set(fake_hub.resolve("team/trained-in-app", "main")[1]) == {"head.safetensors", "head.json", "README.md"}
 
 
 def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_images):

@@ -69,7 +69,7 @@ def test_split_and_list_files_choose_the_images(photo_dir, tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_report(explainer, photo_dir, tmp_path):
-    settings = dict(FAST, metrics=("adic", "road"))
+    settings = dict(FAST, metrics=("adic", "road"), road_percentages=(50,))
     whole = evaluate(explainer, photo_dir, ["tame", "rise"], **settings)
     state = tmp_path / "state.json"
     stop = threading.Event()
@@ -83,15 +83,21 @@ def test_an_interrupted_run_resumes_to_the_same_report(explainer, photo_dir, tmp
     resumed = evaluate(explainer, photo_dir, ["tame", "rise"], state_path=state, **settings)
     assert resumed.methods["tame"]["images"] == 3
     for method in ("tame", "rise"):
-        for name in ("AD100", "AD15", "IC50", "MoRF", "LeRF", "MoRF_dprob"):
+        for name in ("AD100", "AD15", "IC50", "MoRF50", "LeRF", "MoRF_dprob"):
             assert resumed.methods[method][name] == pytest.approx(whole.methods[method][name], abs=1e-4), (method, name)
     with pytest.raises(EvaluationError, match="saved with other settings"):
         evaluate(explainer, photo_dir, ["tame"], state_path=state, **settings)
 
 
-def test_method_limits_and_option_checks(explainer, photo_dir):
-    report = evaluate(explainer, photo_dir, ["tame", "rise"], metrics=("adic",), method_limits={"rise": 1}, **FAST)
-    assert report.methods["tame"]["images"] == 3 and report.methods["rise"]["images"] == 1
+def test_method_and_metric_limits_and_option_checks(explainer, photo_dir):
+    report = evaluate(
+        explainer, photo_dir, ["tame", "rise"], metrics=("adic", "road"), method_limits={"rise": 1}, metric_limits={"road": 2},
+        **FAST,
+    )
+    tame, rise = report.methods["tame"], report.methods["rise"]
+    assert (tame["images"], tame["images_adic"], tame["images_road"]) == (3, 3, 2)
+    assert (rise["images"], rise["images_adic"], rise["images_road"]) == (1, 1, 1)
+    assert report.table().splitlines()[-1] == "road: first 2 images only"
     with pytest.raises(EvaluationError, match="method 'rise' has no option 'layer'"):
         evaluate(explainer, photo_dir, ["rise"], method_options={"rise": {"layer": "x"}})
     with pytest.raises(EvaluationError, match="unknown method 'gradcan'"):
@@ -125,6 +131,8 @@ def test_cli_errors_are_one_line(random_head_path, photo_dir, tmp_path, capsys):
     base = ["evaluate", "--head", str(random_head_path), "--device", "cpu", "--data", str(photo_dir), "--out", str(tmp_path)]
     assert main([*base, "--option", "rise-masks"]) == 2
     assert capsys.readouterr().err.strip() == "error: --option 'rise-masks' must look like NAME=VALUE"
+    assert main([*base, "--metric-limit", "road=half"]) == 2
+    assert "error: --metric-limit 'road=half': the limit must be a whole number of images" in capsys.readouterr().err
     assert main([*base, "--methods", "tame,gradcan"]) == 2
     assert "unknown method 'gradcan'; did you mean gradcam" in capsys.readouterr().err
     assert main([*base, "--data", str(tmp_path / "nowhere")]) == 2

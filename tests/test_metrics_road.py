@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+from test_metrics import SIZE, R, RegionModel, region_map
 
 from tame_core.errors import EvaluationError
 from tame_core.metrics import noisy_linear_impute, road
 from tame_core.metrics.road import removal_keep_masks
-from test_metrics import R, SIZE, RegionModel, region_map
 
 # pytorch-grad-cam calls np.percentile on torch tensors, which numpy 2 warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -24,10 +26,10 @@ from tame_core.studio import (
     load_model,
     load_sample,
     read_upload,
+    render,
     store_uploaded_head,
 )
 from tame_core.studio import images as studio_images
-from tame_core.studio import render
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG", **options) -> bytes:
@@ -67,6 +69,19 @@ def test_bad_uploads_raise_one_line_errors_naming_the_file(sample_images, name, 
         read_upload(name, data)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's calling card)."""
+    data = bytearray(encode(np.zeros((2, 2, 3), np.uint8)))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_pictures_with_too_many_pixels_are_refused_before_decoding():
+    with pytest.raises(ImageLoadError, match=r"^huge\.png: .*400 megapixels, over the 89-megapixel limit"):
+        read_upload("huge.png", png_claiming(20000, 20000))
 
 
 def test_upload_over_the_size_limit_is_refused_before_decoding():

@@ -15,6 +15,7 @@ from tame_core.metrics import average_drop_increase
 from tame_core.metrics.curves import baseline_images, deletion_insertion
 from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace, load_sample
 from tame_core.studio.ablation import ablation_rows, combinations
+from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
 from tame_core.studio.methods import (
     CurvePoint,
     MethodMap,
@@ -25,7 +26,6 @@ from tame_core.studio.methods import (
     list_methods,
     perturbed_image,
 )
-from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
 from tame_core.studio.plots import curve_figure, loss_figure
 from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, output_path, train_work
 from tame_core.training import TrainConfig, TrainingError
@@ -197,6 +197,7 @@ def test_training_job_streams_losses_previews_and_resumes(tmp_path):
     assert records[0]["event"] == "resume" and records[0]["step"] == len(steps)
     assert [r["step"] for r in records if "loss" in r] == list(range(len(steps) + 1, 5))
     assert resumed.result == config.out and config.out.is_file()
+    assert not can_resume(config)  # finished: nothing left to resume
     assert loss_figure(steps + [r for r in records if "loss" in r]).data[0].x == tuple(range(1, 5))
 
 

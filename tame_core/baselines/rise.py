@@ -63,10 +63,10 @@ class RiseMethod(Method):
         for start in range(0, masks, MASKS_PER_ROUND):
             count = min(MASKS_PER_ROUND, masks - start)
             round_masks = rise_masks(count, size, cells, p, generator, device)
-            rows = torch.arange(batch * count, device=device)  # row = image * count + mask
 
-            def build(a: int, b: int) -> torch.Tensor:
-                return images01[rows[a:b] // count] * round_masks[rows[a:b] % count, None]
+            def build(a: int, b: int, masks: torch.Tensor = round_masks, count: int = count) -> torch.Tensor:
+                rows = torch.arange(a, b, device=device)  # row = image * count + mask
+                return images01[rows // count] * masks[rows % count, None]
 
             probs, _ = scores(backbone, batch * count, build, classes.repeat_interleave(count), forward_batch)
             saliency += torch.einsum("bn,nhw->bhw", probs.view(batch, count), round_masks)

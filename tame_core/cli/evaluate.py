@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="a method option, e.g. rise.masks=1000 or gradcam.layer=blocks.5 (repeatable)")
     run.add_argument("--method-limit", action="append", default=[], metavar="METHOD=N",
                      help="run a slow method on the first N images only, e.g. scorecam=50 (repeatable)")
+    run.add_argument("--metric-limit", action="append", default=[], metavar="GROUP=N",
+                     help="compute a metric group on the first N images only, e.g. road=50 (repeatable)")
     run.add_argument("--steps", type=int, default=50, help="deletion/insertion steps (default 50)")
     run.add_argument("--baseline", choices=BASELINES, default="blur", help="what deleted pixels become (default blur)")
     run.add_argument("--batch-size", type=int, default=8, help="images explained per batch")
@@ -59,7 +61,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     methods = _names(args.methods)
     metrics = _names(args.metrics)
     options = parse_options(args.option)
-    limits = {method: int(_number(value, f"--method-limit {method}={value}")) for method, value in (_pair(item, "--method-limit") for item in args.method_limit)}
+    limits = _limits(args.method_limit, "--method-limit")
+    metric_limits = _limits(args.metric_limit, "--metric-limit")
     state = args.out / STATE_FILE
     if state.exists() and not args.resume:
         state.unlink()  # a fresh run; --resume keeps it
@@ -75,7 +78,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report = evaluate(
             explainer, args.data, methods, args.limit, progress, split=args.split, list_file=args.list_file,
             batch_size=args.batch_size, metrics=metrics, steps=args.steps, baseline=args.baseline,
-            method_options=options, method_limits=limits, metric_batch_size=args.metric_batch_size,
+            method_options=options, method_limits=limits, metric_limits=metric_limits, metric_batch_size=args.metric_batch_size,
             seed=args.seed, state_path=state,
         )
     except KeyboardInterrupt:
@@ -104,6 +107,18 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _limits(items: list[str], flag: str) -> dict[str, int]:
+    """``["scorecam=20"]`` -> ``{"scorecam": 20}``."""
+    limits = {}
+    for item in items:
+        name, value = _pair(item, flag)
+        number = _value(value)
+        if not isinstance(number, int) or number < 0:
+            raise EvaluationError(f"{flag} {item!r}: the limit must be a whole number of images")
+        limits[name] = number
+    return limits
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -123,10 +138,3 @@ def _value(text: str) -> Any:
         except ValueError:
             pass
     return text
-
-
-def _number(text: str, what: str) -> float:
-    value = _value(text)
-    if not isinstance(value, (int, float)) or value < 0:
-        raise EvaluationError(f"{what}: expected a non-negative number")
-    return value

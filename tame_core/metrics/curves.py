@@ -152,7 +152,7 @@ def stream_curve(
     fractions = inputs.fractions.tolist()
     row_classes = classes.expand(inputs.points)
     size = check_batch_size(batch_size, images01.device)
-    build = lambda a, b: inputs.build(mode, a, b)  # noqa: E731
+    build = lambda a, b: inputs.build(mode, a, b)
     for start, stop, probs, _ in iter_scores(model, inputs.points, build, row_classes, size):
         yield from zip(fractions[start:stop], probs.tolist())
 

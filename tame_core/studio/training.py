@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..backbones import Backbone, load_backbone
+from ..checkpoint import read_metadata
 from ..errors import TameError
 from ..explainer import BUNDLED_HEADS, CHECKPOINT_DIR, Explainer
 from ..head import TAMEHead
@@ -120,7 +121,8 @@ def train_work(config: TrainConfig, context: JobContext, preview: TrainingPrevie
         if "total_steps" in record:
             total["steps"] = int(record["total_steps"])
         if "step" in record and "loss" in record and total["steps"]:
-            context.progress(record["step"] / total["steps"], f"step {record['step']}/{total['steps']}, loss {record['loss']:.3f}")
+            step = record["step"]
+            context.progress(step / total["steps"], f"step {step}/{total['steps']}, loss {record['loss']:.3f}")
         if record.get("event") == "checkpoint" and preview is not None:
             context.record({"event": "preview", "step": record.get("step"), "overlays": preview.overlays()})
 
@@ -128,5 +130,11 @@ def train_work(config: TrainConfig, context: JobContext, preview: TrainingPrevie
 
 
 def can_resume(config: TrainConfig) -> bool:
-    """Whether a stopped run of this configuration left a state to continue from."""
-    return config.state_path.is_file()
+    """Whether a stopped (not finished) run of this configuration left a state to continue from."""
+    if not config.state_path.is_file():
+        return False
+    try:
+        return not read_metadata(config.out).training.get("finished", False)
+    except TameError:
+        return True  # a state without a readable head: the run stopped before saving one
+
