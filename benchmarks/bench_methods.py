@@ -47,6 +47,18 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
     return statistics.median(samples)
 
 
+def in_turns(functions: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...) after one warm-up each,
+    so that a change in machine load during the run affects all of them alike."""
+    for fn in functions.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            samples[name].append(median_seconds(fn, device, 1, warmup=0))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def load_explainer(head: str | None, backbone: str, device: str):
     from tame_core import Explainer, TAMEHead, load_backbone
     from tame_core.errors import CheckpointError
@@ -79,34 +91,46 @@ def load_batch(args: argparse.Namespace, explainer) -> torch.Tensor:
 
 
 def bench_methods(args, explainer, inputs, classes) -> dict[str, torch.Tensor]:
+    """Times of a plain forward and of each method. The quick ones are timed in turns (forward, TAME,
+    Grad-CAM, ..., forward, TAME, ...), so a change in machine load hits them alike; the slow ones once."""
     from tame_core.baselines import explain_with
 
     device, backbone, batch = explainer.device, explainer.backbone, inputs.shape[0]
-    with torch.no_grad():
-        forward = median_seconds(lambda: backbone(inputs), device, args.repeats)
-    print(f"\n1. explanations of {batch} images ({args.repeats} timed runs each, medians)")
-    print(f"   {'plain forward':<12} {forward * 1e3 / batch:10.1f} ms/img")
-    maps, tame_time = {}, None
-    for method in args.methods:
+    slow = {"scorecam", "ablationcam", "rise"} if device.type == "cpu" else set()
+    results: dict[str, object] = {}
+
+    def runner(method: str) -> Callable[[], None]:
         options = {"masks": args.rise_masks} if method == "rise" else {}
-        repeats = 1 if method in ("scorecam", "ablationcam", "rise") and device.type == "cpu" else args.repeats
-        results = []
 
-        def run(method: str = method, options: dict = options, results: list = results) -> None:
-            results.append(explain_with(method, explainer, inputs, classes, **options))
+        def run() -> None:
+            if method == "forward":
+                with torch.no_grad():
+                    backbone(inputs)
+            else:
+                results[method] = explain_with(method, explainer, inputs, classes, **options)
 
-        seconds = median_seconds(run, device, repeats)
-        result = results[-1]
-        maps[method] = result.maps
+        return run
+
+    quick = ["forward", *(m for m in args.methods if m not in slow)]
+    seconds = in_turns({name: runner(name) for name in quick}, device, args.repeats)
+    for method in args.methods:
+        if method in slow:
+            seconds[method] = median_seconds(runner(method), device, 1, warmup=0)
+
+    forward = seconds["forward"]
+    print(f"\n1. explanations of {batch} images: medians of {args.repeats} runs taken in turns after a warm-up"
+          f"{'; Score-CAM, Ablation-CAM and RISE: one run each' if slow else ''}")
+    print(f"   {'plain forward':<12} {forward * 1e3 / batch:10.1f} ms/img")
+    for method in args.methods:
+        result = results[method]
         if method == "tame":
-            tame_time = seconds
-            relation = f"x{seconds / forward:6.2f} of a plain forward"
+            relation = f"x{seconds[method] / forward:6.2f} of a plain forward"
         else:
-            relation = f"x{seconds / tame_time:8.1f} of TAME" if tame_time else ""
+            relation = f"x{seconds[method] / seconds['tame']:8.1f} of TAME" if "tame" in seconds else ""
         extra = f" (masks={args.rise_masks})" if method == "rise" else ""
-        print(f"   {method:<12} {seconds * 1e3 / batch:10.1f} ms/img  {relation:<28} passes/img: "
+        print(f"   {method:<12} {seconds[method] * 1e3 / batch:10.1f} ms/img  {relation:<28} passes/img: "
               f"{result.forward_passes:g} forward, {result.backward_passes:g} backward{extra}")
-    return maps
+    return {method: result.maps for method, result in results.items()}
 
 
 def bench_curves(args, explainer, inputs, classes, saliency) -> None:
@@ -116,7 +140,6 @@ def bench_curves(args, explainer, inputs, classes, saliency) -> None:
     device, backbone, batch = explainer.device, explainer.backbone, inputs.shape[0]
     size = check_batch_size(args.metric_batch_size, device)
     rows = 2 * batch * (args.steps + 1)
-    metric = median_seconds(lambda: deletion_insertion(backbone, inputs, saliency, classes, args.steps, "blur", size), device, args.repeats)
     prepared = inputs.repeat((size + batch - 1) // batch, 1, 1, 1)[:size].contiguous()
     chunks = [min(size, rows - start) for start in range(0, rows, size)]
 
@@ -125,7 +148,11 @@ def bench_curves(args, explainer, inputs, classes, saliency) -> None:
             for count in chunks:
                 backbone(prepared[:count]).softmax(dim=-1)
 
-    alone = median_seconds(forwards_alone, device, args.repeats)
+    def curves() -> None:
+        deletion_insertion(backbone, inputs, saliency, classes, args.steps, "blur", size)
+
+    times = in_turns({"curves": curves, "alone": forwards_alone}, device, args.repeats)
+    metric, alone = times["curves"], times["alone"]
     print(f"\n2. deletion + insertion curves, {args.steps} steps, blur baseline: {rows} perturbed images in batches of {size}")
     print(f"   metric {metric:8.2f} s | its forwards alone {alone:8.2f} s | ratio x{metric / alone:.2f}")
 

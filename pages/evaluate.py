@@ -9,7 +9,7 @@ import streamlit as st
 from pages._shared import guarded, job_status, live, model_or_stop, workspace
 from tame_core.evaluation import TABLE_COLUMNS
 from tame_core.metrics.curves import BASELINES
-from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
+from tame_core.studio.evaluation import EvaluationRequest, can_resume, column_title, evaluation_work
 from tame_core.studio.methods import list_methods
 from tame_core.training import SPLITS
 
@@ -76,7 +76,9 @@ def body() -> None:
         state = request.state_path(model.choice)
         start, again = st.columns(2)
         fresh = start.button("Evaluate", type="primary", disabled=running, key="eval_start")
-        resume = state.exists() and again.button("Resume the stopped run", disabled=running, key="eval_resume")
+        resume = can_resume(request, model.choice) and again.button(
+            "Resume the stopped run", disabled=running, key="eval_resume"
+        )
         if fresh or resume:
             if fresh:
                 state.unlink(missing_ok=True)  # start over rather than continue a stopped run

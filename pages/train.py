@@ -95,7 +95,8 @@ def start(config: TrainConfig, resume: bool) -> None:
     config.resume = resume
     preview = TrainingPreview.from_folder(config)
     verb = "Resuming" if resume else "Training"
-    workspace().start_job("train", f"{verb} {config.out.stem}", lambda context: train_work(config, context, preview), config.out)
+    work = lambda context: train_work(config, context, preview)  # noqa: E731
+    workspace().start_job("train", f"{verb} {config.out.stem}", work, config.out)
 
 
 def progress_panel() -> None:

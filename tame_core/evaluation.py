@@ -157,6 +157,8 @@ def select_files(
     from .training.data import split_files  # the project's one definition of the ImageNet split
 
     if list_file is not None:
+        if not Path(list_file).is_file():
+            raise EvaluationError(f"image list {list_file} does not exist")
         lines = Path(list_file).read_text().splitlines()
         files = [Path(data_dir) / line.strip() for line in lines if line.strip() and not line.startswith("#")]
         missing = [str(path) for path in files if not path.is_file()]
@@ -166,7 +168,7 @@ def select_files(
         try:
             files = find_images(data_dir)
         except ImageLoadError as error:
-            raise EvaluationError(f"--data {error}") from None
+            raise EvaluationError(str(error)) from None
     files = split_files(files, split)
     if limit is not None:
         files = files[: max(0, int(limit))]

@@ -16,6 +16,7 @@ from tame_core.metrics.curves import baseline_images, deletion_insertion
 from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace, load_sample
 from tame_core.studio.ablation import ablation_rows, combinations
 from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
+from tame_core.studio.evaluation import can_resume as can_resume_evaluation
 from tame_core.studio.methods import (
     CurvePoint,
     MethodMap,
@@ -222,3 +223,25 @@ def test_evaluation_job_reports_the_table_and_resumes_from_its_state(tmp_path, r
     again = run(lambda context: evaluation_work(choice, request, context, tmp_path / "state"))
     assert again.result.rows() == first.result.rows()  # everything came from the saved state
     assert column_title("AD100") == "AD100 ↓" and column_title("insertion_auc") == "insertion_auc ↑"
+
+
+@pytest.mark.slow
+def test_a_stopped_evaluation_resumes_where_it_stopped(tmp_path, random_head_path):
+    data = tmp_path / "images"
+    data.mkdir()
+    for index in range(24):  # three batches of eight
+        (data / f"{index:02d}.png").write_bytes(png(index))
+    choice = ModelChoice(head=str(random_head_path))
+    request = EvaluationRequest(data=str(data), methods=("tame",), steps=4)
+    state = request.state_path(choice, tmp_path / "state")
+    job = Job("evaluate", lambda context: evaluation_work(choice, request, context, tmp_path / "state")).start()
+    deadline = time.monotonic() + 300
+    while job.running and not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.stop()  # after the first saved batch
+    assert job.wait(300) and job.state is JobState.STOPPED
+    assert can_resume_evaluation(request, choice, tmp_path / "state")
+    stopped_at = job.result.settings["images_done"]
+    assert 8 <= stopped_at < 24
+    resumed = run(lambda context: evaluation_work(choice, request, context, tmp_path / "state"))
+    assert resumed.result.rows()[0]["images"] == 24 and not can_resume_evaluation(request, choice, tmp_path / "state")

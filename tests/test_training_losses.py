@@ -150,3 +150,37 @@ def test_batch_loss_top_k_masks_each_image_once_per_class():
     assert masked.shape == (4, 3, 8, 8)  # each image twice, each time with a half mask (sigmoid(0))
     assert torch.allclose(masked, backbone.normalize(images.repeat_interleave(2, 0) * 0.5))
     assert terms.loss.requires_grad
+
+
+def test_choose_targets_draws_distinct_classes_from_each_row():
+    from tame_core.training.step import choose_targets
+
+    candidates = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert torch.equal(choose_targets(candidates, None), candidates)
+    assert torch.equal(choose_targets(candidates, 4), candidates)
+    picks = [choose_targets(candidates, 2, torch.Generator().manual_seed(s)) for s in range(20)]
+    for chosen in picks:
+        assert chosen.shape == (2, 2)
+        for row, options in zip(chosen.tolist(), candidates.tolist()):
+            assert len(set(row)) == 2 and set(row) <= set(options)
+    assert len({tuple(p.flatten().tolist()) for p in picks}) > 1  # not always the same classes
+    again = choose_targets(candidates, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(again, picks[3])  # seeded: a resumed run draws the same
+
+
+def test_batch_loss_with_one_of_the_top_k_per_image_masks_once_per_image():
+    backbone = probe_backbone()
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, 0], images[0, 1] = 1.0, 0.5
+    images[1, 2], images[1, 0] = 1.0, 0.5
+    seen_classes = []
+
+    def head(features, classes):
+        seen_classes.append(classes.tolist())
+        return torch.zeros(2, len(classes), 2, 2, requires_grad=True)
+
+    batch_loss(backbone, LayerTaps(backbone, ["features"]), head, images, top_k=2, per_image=1,
+               generator=torch.Generator().manual_seed(0))
+    first, second = seen_classes[0]
+    assert first in (0, 1) and second in (2, 0)
+    assert backbone.net.seen[1].shape == (2, 3, 8, 8)

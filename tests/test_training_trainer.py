@@ -73,17 +73,18 @@ def test_optimiser_decays_weights_not_biases():
 
 
 def test_stop_then_resume_gives_exactly_the_uninterrupted_head(tiny_folder, tmp_path):
-    reference = train_head(tiny_config(tiny_folder, tmp_path / "full"))
+    recipe = {"top_k": 3, "classes_per_image": 1}  # random class draws must resume exactly too
+    reference = train_head(tiny_config(tiny_folder, tmp_path / "full", **recipe))
     stop = threading.Event()
 
     def stop_after_three(record: dict) -> None:
         if record.get("step") == 3:
             stop.set()
 
-    out = train_head(tiny_config(tiny_folder, tmp_path / "split"), callback=stop_after_three, stop=stop)
+    out = train_head(tiny_config(tiny_folder, tmp_path / "split", **recipe), callback=stop_after_three, stop=stop)
     _, card = load_head(out)
     assert card.training["finished"] is False and card.training["steps"] == 3
-    train_head(tiny_config(tiny_folder, tmp_path / "split", resume=True))
+    train_head(tiny_config(tiny_folder, tmp_path / "split", resume=True, **recipe))
     head_a, _ = load_head(reference)
     head_b, card_b = load_head(out)
     assert card_b.training["finished"] is True and card_b.training["steps"] == 6
@@ -139,6 +140,8 @@ def test_config_rejects_bad_options(tmp_path):
         TrainConfig(data=tmp_path, out=tmp_path / "h", epochs=0)
     with pytest.raises(TrainingError, match="init 'magic'"):
         TrainConfig(data=tmp_path, out=tmp_path / "h", init="magic")
+    with pytest.raises(TrainingError, match="classes_per_image must be between 1 and top_k"):
+        TrainConfig(data=tmp_path, out=tmp_path / "h", top_k=2, classes_per_image=3)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -7,7 +7,8 @@ Pure Python over :mod:`tame_core` (nothing here imports Streamlit), so all of it
 * :mod:`.workspace`: one session's pictures, cached explanations and jobs;
 * :mod:`.jobs`: background work with progress, records, stop and result;
 * :mod:`.render`: overlays, heatmaps and download files; :mod:`.plots`: plotly figures;
-* :mod:`.analysis`: the work behind the Branches, Curves, Compare, Evaluate, Train and Demo pages.
+* the work behind the pages: :mod:`.ablation` (Branches), :mod:`.methods` (Deletion curves, Compare),
+  :mod:`.training` (Train), :mod:`.evaluation` (Evaluate); Demo mode uses ``Workspace.precompute``.
 """
 
 from .images import GALLERY, MAX_UPLOAD_MB, UPLOAD_TYPES, ActiveImage, load_sample, read_upload

@@ -38,6 +38,15 @@ class EvaluationRequest:
         return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
+def can_resume(request: EvaluationRequest, choice: ModelChoice, state_folder: str | Path | None = None) -> bool:
+    """Whether a stopped run of this request left images still to do."""
+    try:
+        saved = json.loads(request.state_path(choice, state_folder).read_text())
+        return int(saved["tally"]["images_done"]) < int(saved["settings"]["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def evaluation_work(
     choice: ModelChoice, request: EvaluationRequest, context: JobContext, state_folder: str | Path | None = None
 ) -> EvaluationReport:

@@ -30,8 +30,9 @@ from ..hub import is_repo_id
 #: Environment variable naming a head to use instead of the bundled one (tests, quick experiments).
 HEAD_ENV = "TAME_HEAD"
 
-#: Largest head checkpoint accepted as an upload, in MB (a ResNet-50 head is about 25 MB).
-MAX_HEAD_UPLOAD_MB = 256
+#: Largest head checkpoint accepted as an upload, in MB: the server's own upload limit
+#: (.streamlit/config.toml); a ResNet-50 head is under 40 MB.
+MAX_HEAD_UPLOAD_MB = 200
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def loss_figure(records: Sequence[dict[str, Any]], height: int = 360) -> go.Figu
     figure = go.Figure()
     for term in LOSS_TERMS:
         figure.add_trace(
-            go.Scatter(x=[r["step"] for r in steps], y=[r[term] for r in steps], mode="lines", name=term)
+            go.Scatter(x=[r["step"] for r in steps], y=[r[term] for r in steps], mode="lines+markers", name=term)
         )
     figure.update_layout(
         xaxis={"title": "step"},

@@ -40,7 +40,8 @@ class TrainConfig:
     seed: int = 0
     augment: str = "standard"
     init: str = "random"  # "cam": every class starts from its class activation map
-    top_k: int = 1  # train each image's map for its top-k predicted classes
+    top_k: int = 1  # train each image's maps for its top-k predicted classes...
+    classes_per_image: int | None = None  # ...or for this many of them per step, drawn at random (None: all k)
     mask_order: str = "raw"  # "normalized": T-TAME's order for ViTs
     loss: LossWeights = field(default_factory=LossWeights)
     device: str = "auto"
@@ -83,6 +84,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "top_k", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.classes_per_image is not None and not 1 <= self.classes_per_image <= self.top_k:
+            raise TrainingError(f"classes_per_image must be between 1 and top_k ({self.top_k}), got {self.classes_per_image}")
         if self.limit is not None and self.limit < 1:
             raise TrainingError(f"limit must be at least 1, got {self.limit}")
         if not self.lr > 0:
@@ -97,6 +100,6 @@ class TrainConfig:
     def schedule_key(self) -> dict[str, Any]:
         """What a resumed run must share with the saved one to continue the same schedule."""
         keep = ("backbone", "weights", "layers", "variant", "split", "limit", "epochs", "batch_size", "lr", "momentum",
-                "weight_decay", "seed", "augment", "init", "top_k", "mask_order", "loss")
+                "weight_decay", "seed", "augment", "init", "top_k", "classes_per_image", "mask_order", "loss")
         values = self.to_dict()
         return {k: values[k] for k in keep}

@@ -32,6 +32,14 @@ def masked_logits(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tenso
     raise ValueError(f"mask order must be one of {MASK_ORDERS}, got {order!r}")
 
 
+def choose_targets(candidates: torch.Tensor, count: int | None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` of each image's candidate classes (B, k), drawn without replacement; all of them when None."""
+    if count is None or count >= candidates.shape[1]:
+        return candidates
+    noise = torch.rand(candidates.shape, generator=generator)  # on the CPU, where the generator lives
+    return candidates.gather(1, noise.argsort(dim=1)[:, :count].to(candidates.device))
+
+
 def batch_loss(
     backbone: Backbone,
     taps: LayerTaps,
@@ -41,25 +49,31 @@ def batch_loss(
     mask_order: str = "raw",
     top_k: int = 1,
     autocast: contextlib.AbstractContextManager | None = None,
+    per_image: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> LossTerms:
     """The loss of a batch of raw [0, 1] images (B, 3, H, W); targets are the classifier's top-``top_k``.
 
+    With ``per_image`` = n < k, each image trains n of its top-k classes drawn at random (``generator``):
+    as many classes' maps learn as with top-k, at the cost of n masked forwards per image.
     ``head`` is called as ``head(features, classes)`` (so a DDP-wrapped head syncs its gradients) and
-    gives (B, B*k, h, w) pre-sigmoid maps: every image's map for every class targeted in the batch.
+    gives (B, B*n, h, w) pre-sigmoid maps: every image's map for every class targeted in the batch.
     """
     autocast = autocast or contextlib.nullcontext()
     batch, size = inputs01.shape[0], inputs01.shape[-2:]
     with torch.no_grad(), taps, autocast:
         logits = backbone(inputs01)
     features = [f.float() for f in taps.features]
-    targets = logits.float().topk(top_k, dim=1).indices.flatten()  # (B*k,): image i's k classes, in a row
+    chosen = choose_targets(logits.float().topk(top_k, dim=1).indices, per_image, generator)
+    count = chosen.shape[1]
+    targets = chosen.flatten()  # (B*n,): image i's n classes, in a row
     with autocast:
         maps = head(features, targets)
-    masks = maps.float().sigmoid()  # (B, B*k, h, w)
+    masks = maps.float().sigmoid()  # (B, B*n, h, w)
     rows = torch.arange(batch, device=masks.device)
-    own = masks[rows[:, None], (rows[:, None] * top_k + torch.arange(top_k, device=masks.device))]  # (B, k, h, w)
+    own = masks[rows[:, None], (rows[:, None] * count + torch.arange(count, device=masks.device))]  # (B, n, h, w)
     upsampled = F.interpolate(own, size=tuple(size), mode="bilinear", align_corners=False)
-    repeated = inputs01.repeat_interleave(top_k, dim=0)
+    repeated = inputs01.repeat_interleave(count, dim=0)
     with autocast:
         logits_masked = masked_logits(backbone, repeated, upsampled.reshape(-1, 1, *size), mask_order)
     return tame_loss(logits_masked, targets, masks, weights or LossWeights())

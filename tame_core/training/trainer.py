@@ -98,6 +98,7 @@ class _Run:
         )
         self.autocast, amp_dtype = _autocast(dist.device, config.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.targets_rng = torch.Generator().manual_seed(config.seed)  # draws classes when classes_per_image < top_k
         self.step = 0
         self.seconds = 0.0  # training time over all sessions of this run
         self.images = 0  # images trained on (all ranks), likewise
@@ -135,6 +136,7 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        self.targets_rng.set_state(state["targets_rng"])
         self.step, self.seconds, self.images = int(state["step"]), float(state["seconds"]), int(state["images"])
         self.resumed_from = self.step
         self.saved_step = self.step
@@ -152,6 +154,7 @@ class _Run:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_state(),
+                "targets_rng": self.targets_rng.get_state(),
             })
             self.reporter.event("checkpoint", step=self.step, path=str(self.config.state_path))
 
@@ -227,7 +230,10 @@ class _Run:
         config, dist = self.config, self.dist
         started = time.perf_counter()
         inputs = images.to(dist.device, non_blocking=True)
-        terms = batch_loss(self.backbone, taps, model, inputs, config.loss, config.mask_order, config.top_k, self.autocast)
+        terms = batch_loss(
+            self.backbone, taps, model, inputs, config.loss, config.mask_order, config.top_k, self.autocast,
+            config.classes_per_image, self.targets_rng,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
         self.scaler.step(self.optimizer)
