@@ -127,6 +127,16 @@ def test_upload_explain_toggle_and_curves_in_a_real_browser(server, browser, tmp
         context.close()
 
 
+def images_loaded(page, count: int) -> None:
+    """Wait until ``count`` pictures in the page body have arrived and decoded (screenshots show them)."""
+    page.wait_for_function(
+        """count => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
+            .filter(img => img.complete && img.naturalWidth > 0).length >= count""",
+        arg=count,
+        timeout=LONG,
+    )
+
+
 def main_image(page):
     return page.locator('[data-testid="stMain"] [data-testid="stImage"] img').first
 
@@ -143,7 +153,8 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     error = page.locator('[data-testid="stAlertContentError"]').first
     error.wait_for(timeout=LONG)
     assert error.inner_text().startswith("notes.jpg: not an image")
-    assert page.locator('[data-testid="stImage"]').count() >= 2  # the overlay and the raw map
+    images_loaded(page, 2)  # the overlay and the raw map
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=LONG)  # the top-5
     shot(page, "01-explain")
 
     # switch class through the searchable picker
@@ -151,6 +162,7 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     page.keyboard.type("tabby")
     page.keyboard.press("Enter")
     page.get_by_text("tabby (281): p = ").wait_for(timeout=LONG)
+    images_loaded(page, 2)
     shot(page, "02-class-switch")
 
     # toggle a branch off: the map is re-fused and that branch's tile says so
@@ -164,6 +176,7 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     page.get_by_text(f"{layers[-1]} (off)").wait_for(timeout=LONG)
     page.get_by_text(f"map from {' + '.join(layers[:-1])}").wait_for(timeout=LONG)
     assert main_image(page).get_attribute("src") != all_branches  # a new map (media URLs are content hashes)
+    images_loaded(page, 1 + len(layers))  # the map and each branch's contribution
     shot(page, "03-branch-off")
 
     # the deletion curves: plots appear and fill in; the AUC table when done
@@ -188,4 +201,5 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     page.get_by_text("the model sees").wait_for(timeout=LONG)
     page.get_by_role("button", name="Next ▶").click()
     page.get_by_text("Cup of coffee: the model sees").wait_for(timeout=LONG)
+    images_loaded(page, 2)
     shot(page, "06-demo")
