@@ -3,7 +3,8 @@
 Prints AD/IC at 100/50/15%, ROAD MoRF/LeRF, deletion/insertion AUC, milliseconds and forward passes
 per image for each method, and writes ``results.json`` and ``results.csv`` into ``--out``. The run
 saves its per-image results after every batch: after Ctrl-C, the same command with ``--resume``
-continues where it stopped.
+continues where it stopped. On a CPU shared with other jobs, ``OMP_NUM_THREADS=1`` can make a run
+many times faster (the solver behind ROAD is many small tensor operations).
 """
 
 from __future__ import annotations
