@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--weight-decay", type=float, default=5e-4)
     recipe.add_argument("--seed", type=int, default=0)
     recipe.add_argument("--init", choices=INITS, default="random", help="cam: start every class from its class activation map")
+    recipe.add_argument("--freeze-fuser", action="store_true",
+                        help="train only the branches (with --init cam, every class keeps reading its classifier weights)")
     recipe.add_argument("--top-k", type=int, default=1, help="train the maps of each image's top-k predicted classes")
     recipe.add_argument("--classes-per-image", type=int,
                         help="train only this many of the top-k per image and step, drawn at random (default: all k)")
@@ -76,7 +78,7 @@ def config_from(args: argparse.Namespace):
         data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
         variant=args.variant, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
-        init=args.init, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, device=args.device, amp=args.amp,
+        init=args.init, freeze_fuser=args.freeze_fuser, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, device=args.device, amp=args.amp,
         workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, state=args.state,
         log=args.log, progress=not args.no_progress,
     )

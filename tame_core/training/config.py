@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     augment: str = "standard"
     init: str = "random"  # "cam": every class starts from its class activation map
+    freeze_fuser: bool = False  # train only the branches: what is learned then applies to every class
     top_k: int = 1  # train each image's maps for its top-k predicted classes...
     classes_per_image: int | None = None  # ...or for this many of them per step, drawn at random (None: all k)
     mask_order: str = "raw"  # "normalized": T-TAME's order for ViTs
@@ -100,6 +101,6 @@ class TrainConfig:
     def schedule_key(self) -> dict[str, Any]:
         """What a resumed run must share with the saved one to continue the same schedule."""
         keep = ("backbone", "weights", "layers", "variant", "split", "limit", "epochs", "batch_size", "lr", "momentum",
-                "weight_decay", "seed", "augment", "init", "top_k", "classes_per_image", "mask_order", "loss")
+                "weight_decay", "seed", "augment", "init", "freeze_fuser", "top_k", "classes_per_image", "mask_order", "loss")
         values = self.to_dict()
         return {k: values[k] for k in keep}

@@ -41,8 +41,9 @@ from .step import batch_loss
 
 def parameter_groups(head: TAMEHead, weight_decay: float) -> list[dict]:
     """Weight decay on weights, none on biases (the papers' SGD setting)."""
-    decay = [p for name, p in head.named_parameters() if not name.endswith("bias")]
-    no_decay = [p for name, p in head.named_parameters() if name.endswith("bias")]
+    trainable = [(name, p) for name, p in head.named_parameters() if p.requires_grad]
+    decay = [p for name, p in trainable if not name.endswith("bias")]
+    no_decay = [p for name, p in trainable if name.endswith("bias")]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -90,6 +91,7 @@ class _Run:
         self.head = TAMEHead(channels, self.backbone.num_classes, config.variant).to(dist.device)
         if config.init == "cam":
             init_from_cam(self.head, self.backbone, self.layers, self._first_batch())
+        self.head.fuser.requires_grad_(not config.freeze_fuser)
         self.optimizer = torch.optim.SGD(
             parameter_groups(self.head, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
         )
