@@ -14,6 +14,8 @@ from tame_core.classes import imagenet_wnids
 from tame_core.cli import main
 from tame_core.errors import EvaluationError
 from tame_core.evaluation import evaluate, select_files
+from tame_core.images import image_to_tensor, load_image
+from tame_core.metrics import average_drop_increase
 
 FAST = dict(steps=4, road_percentages=(20, 80), batch_size=2, method_options={"rise": {"masks": 8}})
 PAPER_KEYS = {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc", "ms_per_image", "forward_passes"}
@@ -50,6 +52,21 @@ def test_evaluate_reports_every_metric_per_method(explainer, photo_dir):
     table = report.table().splitlines()
     assert table[0].split()[:3] == ["method", "AD100↓", "IC100↑"] and table[1].startswith("tame")
     assert report.settings["images"] == 2 and report.settings["classes"] == "top-1 prediction"
+
+
+def test_batched_adic_equals_the_metric_on_the_whole_set(explainer, photo_dir):
+    """Batches of 2 and 1, averaged per image, give the metric computed on all three images at once."""
+    report = evaluate(explainer, photo_dir, ["tame"], metrics=["adic"], batch_size=2)
+    row = report.methods["tame"]
+    assert row["images"] == 3 and not {"MoRF", "deletion_auc"} & set(row)
+    pictures = [image_to_tensor(load_image(path)) for path in sorted(photo_dir.iterdir())]
+    explanation = explainer.explain_inputs(explainer.backbone.preprocess.batch(pictures, "crop"))
+    direct = average_drop_increase(
+        explainer.backbone, explanation.inputs, explanation.maps[:, 0], explanation.classes[:, 0]
+    ).summary()
+    assert set(direct) == {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15"}
+    for name, value in direct.items():
+        assert row[name] == pytest.approx(value, abs=1e-3), name
 
 
 def test_split_and_list_files_choose_the_images(photo_dir, tmp_path):
