@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import timing
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 150.0
@@ -50,15 +51,6 @@ def median_ms(samples: list[float]) -> str:
     return f"median {statistics.median(samples) * 1000:7.1f} ms  p90 {p90 * 1000:7.1f} ms"
 
 
-def timed(function, repeats: int) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
 def core_timings(picture: np.ndarray, repeats: int) -> dict[str, list[float]]:
     from tame_core import Explainer
 
@@ -67,9 +59,9 @@ def core_timings(picture: np.ndarray, repeats: int) -> dict[str, list[float]]:
     classes = iter(np.random.default_rng(0).integers(0, 1000, size=10 * repeats).tolist())
     masks = itertools.cycle([(True, False, True), (False, True, True), (True, True, False)])
     return {
-        "full explanation (backbone + head)": timed(lambda: explainer.explain(picture), repeats),
-        "with_classes (head only)": timed(lambda: base.with_classes(next(classes)), repeats),
-        "with_branches (head only)": timed(lambda: base.with_branches(next(masks)), repeats),
+        "full explanation (backbone + head)": timing.samples(lambda: explainer.explain(picture), repeats),
+        "with_classes (head only)": timing.samples(lambda: base.with_classes(next(classes)), repeats),
+        "with_branches (head only)": timing.samples(lambda: base.with_branches(next(masks)), repeats),
     }
 
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
+from timing import median_seconds
 
 
 def _explainer(head: str | None, device: str):
@@ -30,35 +29,17 @@ def _explainer(head: str | None, device: str):
     return Explainer.load(head, device=device)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_it(fn, device: str, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def speed(args: argparse.Namespace) -> None:
     explainer = _explainer(args.head, args.device)
     torch.manual_seed(0)
     for batch in (1, 32):
         inputs = torch.rand(batch, 3, 224, 224, device=args.device)
         with torch.no_grad():
-            forward = time_it(lambda: explainer.backbone(inputs), args.device, args.repeats)
-        explain = time_it(lambda: explainer.explain_inputs(inputs), args.device, args.repeats)
+            forward = median_seconds(lambda: explainer.backbone(inputs), args.repeats, args.device, warmup=3)
+        explain = median_seconds(lambda: explainer.explain_inputs(inputs), args.repeats, args.device, warmup=3)
         cached = explainer.explain_inputs(inputs)
-        switch = time_it(lambda: cached.with_classes(cached.logits.topk(2, 1).indices[:, 1]), args.device, args.repeats)
-        toggle = time_it(lambda: cached.with_branches([True, False, True][: explainer.head.num_branches]), args.device, args.repeats)
+        switch = median_seconds(lambda: cached.with_classes(cached.logits.topk(2, 1).indices[:, 1]), args.repeats, args.device, warmup=3)
+        toggle = median_seconds(lambda: cached.with_branches([True, False, True][: explainer.head.num_branches]), args.repeats, args.device, warmup=3)
         print(
             f"batch {batch:>2} on {args.device}: backbone forward {forward * 1e3:8.2f} ms | explanation "
             f"{explain * 1e3:8.2f} ms (x{explain / forward:.2f} of the forward) | class switch {switch * 1e3:6.2f} ms "

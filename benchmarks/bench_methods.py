@@ -20,43 +20,12 @@ changes the maps, not the cost, so an untrained one is used when no trained head
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from typing import Callable
 
 import numpy as np
 import torch
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def in_turns(functions: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...) after one warm-up each,
-    so that a change in machine load during the run affects all of them alike."""
-    for fn in functions.values():
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            samples[name].append(median_seconds(fn, device, 1, warmup=0))
-    return {name: statistics.median(values) for name, values in samples.items()}
+from timing import in_turns, median_seconds
 
 
 def load_explainer(head: str | None, backbone: str, device: str):
@@ -112,10 +81,10 @@ def bench_methods(args, explainer, inputs, classes) -> dict[str, torch.Tensor]:
         return run
 
     quick = ["forward", *(m for m in args.methods if m not in slow)]
-    seconds = in_turns({name: runner(name) for name in quick}, device, args.repeats)
+    seconds = in_turns({name: runner(name) for name in quick}, args.repeats, device)
     for method in args.methods:
         if method in slow:
-            seconds[method] = median_seconds(runner(method), device, 1, warmup=0)
+            seconds[method] = median_seconds(runner(method), 1, device, warmup=0)
 
     forward = seconds["forward"]
     print(f"\n1. explanations of {batch} images: medians of {args.repeats} runs taken in turns after a warm-up"
@@ -151,7 +120,7 @@ def bench_curves(args, explainer, inputs, classes, saliency) -> None:
     def curves() -> None:
         deletion_insertion(backbone, inputs, saliency, classes, args.steps, "blur", size)
 
-    times = in_turns({"curves": curves, "alone": forwards_alone}, device, args.repeats)
+    times = in_turns({"curves": curves, "alone": forwards_alone}, args.repeats, device)
     metric, alone = times["curves"], times["alone"]
     print(f"\n2. deletion + insertion curves, {args.steps} steps, blur baseline: {rows} perturbed images in batches of {size}")
     print(f"   metric {metric:8.2f} s | its forwards alone {alone:8.2f} s | ratio x{metric / alone:.2f}")
@@ -185,8 +154,8 @@ def bench_road(args, explainer, inputs, classes, saliency) -> None:
             for order, metric in (("morf", ROADMostRelevantFirstAverage(kept)), ("lerf", ROADLeastRelevantFirstAverage(kept))):
                 theirs_results[order] = metric(inputs, cams, targets, backbone)
 
-    ours_time = median_seconds(ours, device, args.repeats)
-    theirs_time = median_seconds(theirs, device, max(1, min(args.repeats, 2)), warmup=0)
+    ours_time = median_seconds(ours, args.repeats, device)
+    theirs_time = median_seconds(theirs, max(1, min(args.repeats, 2)), device, warmup=0)
     print(f"\n3. ROAD, MoRF + LeRF at {', '.join(map(str, levels))}% removed, {batch} images")
     print(f"   ours {ours_time:8.2f} s | pytorch-grad-cam {theirs_time:8.2f} s | ours is x{theirs_time / ours_time:.1f} faster")
     for order in ("morf", "lerf"):

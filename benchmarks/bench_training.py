@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import samples
 
 from tame_core import TAMEHead, load_backbone
 from tame_core.images import find_images, image_to_tensor, load_image
@@ -32,15 +31,6 @@ def batch_of(backbone, data: Path | None, size: int) -> torch.Tensor:
         return torch.rand(size, 3, *backbone.preprocess.input_size, generator=torch.Generator().manual_seed(0))
     pictures = [image_to_tensor(load_image(p)) for p in find_images(data)[:size]]
     return backbone.preprocess.batch(pictures, "crop")
-
-
-def timed(function: Callable[[], None], repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -81,8 +71,8 @@ def main() -> None:
     training_step(), two_forwards_one_backward()  # warm-up (allocator, oneDNN kernels)
     step_times, reference_times = [], []
     for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit both alike
-        step_times += timed(training_step, 1)
-        reference_times += timed(two_forwards_one_backward, 1)
+        step_times += samples(training_step, 1)
+        reference_times += samples(two_forwards_one_backward, 1)
     step, reference = statistics.median(step_times), statistics.median(reference_times)
     print(f"backbone {backbone.name}, layers {layers}, init {args.init}, batch {args.batch_size} at "
           f"{tuple(inputs.shape[-2:])}, {torch.get_num_threads()} threads, {args.repeats} rounds (median)")
