@@ -85,7 +85,7 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
                "--out", str(out), *TINY, "--epochs", "2", "--batch-size", "2", "--device", "cpu", "--no-progress"]
     result = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split().count(str(out.with_suffix(".safetensors"))) == 2  # both ranks finished
+    assert result.stdout.count(str(out.with_suffix(".safetensors"))) == 2  # both ranks finished
     log = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "event" not in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]  # 12 images / 2 ranks / batch 2, 2 epochs: logged once

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if stop.is_set():
         print(f"stopped; state saved to {config.state_path}; continue with the same command and --resume", file=sys.stderr)
         return 130
-    print(out)
+    sys.stdout.write(f"{out}\n")  # one write: under torchrun every rank's line reaches the pipe whole
+    sys.stdout.flush()
     return 0
 
 
