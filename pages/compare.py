@@ -6,7 +6,8 @@ import streamlit as st
 
 from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
 from tame_core.studio import render
-from tame_core.studio.methods import MethodMap, compare_methods, list_methods
+from tame_core.baselines import list_methods
+from tame_core.studio.methods import MethodMap, compare_methods
 
 COLUMNS = 4
 DEFAULT_BASELINES = ("gradcam", "gradcam++", "layercam")

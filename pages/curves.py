@@ -7,6 +7,7 @@ import streamlit as st
 from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
 from tame_core.metrics.curves import BASELINES, MODES
 from tame_core.studio import plots
+from tame_core.baselines import list_methods
 from tame_core.studio.methods import (
     DEFAULT_STEPS,
     CurvePoint,
@@ -14,7 +15,6 @@ from tame_core.studio.methods import (
     auc_direction,
     auc_rows,
     curve_points,
-    list_methods,
     perturbed_image,
 )
 

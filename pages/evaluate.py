@@ -10,7 +10,7 @@ from pages._shared import guarded, job_status, live, model_or_stop, workspace
 from tame_core.evaluation import TABLE_COLUMNS
 from tame_core.metrics.curves import BASELINES
 from tame_core.studio.evaluation import EvaluationRequest, can_resume, column_title, evaluation_work
-from tame_core.studio.methods import list_methods
+from tame_core.baselines import list_methods
 from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")

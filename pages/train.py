@@ -8,12 +8,11 @@ from pathlib import Path
 import streamlit as st
 
 from pages._shared import guarded, job_status, live, workspace
-from tame_core.backbones import DEFAULT_BACKBONE, list_backbones, load_backbone
+from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.head import VARIANTS
 from tame_core.hub import push_head
 from tame_core.studio import plots
-from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, output_path, train_work
-from tame_core.taps import list_layers
+from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, layer_choices, output_path, train_work
 from tame_core.training import SPLITS, TrainConfig
 
 CHECKPOINT_EVERY = 10  # steps between saved states: also how often the preview maps refresh
@@ -21,14 +20,7 @@ CHECKPOINT_EVERY = 10  # steps between saved states: also how often the preview 
 
 @st.cache_resource(show_spinner="Listing the backbone's layers…")
 def usable_layers(backbone: str) -> tuple[dict[str, str], list[str]]:
-    """({layer: "name (channels, map size)"} for every tappable layer, the default layers); random weights suffice."""
-    net = load_backbone(backbone, weights="random")
-    labels = {
-        info.name: f"{info.name} ({info.channels} ch, {info.map_size[0]}×{info.map_size[1]})"
-        for info in list_layers(net)
-        if info.usable and info.map_size is not None
-    }
-    return labels, list(net.default_layers)
+    return layer_choices(backbone)
 
 
 def training_data() -> Path | None:

@@ -299,3 +299,12 @@ def test_rendering_and_download_files(model, explainer):
     assert np.array_equal(render.overlay_image(image.pixels, saliency, 0.0), image.pixels)
     assert render.class_label(281, explainer.backbone.class_names) == "tabby (281)"
     assert render.file_stem("My photo (1).JPG") == "My_photo_1" and render.file_stem("...") == "image"
+
+
+def test_layer_choices_label_each_tappable_layer_with_channels_and_map_size():
+    from tame_core.studio.training import layer_choices
+
+    labels, defaults = layer_choices("efficientnet_lite0")
+    assert defaults == ["blocks.2", "blocks.4", "blocks.6"]
+    assert labels["blocks.2"] == "blocks.2 (40 ch, 28×28)" and labels["bn2"] == "bn2 (1280 ch, 7×7)"
+    assert set(defaults) <= set(labels) and "classifier" not in labels  # the logits are not a spatial map

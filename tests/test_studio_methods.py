@@ -17,6 +17,7 @@ from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace,
 from tame_core.studio.ablation import ablation_rows, combinations
 from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
 from tame_core.studio.evaluation import can_resume as can_resume_evaluation
+from tame_core.baselines import list_methods
 from tame_core.studio.methods import (
     CurvePoint,
     MethodMap,
@@ -24,7 +25,6 @@ from tame_core.studio.methods import (
     auc_rows,
     compare_methods,
     curve_points,
-    list_methods,
     perturbed_image,
 )
 from tame_core.studio.plots import curve_figure, loss_figure

@@ -44,13 +44,6 @@ class CurvePoint:
     probability: float  # of the explained class
 
 
-def list_methods() -> list[str]:
-    """TAME first, then every baseline the installed :mod:`tame_core.baselines` offers."""
-    from ..baselines import list_methods as baseline_methods
-
-    return ["tame", *(m for m in baseline_methods() if m != "tame")]
-
-
 def method_map(model: LoadedModel, method: str, explanation: Explanation, **options: object) -> MethodMap:
     """``method``'s map for the explanation's picture and first class (holding the model while it runs)."""
     from ..baselines import explain_with

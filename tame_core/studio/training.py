@@ -21,7 +21,7 @@ from ..explainer import BUNDLED_HEADS, CHECKPOINT_DIR, Explainer
 from ..head import TAMEHead
 from ..images import IMAGE_SUFFIXES, find_images, load_image
 from ..maps import overlay
-from ..taps import check_layers
+from ..taps import check_layers, list_layers
 from ..training import TrainConfig, TrainingError, train_head
 from ..training.state import load_state
 from .jobs import JobContext
@@ -127,6 +127,17 @@ def train_work(config: TrainConfig, context: JobContext, preview: TrainingPrevie
             context.record({"event": "preview", "step": record.get("step"), "overlays": preview.overlays()})
 
     return train_head(config, callback=on_record, stop=context.stop_event)
+
+
+def layer_choices(backbone: str) -> tuple[dict[str, str], list[str]]:
+    """({layer: "name (channels, map size)"} for every tappable layer, the default layers); random weights suffice."""
+    net = load_backbone(backbone, weights="random")
+    labels = {
+        info.name: f"{info.name} ({info.channels} ch, {info.map_size[0]}×{info.map_size[1]})"
+        for info in list_layers(net)
+        if info.usable and info.map_size is not None
+    }
+    return labels, list(net.default_layers)
 
 
 def can_resume(config: TrainConfig) -> bool:
