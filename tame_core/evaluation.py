@@ -22,13 +22,15 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .baselines import explain_with, get_method, list_methods
+from .baselines.base import warm_up
 from .errors import EvaluationError, ImageLoadError
 from .explainer import Explainer
 from .images import find_images, image_to_tensor, load_image
 from .metrics import METRICS, average_drop_increase, deletion_insertion, road, spec_for
-from .metrics.base import DEFAULT_ROAD_PERCENTAGES
+from .metrics.base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES
 from .metrics.curves import BASELINES
 from .metrics.road import DEFAULT_NOISE
+from .stopping import Stopped, check, stop_on
 
 #: Metric groups an evaluation can run (all by default).
 METRIC_GROUPS = ("adic", "road", "curves")
@@ -203,8 +205,9 @@ def evaluate(
 
     ``method_options`` passes keywords to a method (``{"rise": {"masks": 1000}}``); ``method_limits``
     runs a method on the first N images only, ``metric_limits`` a metric group (``{"road": 50}``). With ``state_path`` the per-image results are saved after
-    every batch and a run with the same settings resumes from them; ``stop`` ends the run after the
-    current batch (the report then covers the images done).
+    every batch and a run with the same settings resumes from them; ``stop`` ends the run at the next
+    forward pass (the batch in progress is dropped, the report covers the images done before it).
+    Cheap methods are warmed up once before their first timed batch, so their time is their own work.
     """
     methods = list(methods or list_methods())
     for method in methods:
@@ -253,43 +256,75 @@ def evaluate(
     tally = _load_state(state_path, settings)
     total = sum(min(len(files), limits.get(m, len(files))) for m in methods)
     done = sum(min(tally.images_done, limits.get(m, len(files))) for m in methods)
+    per_image = {m: get_method(m).expected_passes(explainer, **options[m])[0] for m in methods}
     preprocess = backbone.preprocess
-    for start in range(tally.images_done, len(files), batch_size):
-        if stop is not None and stop.is_set():
-            break
-        paths = files[start : start + batch_size]
-        pictures = []
-        for path in paths:
-            try:
-                pictures.append(image_to_tensor(load_image(path)))
-            except ImageLoadError as error:
-                tally.skipped.append(str(error))
-        if pictures:
-            inputs = preprocess.batch(pictures, "crop", explainer.device)
-            with torch.no_grad():
-                logits = backbone(inputs).float()
-            classes = logits.argmax(dim=1)
-            for method in methods:
-                keep = max(0, min(len(pictures), limits.get(method, len(files)) - start))
-                if keep == 0:
-                    continue
-                if progress is not None:
-                    progress(done, total, f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}")
-                counts = {g: max(0, min(keep, group_limits.get(g, len(files)) - start)) for g in metrics}
-                _evaluate_method(
-                    tally, method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
-                    counts, steps, baseline, road_percentages, metric_batch_size, seed,
-                )
-                done += min(len(paths), limits.get(method, len(files)) - start)
-        tally.images_done = start + len(paths)
-        _save_state(state_path, settings, tally)
-    if progress is not None:
+    warmed: set[str] = set()
+    unit = {"done": 0.0, "span": 0.0, "expected": 0, "seen": 0, "message": ""}
+
+    def on_forward(images: int) -> None:  # progress inside a (method, batch) unit, from its forwards
+        unit["seen"] += images
+        if progress is not None and unit["expected"]:
+            part = min(1.0, unit["seen"] / unit["expected"])
+            progress(unit["done"] + part * unit["span"], total, unit["message"])
+
+    try:
+        with stop_on(backbone, stop, on_forward):
+            for start in range(tally.images_done, len(files), batch_size):
+                check(stop)
+                paths = files[start : start + batch_size]
+                pictures, unreadable = [], []
+                for path in paths:
+                    try:
+                        pictures.append(image_to_tensor(load_image(path)))
+                    except ImageLoadError as error:
+                        unreadable.append(str(error))
+                outcomes = []  # applied once every method has finished the batch: a stop drops the batch whole
+                if pictures:
+                    inputs = preprocess.batch(pictures, "crop", explainer.device)
+                    with torch.no_grad():
+                        logits = backbone(inputs).float()
+                    classes = logits.argmax(dim=1)
+                    for method in methods:
+                        keep = max(0, min(len(pictures), limits.get(method, len(files)) - start))
+                        if keep == 0:
+                            continue
+                        span = min(len(paths), limits.get(method, len(files)) - start)
+                        message = f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}"
+                        counts = {g: max(0, min(keep, group_limits.get(g, len(files)) - start)) for g in metrics}
+                        expected = keep * per_image[method] + sum(
+                            n * metric_forwards([g], steps, road_percentages) for g, n in counts.items()
+                        )
+                        unit.update(done=done, span=span, expected=expected, seen=0, message=message)
+                        if progress is not None:
+                            progress(done, total, message)
+                        if method not in warmed:  # time the method's own work, not its first call's set-up
+                            warm_up(method, explainer, inputs, classes, **options[method])
+                            warmed.add(method)
+                            unit["seen"] = 0
+                        outcomes.append(_evaluate_method(
+                            method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
+                            counts, steps, baseline, road_percentages, metric_batch_size, seed,
+                        ))
+                        done += span
+                tally.skipped.extend(unreadable)
+                for outcome in outcomes:
+                    outcome(tally)
+                tally.images_done = start + len(paths)
+                _save_state(state_path, settings, tally)
+    except Stopped:
+        pass  # the batch in progress is dropped; the report covers the images done
+    if progress is not None and not (stop is not None and stop.is_set()):
         progress(done, total, "done")
     return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped))
 
 
+def metric_forwards(groups: Sequence[str], steps: int, road_percentages: Sequence[int] = DEFAULT_ROAD_PERCENTAGES) -> int:
+    """Forwards per image and method of the metric ``groups``: AD/IC levels, ROAD orders x levels, curve points."""
+    per_group = {"adic": len(DEFAULT_FRACTIONS), "road": 2 * len(road_percentages), "curves": 2 * (int(steps) + 1)}
+    return sum(per_group[group] for group in groups)
+
+
 def _evaluate_method(
-    tally: _Tally,
     method: str,
     explainer: Explainer,
     inputs: torch.Tensor,
@@ -302,10 +337,11 @@ def _evaluate_method(
     road_percentages: Sequence[int],
     metric_batch_size: int | None,
     seed: int,
-) -> None:
+) -> Callable[[_Tally], None]:
+    """Explain and measure one batch; returns what to add to the tally (once the whole batch is done)."""
     result = explain_with(method, explainer, inputs, classes, **options)
-    tally.add_cost(method, inputs.shape[0], result.seconds, result.forward_passes, result.backward_passes)
     model = explainer.backbone
+    measured = []
     for group, count in counts.items():
         if count == 0:
             continue
@@ -318,7 +354,14 @@ def _evaluate_method(
                 values.update(road(model, x, maps, c, road_percentages, order, metric_batch_size, seed=seed, clean_logits=clean).per_image())
         else:
             values = deletion_insertion(model, x, maps, c, steps, baseline, metric_batch_size).per_image()
-        tally.add(method, group, values, count)
+        measured.append((group, values, count))
+
+    def apply(tally: _Tally) -> None:
+        tally.add_cost(method, inputs.shape[0], result.seconds, result.forward_passes, result.backward_passes)
+        for group, values, count in measured:
+            tally.add(method, group, values, count)
+
+    return apply
 
 
 def _load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> _Tally:

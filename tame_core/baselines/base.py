@@ -3,13 +3,19 @@
 A :class:`Method` subclass implements :meth:`Method.compute` (images and classes in, (B, h, w) maps
 out); the base class checks the inputs and options, counts the images that went forward (and
 backward) through the backbone with hooks on it, times the call (synchronising the device), and turns
-the maps into (B, H, W) in [0, 1] at the input size. So the counts are measured, not declared.
+the maps into (B, H, W) in [0, 1] at the input size. So the counts are measured, not declared; each
+method also states the counts it will make (:meth:`Method.expected_passes`), so a cost can be
+estimated before the work starts, and tests hold the two together.
+
+A time is the method's own work only when caches are warm: :func:`warm_up` runs a cheap method once,
+untimed, before it is timed, and :func:`timed_repeats` times a cheap method several times.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
@@ -34,6 +40,8 @@ class MethodResult:
     forward_passes: float
     backward_passes: float
     seconds: float
+    #: Wall seconds of each timed run when the method was timed several times (``seconds`` is their median).
+    repeats: tuple[float, ...] = ()
 
     @property
     def ms_per_image(self) -> float:
@@ -85,6 +93,10 @@ class Method:
     def compute(self, explainer: Model, images01: torch.Tensor, classes: torch.Tensor, **options: Any) -> torch.Tensor:
         """Maps (B, h, w) for ``classes`` (B,) of raw [0, 1] ``images01`` (B, 3, H, W) on the device."""
         raise NotImplementedError
+
+    def expected_passes(self, explainer: Model, **options: Any) -> tuple[int, int]:
+        """(forward, backward) passes per image :meth:`compute` will make with these options."""
+        return 1, 0
 
     def options(self) -> list[str]:
         """The keyword options :meth:`compute` takes."""
@@ -145,6 +157,50 @@ def get_method(name: str) -> Method:
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise EvaluationError(f"unknown method {name!r}{hint} (methods: {', '.join(_METHODS)})")
     return _METHODS[name]
+
+
+#: Methods that need at most this many forwards per image are cheap: warmed up before timing, timed repeatedly.
+CHEAP_FORWARDS = 2
+
+
+def is_cheap(method: str, explainer: Model, **options: Any) -> bool:
+    """Whether ``method`` makes only a pass or two per image (TAME, the gradient CAMs), not hundreds."""
+    return get_method(method).expected_passes(explainer, **options)[0] <= CHEAP_FORWARDS
+
+
+def warm_up(method: str, explainer: Model, images01: torch.Tensor, classes: torch.Tensor | Sequence[int] | int, **options: Any) -> None:
+    """Run a cheap method once on the first image, untimed, so that its timed runs pay no one-off costs
+    (first-call allocations, lazily built kernels). Expensive methods warm themselves up in their first
+    batch of forwards; they are left alone."""
+    if is_cheap(method, explainer, **options):
+        first = class_vector(classes, images01.shape[0], images01.device)[:1]
+        explain_with(method, explainer, images01[:1], first, **options)
+
+
+def timed_repeats(
+    method: str,
+    explainer: Model,
+    images01: torch.Tensor,
+    classes: torch.Tensor | Sequence[int] | int,
+    repeats: int = 5,
+    min_seconds: float = 0.25,
+    max_repeats: int = 20,
+    **options: Any,
+) -> MethodResult:
+    """``method``'s result, timed as its own work: a cheap method is warmed up, then run at least
+    ``repeats`` times (more, up to ``max_repeats``, until ``min_seconds`` have passed) and ``seconds``
+    is the median run; an expensive method runs once. ``repeats`` holds every timed run."""
+    if not is_cheap(method, explainer, **options):
+        result = explain_with(method, explainer, images01, classes, **options)
+        result.repeats = (result.seconds,)
+        return result
+    warm_up(method, explainer, images01, classes, **options)
+    runs: list[MethodResult] = []
+    while len(runs) < repeats or (sum(r.seconds for r in runs) < min_seconds and len(runs) < max_repeats):
+        runs.append(explain_with(method, explainer, images01, classes, **options))
+    seconds = tuple(r.seconds for r in runs)
+    last = runs[-1]
+    return MethodResult(last.maps, last.forward_passes, last.backward_passes, statistics.median(seconds), seconds)
 
 
 def explain_with(

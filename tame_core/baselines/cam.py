@@ -24,10 +24,11 @@ import pytorch_grad_cam
 import torch
 from pytorch_grad_cam import ablation_cam, score_cam
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from ..taps import find_module, output_to_map, patch_grid
+from ..taps import check_layers, find_module, output_to_map, patch_grid
 from .base import Method, Model, register_method
 
 #: pytorch-grad-cam's Score-CAM and Ablation-CAM draw tqdm bars per image; our callers show their own.
@@ -45,6 +46,16 @@ def default_target_layer(backbone: nn.Module, layers: Sequence[str] | None = Non
     return name
 
 
+def target_channels(explainer: Model, layer: str | None = None) -> int:
+    """Channels of the layer a CAM reads: one forward each for Score-CAM and Ablation-CAM."""
+    backbone = getattr(explainer, "backbone", explainer)
+    head = getattr(explainer, "head", None)
+    if layer is None and head is not None:
+        return int(head.channels[-1])  # the deepest tapped layer (or its block's norm: the same width)
+    name = backbone.resolve_layer(layer) if layer else default_target_layer(backbone)
+    return int(check_layers(backbone, [name])[0].channels)
+
+
 class CamMethod(Method):
     """One pytorch-grad-cam class behind the common interface."""
 
@@ -53,6 +64,15 @@ class CamMethod(Method):
         self.cam_class = cam_class
         self.description = description
         self.images_per_call = images_per_call  # Score-CAM holds (images x channels) masked copies at once
+
+    def expected_passes(self, explainer: Model, *, layer: str | None = None, **options: object) -> tuple[int, int]:
+        """A forward (and backward, for gradient CAMs); Score-CAM then one forward per channel of the
+        target layer, Ablation-CAM one more forward for the clean scores and one per channel."""
+        if self.cam_class is pytorch_grad_cam.ScoreCAM:
+            return 1 + target_channels(explainer, layer), 0
+        if self.cam_class is pytorch_grad_cam.AblationCAM:
+            return 2 + target_channels(explainer, layer), 0
+        return 1, 0 if self.cam_class is pytorch_grad_cam.EigenCAM else 1
 
     def compute(
         self,
@@ -89,6 +109,8 @@ class CamMethod(Method):
             cam = stack.enter_context(self.cam_class(model=backbone, target_layers=[module], reshape_transform=reshape, **keywords))
             if batch_size and self.cam_class is pytorch_grad_cam.ScoreCAM:
                 cam.batch_size = int(batch_size)
+            if "ablation_layer" in keywords:  # a stopped run must not leave the ablation layer in the model
+                stack.callback(replace_layer_recursive, backbone, keywords["ablation_layer"], module)
             for start in range(0, images01.shape[0], step):
                 chunk = images01[start : start + step]
                 if cam.uses_gradients:

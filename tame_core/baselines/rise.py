@@ -17,6 +17,8 @@ from ..errors import EvaluationError
 from ..metrics.base import check_batch_size, scores
 from .base import Method, Model, register_method
 
+#: Masks per image unless the caller says otherwise (the paper's count for ResNet-50).
+DEFAULT_MASKS = 4000
 #: Masks made and applied per round: bounds the memory of the masks, not of the forwards.
 MASKS_PER_ROUND = 256
 
@@ -38,13 +40,16 @@ class RiseMethod(Method):
     name = "rise"
     description = "RISE: class probability under random masks, averaged (N masks, seeded)"
 
+    def expected_passes(self, explainer: Model, *, masks: int = DEFAULT_MASKS, **options: object) -> tuple[int, int]:
+        return int(masks), 0
+
     def compute(
         self,
         explainer: Model,
         images01: torch.Tensor,
         classes: torch.Tensor,
         *,
-        masks: int = 4000,
+        masks: int = DEFAULT_MASKS,
         cells: int = 7,
         p: float = 0.5,
         seed: int = 0,

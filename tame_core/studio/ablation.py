@@ -8,6 +8,7 @@ ablation, for one image.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,6 +17,7 @@ import torch
 
 from ..explainer import Explanation
 from ..metrics import average_drop_increase
+from .jobs import JobContext
 from .models import LoadedModel
 
 #: Up to this many branches every combination is measured (15 for 4); beyond, only the current one.
@@ -24,11 +26,18 @@ MAX_COMBINATIONS_BRANCHES = 4
 
 @dataclass(frozen=True)
 class AblationRow:
-    """One combination of branches: the class probability on image x map and AD/IC in %."""
+    """One combination of branches: the class probability on image x map and AD/IC in %.
+
+    With one image, AD and IC are read off two probabilities per level: IC is 100 % when the kept
+    part of the picture scores higher than the whole picture and 0 % otherwise, and AD is 0 % then
+    (only drops count). ``kept`` holds those probabilities so the page can show them.
+    """
 
     mask: tuple[bool, ...]
     masked_probability: float  # P(class | image x map): what the head is trained to keep high
     scores: dict[str, float]  # AD100, IC100, AD50, IC50, AD15, IC15
+    clean_probability: float = float("nan")  # P(class | image)
+    kept: dict[int, float] | None = None  # % of the map's pixels kept -> P(class | image x thresholded map)
 
 
 def combinations(branches: int, current: Sequence[bool] | None = None) -> list[tuple[bool, ...]]:
@@ -39,8 +48,11 @@ def combinations(branches: int, current: Sequence[bool] | None = None) -> list[t
     return sorted(masks, key=lambda m: (-sum(m), [not b for b in m]))
 
 
-def ablation_rows(model: LoadedModel, explanation: Explanation, masks: Sequence[Sequence[bool]]) -> list[AblationRow]:
-    """AD/IC of the explanation's (single image, first class) map under each branch mask, batched."""
+def ablation_rows(
+    model: LoadedModel, explanation: Explanation, masks: Sequence[Sequence[bool]], context: JobContext | None = None
+) -> list[AblationRow]:
+    """AD/IC of the explanation's (single image, first class) map under each branch mask, batched
+    (stoppable at any forward when run as a job)."""
     if explanation.inputs.shape[0] != 1:
         raise ValueError("ablation is measured one image at a time")
     masks = [tuple(bool(b) for b in mask) for mask in masks]
@@ -49,9 +61,11 @@ def ablation_rows(model: LoadedModel, explanation: Explanation, masks: Sequence[
     images = explanation.inputs.expand(count, -1, -1, -1)
     classes = explanation.classes[:, 0].expand(count)
     with model.busy() as explainer:
-        result = average_drop_increase(
-            explainer.backbone, images, maps, classes, clean_logits=explanation.logits.expand(count, -1)
-        )
+        watching = context.watching(explainer.backbone) if context is not None else contextlib.nullcontext()
+        with watching:
+            result = average_drop_increase(
+                explainer.backbone, images, maps, classes, clean_logits=explanation.logits.expand(count, -1)
+            )
     per_image = result.per_image()
     full_map_row = result.fractions.index(1.0) if 1.0 in result.fractions else 0
     return [
@@ -59,6 +73,8 @@ def ablation_rows(model: LoadedModel, explanation: Explanation, masks: Sequence[
             mask,
             float(result.masked[full_map_row, row]),
             {name: float(values[row]) for name, values in per_image.items()},
+            float(result.clean[row]),
+            {round(f * 100): float(result.masked[level, row]) for level, f in enumerate(result.fractions)},
         )
         for row, mask in enumerate(masks)
     ]

@@ -57,19 +57,20 @@ def evaluation_work(
     def progress(done: int, total: int, message: str) -> None:
         context.progress(done / total if total else 0.0, message)
 
-    return evaluate(
-        explainer,
-        request.data,
-        list(request.methods),
-        request.limit,
-        progress,
-        split=request.split,
-        steps=request.steps,
-        baseline=request.baseline,
-        method_limits=dict(request.method_limits),
-        state_path=request.state_path(choice, state_folder),
-        stop=context.stop_event,
-    )
+    with context.watching(explainer.backbone):  # counts the forwards for the page; evaluate checks Stop itself
+        return evaluate(
+            explainer,
+            request.data,
+            list(request.methods),
+            request.limit,
+            progress,
+            split=request.split,
+            steps=request.steps,
+            baseline=request.baseline,
+            method_limits=dict(request.method_limits),
+            state_path=request.state_path(choice, state_folder),
+            stop=context.stop_event,
+        )
 
 
 def column_title(name: str) -> str:

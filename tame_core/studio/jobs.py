@@ -5,19 +5,38 @@ comparisons and demo precomputation run as a :class:`Job`. The page polls the jo
 reruns every second) and draws its progress and the records it has produced so far. The work function
 receives a :class:`JobContext`; it reports progress, appends records and checks for a stop request.
 Jobs never touch Streamlit, so they run the same in tests, scripts and the app.
+
+Stopping is prompt: :meth:`JobContext.watching` makes every forward pass of a model check the stop flag
+(:mod:`tame_core.stopping`), so a stop takes effect within one network block, not one method. A job
+also stops itself once nobody is watching it: when ``alive()`` (is the browser session still
+connected?) says no for :data:`ALIVE_GRACE_S` seconds, or when nothing :meth:`Job.touch` es it for
+``orphan_after`` seconds (the page's heartbeat).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
 import time
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
+
+from torch import nn
 
 from ..errors import TameError
+from ..stopping import Stopped, stop_on
 
 log = logging.getLogger(__name__)
+
+#: How long a job's session may look disconnected before the job stops (a reconnect takes a moment).
+ALIVE_GRACE_S = 5.0
+#: How often the watchdog looks at a job's session and heartbeat.
+WATCH_INTERVAL_S = 0.5
+
+STOPPED_BY_USER = "stopped on request"
+SESSION_ENDED = "its browser session ended"
+NO_HEARTBEAT = "nobody watched it for {seconds:.0f} s"
 
 
 class JobState(str, enum.Enum):
@@ -28,12 +47,12 @@ class JobState(str, enum.Enum):
     FAILED = "failed"
 
 
-class JobStopped(Exception):
+class JobStopped(Stopped):
     """Raised inside work by :meth:`JobContext.check_stop` to end it early but cleanly."""
 
 
 class JobContext:
-    """What a job's work function sees: progress, records and the stop flag."""
+    """What a job's work function sees: progress, records, the stop flag and a forward counter."""
 
     def __init__(self, job: "Job") -> None:
         self._job = job
@@ -50,6 +69,24 @@ class JobContext:
     def check_stop(self) -> None:
         if self._job._stop.is_set():
             raise JobStopped()
+
+    @contextlib.contextmanager
+    def watching(self, model: nn.Module, on_forward: Callable[[int], None] | None = None) -> Iterator[None]:
+        """Make ``model``'s forwards on this thread check the stop flag, and count them for the page."""
+
+        def counted(images: int) -> None:
+            with self._job._lock:
+                self._job._forwards += images
+            if on_forward is not None:
+                on_forward(images)
+
+        with stop_on(model, self._job._stop, counted):
+            yield
+
+    @property
+    def forwards(self) -> int:
+        """Images sent forward through watched models so far."""
+        return self._job._forwards
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         with self._job._lock:
@@ -68,16 +105,31 @@ Work = Callable[[JobContext], Any]
 
 
 class Job:
-    """One unit of background work: ``Job(name, work).start()``, then poll its properties."""
+    """One unit of background work: ``Job(name, work).start()``, then poll its properties.
 
-    def __init__(self, name: str, work: Work, tag: Hashable = None) -> None:
+    ``alive`` (is the owner still there?) and ``orphan_after`` (seconds without :meth:`touch`) let the
+    job stop itself when the page that started it is gone.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        work: Work,
+        tag: Hashable = None,
+        *,
+        alive: Callable[[], bool] | None = None,
+        orphan_after: float | None = None,
+    ) -> None:
         self.name = name
         #: What the job was started for (e.g. model, image, class and settings): a page shows a job's
         #: results only while its tag matches what the user has selected now.
         self.tag = tag
         self._work = work
+        self._alive = alive
+        self._orphan_after = orphan_after
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._ended = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = JobState.PENDING
         self._progress = 0.0
@@ -87,19 +139,32 @@ class Job:
         self._error: str | None = None
         self._started: float | None = None
         self._finished: float | None = None
+        self._stop_asked: float | None = None
+        self._stop_reason: str | None = None
+        self._seen = time.monotonic()
+        self._forwards = 0
 
     def start(self) -> "Job":
         if self._thread is not None:
             raise RuntimeError(f"job {self.name!r} was already started")
         self._state = JobState.RUNNING
-        self._started = time.monotonic()
+        self._started = self._seen = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"tame-job-{self.name}", daemon=True)
         self._thread.start()
+        if self._alive is not None or self._orphan_after is not None:
+            threading.Thread(target=self._watch, name=f"tame-watch-{self.name}", daemon=True).start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, reason: str = STOPPED_BY_USER) -> None:
         """Ask the work to stop at its next check; it keeps what it has (and may save a resumable state)."""
+        with self._lock:
+            if self._stop_asked is None:
+                self._stop_asked, self._stop_reason = time.monotonic(), reason
         self._stop.set()
+
+    def touch(self) -> None:
+        """Someone is still looking at this job (the page's heartbeat)."""
+        self._seen = time.monotonic()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job ends (tests and scripts); True when it has ended."""
@@ -107,12 +172,29 @@ class Job:
             self._thread.join(timeout)
         return not self.running
 
+    def _watch(self) -> None:
+        """Stop the job once its session is gone (``alive`` false for a while) or its heartbeat lapses."""
+        gone_since: float | None = None
+        while not self._ended.wait(WATCH_INTERVAL_S):
+            now = time.monotonic()
+            try:
+                alive = self._alive() if self._alive is not None else True
+            except Exception:  # noqa: BLE001 - a broken probe must not keep an orphan running
+                alive = False
+            gone_since = None if alive else (gone_since or now)
+            if gone_since is not None and now - gone_since >= ALIVE_GRACE_S:
+                self.stop(SESSION_ENDED)
+                return
+            if self._orphan_after is not None and now - self._seen > self._orphan_after:
+                self.stop(NO_HEARTBEAT.format(seconds=self._orphan_after))
+                return
+
     def _run(self) -> None:
         context = JobContext(self)
         try:
             result = self._work(context)
             state, error = (JobState.STOPPED if self._stop.is_set() else JobState.DONE), None
-        except JobStopped:
+        except Stopped:
             result, state, error = None, JobState.STOPPED, None
         except TameError as exc:
             result, state, error = None, JobState.FAILED, str(exc)
@@ -125,6 +207,11 @@ class Job:
             if state is JobState.DONE:
                 self._progress = 1.0
             self._finished = time.monotonic()
+        self._ended.set()
+        if state is JobState.STOPPED:
+            log.warning(
+                "job %s: %s; ended %.2f s after the request", self.name, self._stop_reason, self.stop_latency or 0.0
+            )
 
     # --- reading a job from the page -------------------------------------------------------------
     @property
@@ -166,3 +253,20 @@ class Job:
         if self._started is None:
             return 0.0
         return (self._finished or time.monotonic()) - self._started
+
+    @property
+    def forwards(self) -> int:
+        """Images sent forward through the models the work watches (see :meth:`JobContext.watching`)."""
+        return self._forwards
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why a stop was asked for (by the user, or the session ended), None if it never was."""
+        return self._stop_reason
+
+    @property
+    def stop_latency(self) -> float | None:
+        """Seconds from the (first) stop request until the work ended; None while it runs or if never asked."""
+        if self._stop_asked is None or self._finished is None:
+            return None
+        return max(0.0, self._finished - self._stop_asked)

@@ -3,26 +3,39 @@
 The work runs as background jobs (:mod:`.jobs`): each method's map is a :class:`MethodMap` record
 and each curve point a :class:`CurvePoint` record as soon as it is computed, so the page can draw
 the curves point by point. Every backbone run holds the model (:meth:`LoadedModel.busy`) one batch at
-a time, so other sessions' explanations slip in between.
+a time, so other sessions' explanations slip in between, and checks the job's stop flag in every
+forward (:meth:`JobContext.watching`), so Stop takes effect within a network block.
+
+Finished maps and curves go into the session's :class:`ResultCache`, keyed by model, picture, class,
+method (and curve settings): ticking another baseline computes that baseline only, and Compare and
+the curves share the maps.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ..baselines import get_method
+from ..baselines.base import timed_repeats
 from ..explainer import Explanation
 from ..metrics import METRICS
 from ..metrics.base import prepare
 from ..metrics.curves import MODES, CurveInputs, CurveResult, stream_curve
-from .jobs import JobContext
+from . import costs
+from .jobs import Job, JobContext
 from .models import LoadedModel
 
 #: Deletion/insertion points per curve (plus the start) unless the user picks another number.
 DEFAULT_STEPS = 50
+#: Work estimated to take longer than this waits for the user's click (with the estimate on the button).
+AUTO_START_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -31,9 +44,15 @@ class MethodMap:
 
     method: str
     saliency: torch.Tensor
-    milliseconds: float
+    milliseconds: float  # the method's own work, warm (the median of ``repeats`` for cheap methods)
     forward_passes: int
     backward_passes: int
+    repeats: tuple[float, ...] = ()  # seconds of each timed run
+
+    @property
+    def timing_note(self) -> str | None:
+        """Why :attr:`milliseconds` is not worth printing, or None."""
+        return costs.timing_note(self.milliseconds / 1000.0, self.repeats)
 
 
 @dataclass(frozen=True)
@@ -44,72 +63,252 @@ class CurvePoint:
     probability: float  # of the explained class
 
 
-def method_map(model: LoadedModel, method: str, explanation: Explanation, **options: object) -> MethodMap:
-    """``method``'s map for the explanation's picture and first class (holding the model while it runs)."""
-    from ..baselines import explain_with
+class ResultCache:
+    """A session's finished maps and curves, least recently used dropped first (thread-safe)."""
 
-    with model.busy() as explainer:
-        result = explain_with(method, explainer, explanation.inputs, explanation.classes[:, 0], **options)
-    return MethodMap(
+    def __init__(self, size: int = 256) -> None:
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+@dataclass(frozen=True, eq=False)
+class Subject:
+    """What Compare and the curves explain: a model, a picture (by content hash) and one class of it."""
+
+    model: LoadedModel
+    digest: str
+    explanation: Explanation  # the picture explained for the class (one image, first class)
+
+    @property
+    def class_index(self) -> int:
+        return int(self.explanation.classes[0, 0])
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return int(self.explanation.inputs.shape[-2]), int(self.explanation.inputs.shape[-1])
+
+    def key(self, *parts: Hashable) -> tuple:
+        """A cache key for a result about this subject."""
+        return (self.model.key, self.digest, self.class_index, *parts)
+
+
+def _watching(context: JobContext | None, model: torch.nn.Module, on_forward: Callable[[int], None] | None = None):
+    return context.watching(model, on_forward) if context is not None else contextlib.nullcontext()
+
+
+def method_map(
+    subject: Subject,
+    method: str,
+    context: JobContext | None = None,
+    cache: ResultCache | None = None,
+    on_forward: Callable[[int], None] | None = None,
+) -> MethodMap:
+    """``method``'s map of the subject, from the cache or computed and timed as the method's own work.
+
+    A cheap method is warmed up and timed over several runs (again if the runs were too scattered);
+    an expensive one runs once. The model is held while it runs and every forward checks for Stop.
+    """
+    key = subject.key("map", method)
+    found = cache.get(key) if cache is not None else None
+    if found is not None:
+        return found
+    model, explanation = subject.model, subject.explanation
+    with model.busy() as explainer, _watching(context, explainer.backbone, on_forward):
+        inputs, classes = explanation.inputs, explanation.classes[:, 0]
+        result = timed_repeats(method, explainer, inputs, classes)
+        if len(result.repeats) > 1 and costs.timing_note(result.seconds, result.repeats):
+            result = timed_repeats(method, explainer, inputs, classes)  # one more try on a calmer machine
+    made = MethodMap(
         method,
         result.maps[0].detach().float(),
         result.seconds * 1000.0,
         int(result.forward_passes),
         int(result.backward_passes),
+        tuple(result.repeats),
     )
+    if cache is not None:
+        cache.put(key, made)
+    return made
+
+
+class ForwardProgress:
+    """Turns a job's forward passes into its progress bar: ``done`` of ``total`` expected forwards."""
+
+    def __init__(self, context: JobContext, total: int) -> None:
+        self.context = context
+        self.total = max(1, int(total))
+        self.done = 0  # forwards of finished parts
+        self.part = 0  # forwards of the current part so far
+        self.expected = 0  # forwards the current part should take
+        self.label = ""
+
+    def begin(self, label: str, expected: int) -> "ForwardProgress":
+        self.done += min(self.part, self.expected) if self.expected else 0
+        self.part, self.expected, self.label = 0, int(expected), label
+        self._report()
+        return self
+
+    def __call__(self, images: int) -> None:
+        self.part += images
+        self._report()
+
+    def _report(self) -> None:
+        current = min(self.part, self.expected)
+        detail = f": {current:,} of {self.expected:,} forward passes" if self.expected > 1 else ""
+        self.context.progress((self.done + current) / self.total, f"{self.label}{detail}")
 
 
 def compare_methods(
-    model: LoadedModel, explanation: Explanation, methods: Sequence[str], context: JobContext
+    subject: Subject, methods: Sequence[str], context: JobContext, cache: ResultCache | None = None
 ) -> list[MethodMap]:
-    """Each method's map in turn, recorded as it is done (a Compare job's work)."""
+    """Each method's map in turn (cached ones are not recomputed), recorded as it is done (a Compare job)."""
+    explainer = subject.model.explainer
+    todo = [m for m in methods if cache is None or cache.get(subject.key("map", m)) is None]
+    expected = {m: get_method(m).expected_passes(explainer)[0] for m in todo}
+    progress = ForwardProgress(context, sum(expected.values()))
     done = []
     for position, method in enumerate(methods):
         context.check_stop()
-        context.progress(position / len(methods), f"Running {method} ({position + 1}/{len(methods)})")
-        result = method_map(model, method, explanation)
+        if method in expected:
+            progress.begin(f"Running {method} ({todo.index(method) + 1}/{len(todo)})", expected[method])
+        result = method_map(subject, method, context, cache, progress if method in expected else None)
         context.record(result)
         done.append(result)
     return done
 
 
-def _locked(model: LoadedModel, points: Iterator[tuple[float, float]]) -> Iterator[tuple[float, float]]:
-    """Hold the model only while each batch of a streamed curve is computed."""
+def compare_estimate(subject: Subject, methods: Sequence[str], cache: ResultCache | None = None) -> costs.Estimate:
+    """What computing the maps not yet in ``cache`` will cost."""
+    total = costs.Estimate(0)
+    for method in methods:
+        if cache is None or cache.get(subject.key("map", method)) is None:
+            total = total + costs.method_estimate(subject.model, method, subject.input_hw)
+    return total
+
+
+def _locked(model: LoadedModel, points: Iterator[tuple[float, float]], context: JobContext | None, on_forward=None):
+    """Hold the model (and watch its forwards for Stop) only while each batch of a streamed curve is computed."""
     while True:
-        with model.busy():
+        with model.busy() as explainer, _watching(context, explainer.backbone, on_forward):
             batch = next(points, None)
         if batch is None:
             return
         yield batch
 
 
+def curve_key(subject: Subject, method: str, steps: int, baseline: str) -> tuple:
+    return subject.key("curve", method, int(steps), baseline)
+
+
 def curve_points(
-    model: LoadedModel,
-    explanation: Explanation,
+    subject: Subject,
     methods: Sequence[str],
     context: JobContext,
     steps: int = DEFAULT_STEPS,
     baseline: str = "blur",
+    cache: ResultCache | None = None,
 ) -> dict[str, CurveResult]:
-    """Deletion and insertion curves of each method's map, point by point (a Curves job's work)."""
-    image, class_index = explanation.inputs[0], int(explanation.classes[0, 0])
-    total = len(methods) * len(MODES) * (steps + 1)
+    """Deletion and insertion curves of each method's map, point by point (a Curves job's work).
+
+    Curves already in ``cache`` are not recomputed; each finished one is stored there.
+    """
+    model, explanation = subject.model, subject.explanation
+    image, class_index = explanation.inputs[0], subject.class_index
+    todo = [m for m in methods if cache is None or cache.get(curve_key(subject, m, steps, baseline)) is None]
+    map_forwards = {
+        m: 0 if cache is not None and cache.get(subject.key("map", m)) is not None else get_method(m).expected_passes(model.explainer)[0]
+        for m in todo
+    }
+    progress = ForwardProgress(context, sum(map_forwards.values()) + len(todo) * costs.curve_forwards(steps))
     points: list[CurvePoint] = []
-    for method in methods:
+    for method in todo:
         context.check_stop()
-        context.progress(len(points) / total, f"{method}: computing the map")
-        found = method_map(model, method, explanation)
+        progress.begin(f"{method}: computing the map", map_forwards[method])
+        found = method_map(subject, method, context, cache, progress)
         context.record(found)
+        mine: list[CurvePoint] = []
         for mode in MODES:
-            context.progress(len(points) / total, f"{method}: {mode} curve")
+            progress.begin(f"{method}: {mode} curve", int(steps) + 1)
             stream = stream_curve(model.explainer.backbone, image, found.saliency, class_index, mode, steps, baseline)
-            for fraction, probability in _locked(model, stream):
-                context.check_stop()
+            for fraction, probability in _locked(model, stream, context, progress):
                 point = CurvePoint(method, mode, fraction, probability)
                 context.record(point)
-                points.append(point)
-                context.progress(len(points) / total)
-    return curve_results(points)
+                mine.append(point)
+        points.extend(mine)
+        if cache is not None:
+            cache.put(curve_key(subject, method, steps, baseline), tuple(mine))
+    return curve_results(curves_so_far(subject, methods, steps, baseline, cache, points))
+
+
+def curves_estimate(
+    subject: Subject, methods: Sequence[str], steps: int, cache: ResultCache | None = None, baseline: str = "blur"
+) -> costs.Estimate:
+    """What computing the curves not yet in ``cache`` (and the maps they need) will cost."""
+    total = costs.Estimate(0)
+    for method in methods:
+        if cache is not None and cache.get(curve_key(subject, method, steps, baseline)) is not None:
+            continue
+        if cache is None or cache.get(subject.key("map", method)) is None:
+            total = total + costs.method_estimate(subject.model, method, subject.input_hw)
+        pixels = subject.input_hw[0] * subject.input_hw[1]
+        total = total + costs.passes_estimate(subject.model, costs.curve_forwards(steps), pixels=pixels)
+    return total
+
+
+def curves_so_far(
+    subject: Subject,
+    methods: Sequence[str],
+    steps: int,
+    baseline: str,
+    cache: ResultCache | None,
+    live: Sequence[Any] = (),
+) -> list[CurvePoint]:
+    """Every point to draw: finished curves from ``cache``, the rest from a running job's records ``live``."""
+    points: list[CurvePoint] = []
+    for method in methods:
+        finished = cache.get(curve_key(subject, method, steps, baseline)) if cache is not None else None
+        if finished is not None:
+            points.extend(finished)
+        else:
+            points.extend(p for p in live if isinstance(p, CurvePoint) and p.method == method)
+    return points
+
+
+def maps_so_far(subject: Subject, methods: Sequence[str], cache: ResultCache | None, live: Sequence[Any] = ()) -> list[MethodMap]:
+    """The maps ready to show, in ``methods`` order: cached ones and those a running job has recorded."""
+    recorded = {r.method: r for r in live if isinstance(r, MethodMap)}
+    found = []
+    for method in methods:
+        result = (cache.get(subject.key("map", method)) if cache is not None else None) or recorded.get(method)
+        if result is not None:
+            found.append(result)
+    return found
+
+
+def missing(subject: Subject, methods: Sequence[str], cache: ResultCache, *curve: Hashable) -> list[str]:
+    """Methods whose map (or, given ``steps, baseline``, whose curves) are not in the cache yet."""
+    if curve:
+        return [m for m in methods if cache.get(curve_key(subject, m, *curve)) is None]
+    return [m for m in methods if cache.get(subject.key("map", m)) is None]
 
 
 def curve_results(points: Sequence[CurvePoint]) -> dict[str, CurveResult]:
@@ -146,6 +345,25 @@ def auc_direction(mode: str) -> str:
     return f"{METRICS[f'{mode}_auc'].direction} is better"
 
 
+def cost_rows(maps: Sequence[MethodMap]) -> list[dict[str, object]]:
+    """Compare's cost table: time (None where it is noisy, with the reason), passes, and time relative to TAME."""
+    tame = next((m for m in maps if m.method == "tame" and m.timing_note is None), None)
+    rows = []
+    for result in maps:
+        note = result.timing_note
+        rows.append(
+            {
+                "method": result.method,
+                "ms": None if note else result.milliseconds,
+                "forward passes": result.forward_passes,
+                "backward passes": result.backward_passes,
+                "× TAME time": None if note or tame is None or not tame.milliseconds else result.milliseconds / tame.milliseconds,
+                "timing": note or (f"median of {len(result.repeats)} warm runs" if len(result.repeats) > 1 else "one run"),
+            }
+        )
+    return rows
+
+
 def perturbed_image(
     explanation: Explanation, saliency: torch.Tensor, mode: str, step: int, steps: int, baseline: str = "blur"
 ) -> np.ndarray:
@@ -154,3 +372,9 @@ def perturbed_image(
     inputs = CurveInputs(images, maps, steps, baseline)
     picture = inputs.build(mode, step, step + 1)[0]
     return (picture.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+
+
+def is_running_for(job: Job | None, tag: Hashable) -> bool:
+    """Whether ``job`` is running work for ``tag`` (then its records are what the page shows live)."""
+    return job is not None and job.running and job.tag == tag
+

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 from ..explainer import Explanation
 from .images import ActiveImage
 from .jobs import Job, JobContext, Work
+from .methods import ResultCache, Subject
 from .models import LoadedModel
 
 #: Explanations kept per session (one is a few MB of cached features).
@@ -22,9 +23,18 @@ MAX_EXPLANATIONS = 48
 
 
 class Workspace:
-    """Pictures in upload order, the current one, cached explanations and per-image choices."""
+    """Pictures in upload order, the current one, cached explanations and per-image choices.
 
-    def __init__(self, max_explanations: int = MAX_EXPLANATIONS) -> None:
+    ``alive`` (is the browser session still connected?) and ``orphan_after`` (seconds without a
+    :meth:`heartbeat`) are given to every job, so that jobs stop once the session is gone.
+    """
+
+    def __init__(
+        self,
+        max_explanations: int = MAX_EXPLANATIONS,
+        alive: Callable[[], bool] | None = None,
+        orphan_after: float | None = None,
+    ) -> None:
         self.images: OrderedDict[str, ActiveImage] = OrderedDict()
         self.current: str | None = None
         self.upload_errors: dict[str, str] = {}  # uploader file id -> one-line error
@@ -35,6 +45,10 @@ class Workspace:
         self._explanations: OrderedDict[tuple[Hashable, str], Explanation] = OrderedDict()
         self._max = max_explanations
         self._lock = threading.Lock()  # background precomputation writes the cache too
+        #: Finished maps and curves of Compare and Deletion curves (see :mod:`.methods`).
+        self.results = ResultCache()
+        self.alive = alive
+        self.orphan_after = orphan_after
 
     # --- pictures --------------------------------------------------------------------------------
     def add(self, image: ActiveImage, select: bool = True) -> ActiveImage:
@@ -63,6 +77,7 @@ class Workspace:
         self.seen_uploads.clear()
         self.jobs.clear()
         self._classes.clear()
+        self.results.clear()
         with self._lock:
             self._explanations.clear()
 
@@ -88,6 +103,11 @@ class Workspace:
             found = model.explain(image.pixels)
             self.store(model, image.digest, found)
         return found
+
+    def subject(self, model: LoadedModel, image: ActiveImage, class_index: int | None = None) -> Subject:
+        """The picture explained for ``class_index`` (default: the user's choice), as Compare and the curves use it."""
+        chosen = self.chosen_class(model, image) if class_index is None else int(class_index)
+        return Subject(model, image.digest, self.view(model, image, chosen))
 
     def precompute(self, model: LoadedModel, images: Sequence[ActiveImage], context: JobContext) -> int:
         """Explain ``images`` ahead of time (a background job's work, e.g. for Demo mode); returns how many."""
@@ -141,6 +161,15 @@ class Workspace:
         previous = self.jobs.get(key)
         if previous is not None and previous.running:
             previous.stop()
-        job = Job(name, work, tag)
+        job = Job(name, work, tag, alive=self.alive, orphan_after=self.orphan_after)
         self.jobs[key] = job
         return job.start()
+
+    def heartbeat(self) -> None:
+        """The session is still here: every job it started keeps running."""
+        for job in list(self.jobs.values()):
+            job.touch()
+
+    @property
+    def running_jobs(self) -> list[Job]:
+        return [job for job in self.jobs.values() if job.running]

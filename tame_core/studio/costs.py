@@ -1,0 +1,136 @@
+"""What work costs, said before it starts and measured honestly after.
+
+Before: an :class:`Estimate` is the passes a piece of work will make (each method states its own,
+:meth:`~tame_core.baselines.Method.expected_passes`; curves and metrics are counted here) times this
+machine's measured forward time (:func:`forward_seconds`, warm, once per model). After: a method's
+time is its own work, timed warm (:func:`~tame_core.baselines.base.timed_repeats`); a figure too short
+or too scattered to mean anything is called noisy (:func:`timing_note`) instead of being printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Hashable, Mapping, Sequence
+
+import torch
+
+from ..baselines import get_method
+from ..baselines.base import synchronize
+from ..evaluation import METRIC_GROUPS, metric_forwards
+from .models import LoadedModel
+
+#: A backward pass costs about this many forwards (the usual rule of thumb for CNNs).
+BACKWARD_COST = 2.0
+#: One timed run shorter than this says more about the machine than about the method.
+SHORTEST_SINGLE_RUN_S = 0.1
+#: Repeated runs whose interquartile range exceeds this fraction of their median are too scattered.
+NOISY_SPREAD = 0.5
+
+_FORWARD_SECONDS: dict[Hashable, float] = {}
+_MEASURING = threading.Lock()
+
+
+def forward_seconds(model: LoadedModel, batch: int = 8) -> float:
+    """Seconds per image of one backbone forward at the model's input size: warmed up, then the faster of
+    two batches of ``batch`` (measured once per model and process, under the model's lock)."""
+    with _MEASURING:
+        if model.key not in _FORWARD_SECONDS:
+            with model.busy() as explainer, torch.no_grad():
+                backbone = explainer.backbone
+                images = torch.rand(batch, 3, *backbone.preprocess.input_size, device=explainer.device)
+                backbone(images[:1])
+                runs = []
+                for _ in range(2):
+                    synchronize(explainer.device)
+                    start = time.perf_counter()
+                    backbone(images)
+                    synchronize(explainer.device)
+                    runs.append(time.perf_counter() - start)
+            _FORWARD_SECONDS[model.key] = min(runs) / batch
+        return _FORWARD_SECONDS[model.key]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Passes some work will make and the time they take on this machine."""
+
+    forwards: int
+    backwards: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: "Estimate") -> "Estimate":
+        return Estimate(self.forwards + other.forwards, self.backwards + other.backwards, self.seconds + other.seconds)
+
+    def text(self) -> str:
+        """``≈ 9 min (1,281 forward passes)``."""
+        passes = f"{self.forwards:,} forward pass{'es' if self.forwards != 1 else ''}"
+        if self.backwards:
+            passes += f" + {self.backwards:,} backward"
+        return f"{duration_text(self.seconds)} ({passes})"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as people say it: ``under a second``, ``≈ 12 s``, ``≈ 4 min``, ``≈ 1.5 h``."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"≈ {seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"≈ {seconds / 60:.0f} min"
+    return f"≈ {seconds / 3600:.1f} h"
+
+
+def passes_estimate(model: LoadedModel, forwards: float, backwards: float = 0.0, pixels: int | None = None) -> Estimate:
+    """``forwards`` and ``backwards`` image passes at ``pixels`` per image (default: the input size) in time."""
+    height, width = model.explainer.backbone.preprocess.input_size
+    scale = (pixels / (height * width)) if pixels else 1.0
+    seconds = forward_seconds(model) * scale * (forwards + BACKWARD_COST * backwards)
+    return Estimate(round(forwards), round(backwards), seconds)
+
+
+def method_estimate(
+    model: LoadedModel, method: str, input_hw: Sequence[int] | None = None, images: int = 1, **options: object
+) -> Estimate:
+    """What ``method``'s map of ``images`` pictures of ``input_hw`` will cost (its stated passes)."""
+    forwards, backwards = get_method(method).expected_passes(model.explainer, **options)
+    pixels = int(input_hw[0]) * int(input_hw[1]) if input_hw is not None else None
+    return passes_estimate(model, forwards * images, backwards * images, pixels)
+
+
+def curve_forwards(steps: int, modes: int = 2) -> int:
+    """Forwards of one image's deletion and insertion curves: ``steps + 1`` points each."""
+    return modes * (int(steps) + 1)
+
+
+def evaluation_estimate(
+    model: LoadedModel,
+    methods: Sequence[str],
+    images: int,
+    steps: int,
+    method_limits: Mapping[str, int] | None = None,
+    groups: Sequence[str] = METRIC_GROUPS,
+) -> Estimate:
+    """An evaluation of ``images`` centre-cropped pictures: a clean forward each, then per method its
+    passes and the metrics' forwards, on the images that method runs on."""
+    total = passes_estimate(model, images)
+    for method in methods:
+        count = min(images, (method_limits or {}).get(method, images))
+        forwards, backwards = get_method(method).expected_passes(model.explainer)
+        total = total + passes_estimate(model, count * (forwards + metric_forwards(groups, steps)), count * backwards)
+    return total
+
+
+# --- after: was the timing meaningful? --------------------------------------------------------------
+def timing_note(seconds: float, repeats: Sequence[float] = ()) -> str | None:
+    """Why a timing is not worth printing (None when it is): one tiny run, or runs scattered too widely."""
+    runs = list(repeats) or [seconds]
+    if len(runs) < 3:
+        return "too short to time from one run" if seconds < SHORTEST_SINGLE_RUN_S else None
+    low, _, high = statistics.quantiles(runs, n=4)
+    middle = statistics.median(runs)
+    if middle > 0 and (high - low) / middle > NOISY_SPREAD:
+        return "noisy: the machine was busy while it was timed"
+    return None
