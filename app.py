@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import guarded, resolve_model, workspace
+from pages._shared import guarded, keep_jobs_alive, resolve_model, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.explainer import bundled_head_path
 from tame_core.studio import HEAD_ENV, MAX_UPLOAD_MB, ModelChoice, default_choice, store_uploaded_head
@@ -98,6 +98,7 @@ def images_sidebar() -> None:
 
 def sidebar() -> None:
     with st.sidebar:
+        keep_jobs_alive()
         choice = guarded(model_sidebar)  # e.g. an uploaded head that is not one: its error, no model
         resolve_model(choice)
         model, error = st.session_state["model"], st.session_state["model_error"]

@@ -26,16 +26,52 @@ from tame_core.studio import (
     render,
 )
 
+from tame_core.studio.costs import Estimate
+from tame_core.studio.jobs import STOPPED_BY_USER
+from tame_core.studio.methods import AUTO_START_SECONDS
+
 log = logging.getLogger("tame_core.studio.app")
 T = TypeVar("T")
 
+#: A job nobody has looked at for this long stops (the session's heartbeat comes every HEARTBEAT_S
+#: while it runs; a hidden browser tab may slow it to once a minute).
+ORPHAN_AFTER_S = 300.0
+HEARTBEAT_S = 5.0
+
 
 # --- session and model ------------------------------------------------------------------------------
+def _session_probe() -> Callable[[], bool] | None:
+    """Whether this browser session is still connected, from Streamlit's runtime (None where there is no
+    runtime, as under AppTest: then the heartbeat alone decides)."""
+    try:
+        from streamlit.runtime import Runtime
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # pragma: no cover - another Streamlit layout
+        return None
+    context = get_script_run_ctx()
+    if context is None or not Runtime.exists():
+        return None
+    runtime, session = Runtime.instance(), context.session_id
+    return lambda: runtime.is_active_session(session)
+
+
 def workspace() -> Workspace:
-    """This browser session's pictures, results and jobs (never shared with another session)."""
+    """This browser session's pictures, results and jobs (never shared with another session).
+
+    Its jobs stop themselves once the session is gone: disconnected (a closed or reloaded tab), or
+    silent for :data:`ORPHAN_AFTER_S`.
+    """
     if "workspace" not in st.session_state:
-        st.session_state["workspace"] = Workspace()
+        st.session_state["workspace"] = Workspace(alive=_session_probe(), orphan_after=ORPHAN_AFTER_S)
     return st.session_state["workspace"]
+
+
+def keep_jobs_alive() -> None:
+    """The session's heartbeat: every script run, and every HEARTBEAT_S while one of its jobs runs."""
+    ws = workspace()
+    ws.heartbeat()
+    if ws.running_jobs:
+        st.fragment(ws.heartbeat, run_every=HEARTBEAT_S)()
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -125,7 +161,7 @@ def image_picker() -> None:
     for file_id, message in ws.upload_errors.items():
         if file_id in present:
             st.error(message)
-    st.caption("…or pick a sample photo (public domain / CC0, shipped with scikit-image):")
+    st.caption("…or pick a sample photo (public domain / CC0, shipped with scikit-image and matplotlib):")
     columns = st.columns(len(GALLERY))
     for column, (key, sample) in zip(columns, GALLERY.items()):
         column.button(sample.title, key=f"sample-{key}", on_click=_use_sample, args=(key,), width="stretch")
@@ -147,21 +183,53 @@ def class_picker(model: LoadedModel, image: ActiveImage) -> int:
 
 
 # --- background jobs --------------------------------------------------------------------------------
-def job_status(job: Job | None, key: str) -> None:
-    """Progress bar and Stop button of a running job; the outcome of a finished one."""
+def job_status(job: Job | None, key: str, controls: bool = True) -> None:
+    """Progress bar and Stop button of a running job; the outcome of a finished one.
+
+    ``controls=False`` (presentations) shows neither the bar nor the button, only a failure.
+    """
     if job is None:
         return
+    job.touch()
     if job.running:
-        text = job.message or f"{job.name}…"
-        columns = st.columns([5, 1])
-        columns[0].progress(job.progress, text=f"{text} ({job.elapsed:.0f} s)")
-        columns[1].button("Stop", key=f"stop-{key}", on_click=job.stop, width="stretch")
-    elif job.state is JobState.DONE:
-        st.caption(f"{job.name}: done in {job.elapsed:.1f} s.")
+        if controls:
+            text = job.message or f"{job.name}…"
+            columns = st.columns([5, 1])
+            columns[0].progress(job.progress, text=f"{text} ({job.elapsed:.0f} s)")
+            columns[1].button("Stop", key=f"stop-{key}", on_click=job.stop, width="stretch")
     elif job.state is JobState.FAILED:
         st.error(f"{job.name} failed: {job.error}")
+    elif not controls:
+        return
+    elif job.state is JobState.DONE:
+        st.caption(f"{job.name}: done in {job.elapsed:.1f} s.")
     elif job.state is JobState.STOPPED:
-        st.warning(f"{job.name} stopped after {job.elapsed:.0f} s; what was computed is kept.")
+        st.warning(stopped_text(job))
+
+
+def should_start(job: Job | None, what: str, estimate: Estimate, key: str) -> bool:
+    """Whether to start work now: at once when it is quick and nothing was stopped or failed, else on a
+    click of a button that says what it will cost."""
+    if estimate.seconds <= AUTO_START_SECONDS and (job is None or job.state is JobState.DONE):
+        return True
+    clicked = st.button(f"Run {what}: {estimate.text()}", type="primary", key=key)
+    st.caption("Estimated from this machine's measured forward time × the forward passes the work needs.")
+    return clicked
+
+
+def stopped_text(job: Job) -> str:
+    """What a stopped job says: who stopped it, how fast it ended, and that finished parts are kept."""
+    if job.stop_reason == STOPPED_BY_USER and job.stop_latency is not None:
+        return (
+            f"{job.name}: stopped {job.stop_latency:.1f} s after you asked ({job.elapsed:.0f} s in); "
+            "what was finished is kept."
+        )
+    return f"{job.name}: stopped after {job.elapsed:.0f} s ({job.stop_reason or 'stopped'}); what was finished is kept."
+
+
+def colour_scale(colormap: str = "jet", note: str = "each map is scaled to its own range") -> None:
+    """The colour bar of a map view: low to high, and what the ends mean."""
+    st.image(render.colour_scale(["0 (low)", "0.5", "1 (high)"], colormap), caption=f"Map colours: {note}.")
 
 
 def live(job: Job | None, draw: Callable[[], None], every: float = 0.5) -> None:

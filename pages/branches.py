@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
+from pages._shared import class_picker, colour_scale, guarded, image_or_stop, job_status, live, model_or_stop, workspace
 from tame_core.metrics import METRICS
 from tame_core.studio import ActiveImage, LoadedModel, render
-from tame_core.studio.ablation import MAX_COMBINATIONS_BRANCHES, AblationRow, ablation_rows, combinations
+from tame_core.studio.ablation import (
+    MAX_COMBINATIONS_BRANCHES,
+    AblationRow,
+    ablation_rows,
+    branch_terms,
+    combinations,
+)
 
 FRACTIONS = (100, 50, 15)  # % of the map's pixels kept
 
@@ -40,7 +46,7 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
     if job is None:
         explanation = ws.view(model, image, class_index)
         masks = combinations(len(mask), mask)
-        job = ws.start_job("ablation", "Measuring AD/IC", lambda ctx: ablation_rows(model, explanation, masks), tag)
+        job = ws.start_job("ablation", "Measuring AD/IC", lambda ctx: ablation_rows(model, explanation, masks, ctx), tag)
 
     def draw() -> None:
         job_status(job, "ablation")
@@ -69,6 +75,7 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
                     delta_color="inverse" if spec.direction == "lower" else "normal",
                     help=f"{spec.description}; {spec.direction} is better",
                 )
+        single_image_note(row)
         if len(rows) > 1:
             with st.expander("Every combination of branches", expanded=False):
                 st.dataframe(
@@ -86,6 +93,55 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
                 )
 
     live(job, draw)
+
+
+def single_image_note(row: AblationRow) -> None:
+    """Why one picture's AD is often 0 % and its IC 0 % or 100 %: the probabilities behind them."""
+    if row.kept is None:
+        return
+    st.caption(
+        f"On one picture these read off two probabilities per level. The whole picture gives "
+        f"P(class) = {row.clean_probability:.1%}. IC is 100 % when the kept part scores higher, else 0 %; "
+        "AD is the relative drop, 0 % when there is none."
+    )
+    st.dataframe(
+        [
+            {
+                "pixels kept": f"{kept} %",
+                "P(class)": probability,
+                "vs whole picture": f"{(probability - row.clean_probability) * 100:+.1f} pts",
+                "AD": row.scores.get(f"AD{kept}"),
+                "IC": row.scores.get(f"IC{kept}"),
+            }
+            for kept, probability in row.kept.items()
+        ],
+        hide_index=True,
+        column_config={
+            "P(class)": st.column_config.NumberColumn(format="percent"),
+            "AD": st.column_config.NumberColumn("AD ↓", format="%.1f %%"),
+            "IC": st.column_config.NumberColumn("IC ↑", format="%.0f %%"),
+        },
+    )
+
+
+def contributions_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...]) -> None:
+    """Each branch's signed term of the map, all on one symmetric scale, with that scale drawn."""
+    ws = workspace()
+    terms = branch_terms(ws.view(model, image, class_index))
+    scale = terms.scale
+    st.caption(
+        "Each branch's own term of the map for this class, before the sigmoid that makes the map: red raises "
+        "the map, blue lowers it, white leaves it. All branches share one scale, so their sizes compare; the "
+        "share is how much of the total each branch moves."
+    )
+    shares = terms.share()
+    for column, layer, term, on, share in zip(st.columns(len(model.layers)), model.layers, terms.terms, mask, shares):
+        column.image(
+            render.signed_overlay(image.preview, term, scale),
+            caption=f"{layer}{'' if on else ' (off)'}: {share:.0%} of the total",
+            output_format="JPEG",
+        )
+    st.image(render.colour_scale([f"-{scale:.2g}", "0", f"+{scale:.2g}"], None), caption="Shared scale of the terms.")
 
 
 def body() -> None:
@@ -115,17 +171,13 @@ def body() -> None:
             caption=f"{label}: p = {probability:.1%} on the image; map from {mask_label(model, mask) or 'no branch'}",
             output_format="JPEG",
         )
+        colour_scale()
     with right:
         st.subheader("What the map keeps")
         scores_panel(model, image, class_index, mask)
 
     st.subheader("Each branch's contribution")
-    contributions = ws.view(model, image, class_index).branch_maps()[0, 0].cpu().numpy()
-    preview = image.preview
-    for column, layer, term, on in zip(st.columns(len(model.layers)), model.layers, contributions, mask):
-        column.image(
-            render.overlay_image(preview, term), caption=f"{layer}{'' if on else ' (off)'}", output_format="JPEG"
-        )
+    contributions_panel(model, image, class_index, mask)
 
 
 guarded(body)

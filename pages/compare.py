@@ -1,13 +1,29 @@
-"""Compare: TAME and chosen baselines side by side on one picture, with their time and passes."""
+"""Compare: TAME and chosen baselines side by side on one picture, with what each costs."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
+from pages._shared import (
+    class_picker,
+    colour_scale,
+    guarded,
+    image_or_stop,
+    job_status,
+    live,
+    model_or_stop,
+    should_start,
+    workspace,
+)
+from tame_core.baselines import get_method, list_methods
 from tame_core.studio import render
-from tame_core.baselines import list_methods
-from tame_core.studio.methods import MethodMap, compare_methods
+from tame_core.studio.methods import (
+    compare_estimate,
+    compare_methods,
+    cost_rows,
+    maps_so_far,
+    missing,
+)
 
 COLUMNS = 4
 DEFAULT_BASELINES = ("gradcam", "gradcam++", "layercam")
@@ -25,50 +41,52 @@ def body() -> None:
         available[1:],
         default=[m for m in DEFAULT_BASELINES if m in available],
         key="compare_methods",
-        help="Each runs on the same model input as TAME. Score-CAM, Ablation-CAM and RISE need many forward passes.",
+        format_func=lambda m: f"{m}: {get_method(m).description.split(': ', 1)[-1]}",
+        help="Each runs on the same model input as TAME. Score-CAM, Ablation-CAM and RISE need hundreds to "
+        "thousands of forward passes: the button says how long before they start.",
     )
     methods = ["tame", *baselines]
-    explanation = ws.view(model, image, class_index)
-    tag = (model.key, image.digest, class_index, tuple(methods))
-    job = ws.job_for("compare", tag)
-    if job is None:
-        job = ws.start_job(
-            "compare", "Comparing methods", lambda context: compare_methods(model, explanation, methods, context), tag
-        )
+    subject = ws.subject(model, image, class_index)
+    job = ws.job_for("compare", subject.key())
+    running = job is not None and job.running
+    todo = missing(subject, methods, ws.results)
+    if todo and not running:
+        if should_start(job, ", ".join(todo), compare_estimate(subject, todo, ws.results), "compare_start"):
+            job = ws.start_job(
+                "compare", "Comparing methods", lambda context: compare_methods(subject, todo, context, ws.results), subject.key()
+            )
     label = render.class_label(class_index, model.class_names)
 
     def draw() -> None:
         job_status(job, "compare")
-        done = [r for r in job.records if isinstance(r, MethodMap)]
+        done = maps_so_far(subject, methods, ws.results, job.records if job is not None else ())
         if not done:
             st.caption("Maps appear here as each method finishes.")
             return
         columns = st.columns(COLUMNS)
         for position, result in enumerate(done):
+            cost = "time noisy" if result.timing_note else f"{result.milliseconds:,.0f} ms"
             columns[position % COLUMNS].image(
                 render.overlay_image(image.preview, result.saliency.cpu().numpy()),
-                caption=f"{result.method}: {result.milliseconds:.0f} ms, {result.forward_passes} forward / "
-                f"{result.backward_passes} backward",
+                caption=f"{result.method}: {cost}, {result.forward_passes:,} forward / {result.backward_passes:,} backward",
                 width="stretch",
             )
+        colour_scale()
         st.dataframe(
-            [
-                {
-                    "method": r.method,
-                    "ms": r.milliseconds,
-                    "forward passes": r.forward_passes,
-                    "backward passes": r.backward_passes,
-                    "× TAME time": r.milliseconds / done[0].milliseconds if done[0].milliseconds else None,
-                }
-                for r in done
-            ],
+            cost_rows(done),
             hide_index=True,
             column_config={
-                "ms": st.column_config.NumberColumn(format="%.1f"),
+                "ms": st.column_config.NumberColumn("ms ↓", format="%.1f"),
+                "forward passes": st.column_config.NumberColumn("forward passes ↓", format="%d"),
+                "backward passes": st.column_config.NumberColumn("backward passes ↓", format="%d"),
                 "× TAME time": st.column_config.NumberColumn(format="%.1f×"),
             },
         )
-        st.caption(f"All maps explain {label}; times are this machine's wall clock for one picture.")
+        st.caption(
+            f"All maps explain {label}. Times are each method's own work on this machine, warm: cheap methods "
+            "are run once untimed and then timed several times (the median is shown); an empty cell says why "
+            "a time was not worth printing. TAME's time is its backbone forward plus its head."
+        )
 
     live(job, draw)
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, workspace
+from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, should_start, workspace
+from tame_core.baselines import list_methods
 from tame_core.metrics.curves import BASELINES, MODES
 from tame_core.studio import plots
-from tame_core.baselines import list_methods
 from tame_core.studio.methods import (
     DEFAULT_STEPS,
-    CurvePoint,
-    MethodMap,
     auc_direction,
     auc_rows,
     curve_points,
+    curves_estimate,
+    curves_so_far,
+    maps_so_far,
+    missing,
     perturbed_image,
 )
 
@@ -27,7 +29,8 @@ def body() -> None:
     st.caption(
         "Pixels are changed in the order each map ranks them. Deletion replaces the most salient first (a "
         "faithful map makes the probability fall fast: low AUC); insertion restores them onto a blurred copy "
-        "(it should rise fast: high AUC). Curves are drawn as they are computed."
+        "(it should rise fast: high AUC). Curves are drawn as they are computed; a baseline added later is "
+        "computed alone, the curves already drawn are kept."
     )
     class_index = class_picker(model, image)
     available = list_methods()
@@ -38,22 +41,25 @@ def body() -> None:
     steps = settings[1].select_slider("Steps", [10, 20, 25, 50, 100], value=DEFAULT_STEPS, key="curve_steps")
     baseline = settings[2].selectbox("Changed pixels become", BASELINES, key="curve_baseline")
     methods = ["tame", *baselines]
-    explanation = ws.view(model, image, class_index)
-    tag = (model.key, image.digest, class_index, tuple(methods), steps, baseline)
+    subject = ws.subject(model, image, class_index)
+    tag = (subject.key(), steps, baseline)
     job = ws.job_for("curves", tag)
-    if job is None:
-        job = ws.start_job(
-            "curves",
-            "Deletion and insertion curves",
-            lambda context: curve_points(model, explanation, methods, context, steps, baseline),
-            tag,
-        )
+    todo = missing(subject, methods, ws.results, steps, baseline)
+    if todo and not (job is not None and job.running):
+        estimate = curves_estimate(subject, todo, steps, ws.results, baseline)
+        if should_start(job, f"the curves of {', '.join(todo)}", estimate, "curves_start"):
+            job = ws.start_job(
+                "curves",
+                "Deletion and insertion curves",
+                lambda context: curve_points(subject, todo, context, steps, baseline, ws.results),
+                tag,
+            )
 
     def draw() -> None:
         job_status(job, "curves")
-        records = job.records
-        points = [r for r in records if isinstance(r, CurvePoint)]
-        maps = {r.method: r for r in records if isinstance(r, MethodMap)}
+        live_records = job.records if job is not None else ()
+        points = curves_so_far(subject, methods, steps, baseline, ws.results, live_records)
+        maps = {m.method: m for m in maps_so_far(subject, methods, ws.results, live_records)}
         for column, mode in zip(st.columns(2), MODES):
             column.plotly_chart(plots.curve_figure(points, mode, methods), key=f"curve-{mode}", width="stretch")
         rows = auc_rows(points)
@@ -76,7 +82,7 @@ def body() -> None:
             shown = st.columns(len(MODES))
             for column, mode in zip(shown, MODES):
                 column.image(
-                    perturbed_image(explanation, maps[method].saliency, mode, step, steps, baseline),
+                    perturbed_image(subject.explanation, maps[method].saliency, mode, step, steps, baseline),
                     caption=f"{mode}: {step / steps:.0%} of pixels {'deleted' if mode == 'deletion' else 'inserted'}",
                     width="stretch",
                 )

@@ -1,46 +1,76 @@
-"""Demo mode: big pictures, one click to the next sample, explanations computed ahead in the background."""
+"""Demo mode: big pictures, one click to the next, explanations computed ahead, no job controls on show.
+
+The curated set is photos the embedded classifier gets right (checked by the tests); a presenter can
+show their own pictures instead (those uploaded in this session).
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import guarded, job_status, live, model_or_stop, workspace
-from tame_core.studio import GALLERY, load_sample, render
+from pages._shared import colour_scale, guarded, job_status, live, model_or_stop, workspace
+from tame_core.studio import DEMO, ActiveImage, load_sample, render
+
+CURATED, MINE = "Curated samples", "My pictures"
 
 
-def _step(offset: int) -> None:
-    st.session_state["demo_index"] = (st.session_state.get("demo_index", 0) + offset) % len(GALLERY)
+def _step(offset: int, count: int) -> None:
+    st.session_state["demo_index"] = (st.session_state.get("demo_index", 0) + offset) % count
+
+
+def demo_set() -> tuple[list[ActiveImage], dict[str, str]]:
+    """The pictures to present and, per picture, its credit line."""
+    ws = workspace()
+    sources = [CURATED, MINE] if ws.images else [CURATED]
+    source = st.radio("Show", sources, horizontal=True, key="demo_source", label_visibility="collapsed")
+    if source == MINE:
+        chosen = st.multiselect(
+            "Pictures to present",
+            list(ws.images),
+            default=list(ws.images),
+            format_func=lambda digest: ws.images[digest].name,
+            key="demo_mine",
+        )
+        return [ws.images[digest] for digest in chosen], {}
+    samples = [load_sample(key) for key in DEMO]
+    return samples, {image.digest: f"{image.name} · {DEMO[key].credit}" for key, image in zip(DEMO, samples)}
 
 
 def body() -> None:
     model = model_or_stop()
     ws = workspace()
-    samples = [load_sample(key) for key in GALLERY]
-    job = ws.job_for("demo", model.key)
+    images, credits = demo_set()
+    if not images:
+        st.info("Choose at least one picture to present.")
+        return
+    tag = (model.key, tuple(image.digest for image in images))
+    job = ws.job_for("demo", tag)
     if job is None:
-        job = ws.start_job("demo", "Preparing the demo", lambda ctx: ws.precompute(model, samples, ctx), model.key)
+        job = ws.start_job("demo", "Preparing the demo", lambda ctx: ws.precompute(model, images, ctx), tag)
 
-    index = st.session_state.get("demo_index", 0) % len(samples)
-    image = samples[index]
-    key = list(GALLERY)[index]
+    count = len(images)
+    index = st.session_state.get("demo_index", 0) % count
+    image = images[index]
     back, title, forward = st.columns([1, 6, 1], vertical_alignment="center")
-    back.button("◀ Previous", on_click=_step, args=(-1,), key="demo_back", width="stretch")
-    forward.button("Next ▶", on_click=_step, args=(1,), key="demo_next", type="primary", width="stretch")
+    back.button("◀ Previous", on_click=_step, args=(-1, count), key="demo_back", width="stretch")
+    forward.button("Next ▶", on_click=_step, args=(1, count), key="demo_next", type="primary", width="stretch")
 
     explanation = ws.explanation(model, image)  # ready if the background job got here first
     (index_top, name, probability), *others = explanation.top_k(3)[0]
-    title.markdown(f"## {GALLERY[key].title}: the model sees **{name}** ({probability:.0%})")
+    title.markdown(f"## {image.name}: the model sees **{name}** ({probability:.0%})")
     picture, explained = st.columns(2, gap="medium")
-    picture.image(image.pixels, caption=f"{GALLERY[key].title} · {GALLERY[key].credit}", width="stretch")
+    picture.image(image.pixels, caption=credits.get(image.digest, image.name), width="stretch")
     explained.image(
         render.overlay_image(image.pixels, render.saliency(explanation), 0.55),
         caption=f"Where it looks for {render.class_label(index_top, model.class_names)}",
         width="stretch",
         output_format="JPEG",
     )
+    with explained:
+        colour_scale(note="red where the picture most supports the class, blue where least")
     st.markdown("Runners-up: " + ", ".join(f"{other} ({p:.0%})" for _, other, p in others))
-    st.caption(f"Sample {index + 1} of {len(samples)}.")
-    live(job, lambda: job_status(job, "demo"))
+    st.caption(f"Picture {index + 1} of {count}.")
+    live(job, lambda: job_status(job, "demo", controls=False))
     if st.button("Open this picture in Explain", key="demo_open"):
         ws.add(image)
         st.switch_page("pages/explain.py")

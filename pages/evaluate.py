@@ -7,10 +7,12 @@ from pathlib import Path
 import streamlit as st
 
 from pages._shared import guarded, job_status, live, model_or_stop, workspace
-from tame_core.evaluation import TABLE_COLUMNS
-from tame_core.metrics.curves import BASELINES
-from tame_core.studio.evaluation import EvaluationRequest, can_resume, column_title, evaluation_work
 from tame_core.baselines import list_methods
+from tame_core.errors import TameError
+from tame_core.evaluation import TABLE_COLUMNS, select_files
+from tame_core.metrics.curves import BASELINES
+from tame_core.studio.costs import evaluation_estimate, with_relative_times
+from tame_core.studio.evaluation import EvaluationRequest, can_resume, column_title, evaluation_work
 from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
@@ -45,14 +47,24 @@ def request_form() -> EvaluationRequest | None:
 
 def results(job) -> None:
     report = job.result
-    rows = report.rows()
-    shown = ["method", *(c for c in TABLE_COLUMNS if any(c in row for row in rows)), "images"]
+    rows = with_relative_times(report.rows())
+    shown = ["method", *(c for c in TABLE_COLUMNS if any(c in row for row in rows)), "× TAME time", "images"]
     st.dataframe(
-        [{column_title(c): row.get(c) for c in shown} for row in rows],
+        [{column_title(c) if c in TABLE_COLUMNS else c: row.get(c) for c in shown} for row in rows],
         hide_index=True,
-        column_config={column_title(c): st.column_config.NumberColumn(format="%.3f") for c in shown[1:-1]},
+        column_config={
+            **{column_title(c): st.column_config.NumberColumn(format="%.3f") for c in shown if c in TABLE_COLUMNS},
+            column_title("ms_per_image"): st.column_config.NumberColumn(format="%.1f"),
+            "× TAME time": st.column_config.NumberColumn(format="%.1f×"),
+        },
     )
-    st.caption("↓ lower is better, ↑ higher is better. Every metric (ROAD per level too) is in the downloads.")
+    st.caption(
+        "↓ lower is better, ↑ higher is better. Every metric (ROAD per level too) is in the downloads. Times are "
+        "each method's own work per image, warm (each cheap method runs once untimed first)."
+    )
+    noisy = [f"{row['method']}: {row['timing']}" for row in rows if row["ms_per_image"] is None]
+    if noisy:
+        st.caption("No time shown for " + "; ".join(noisy) + ".")
     if report.skipped:
         with st.expander(f"{len(report.skipped)} unreadable images were skipped"):
             st.write("\n".join(f"- {line}" for line in report.skipped))
@@ -72,10 +84,17 @@ def body() -> None:
     request = request_form()
     job = ws.job("evaluate")
     running = job is not None and job.running
+    count = None
     if request is not None:
+        try:
+            count = len(select_files(request.data, request.split, limit=request.limit))
+        except TameError as error:
+            st.error(str(error))
+    if request is not None and count is not None:
         state = request.state_path(model.choice)
+        estimate = evaluation_estimate(model, request.methods, count, request.steps, dict(request.method_limits))
         start, again = st.columns(2)
-        fresh = start.button("Evaluate", type="primary", disabled=running, key="eval_start")
+        fresh = start.button(f"Evaluate {count} images: {estimate.text()}", type="primary", disabled=running, key="eval_start")
         resume = can_resume(request, model.choice) and again.button(
             "Resume the stopped run", disabled=running, key="eval_resume"
         )

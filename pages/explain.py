@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import class_picker, guarded, image_or_stop, image_picker, model_or_stop, workspace
+from pages._shared import class_picker, colour_scale, guarded, image_or_stop, image_picker, model_or_stop, workspace
 from tame_core.maps import COLORMAPS
 from tame_core.studio import LoadedModel, render
 
@@ -69,6 +69,7 @@ def body() -> None:
             mime="application/octet-stream",
             help=f"float32 array {saliency.shape[0]}×{saliency.shape[1]} in [0, 1], the picture's size",
         )
+        colour_scale(colormap, "the map is scaled to its own range, 0 where the class is least supported, 1 where most")
 
     if len(ws.images) > 1 and st.toggle(f"Show all {len(ws.images)} images", key="show_all"):
         all_images(model, alpha, colormap)

@@ -11,8 +11,17 @@ from pages._shared import guarded, job_status, live, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.head import VARIANTS
 from tame_core.hub import push_head
-from tame_core.studio import plots
-from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, layer_choices, output_path, train_work
+from tame_core.studio import JobState, plots
+from tame_core.studio.training import (
+    TrainingPreview,
+    can_resume,
+    extract_zip,
+    layer_choices,
+    loss_history,
+    output_path,
+    run_outcome,
+    train_work,
+)
 from tame_core.training import SPLITS, TrainConfig
 
 CHECKPOINT_EVERY = 10  # steps between saved states: also how often the preview maps refresh
@@ -99,16 +108,24 @@ def progress_panel() -> None:
     def draw() -> None:
         job_status(job, "train")
         records = job.records
-        steps = [r for r in records if "loss" in r]
+        steps = loss_history(records)
         if steps:
-            st.plotly_chart(plots.loss_figure(steps), key="train_losses", width="stretch")
+            resumed = [r["step"] for r in records if r.get("event") == "resume"]
+            st.plotly_chart(plots.loss_figure(steps, resumed), key="train_losses", width="stretch")
         previews = [r for r in records if r.get("event") == "preview"]
         if previews:
             st.caption(f"Maps of the head saved at step {previews[-1]['step']}:")
             for column, picture in zip(st.columns(len(previews[-1]["overlays"]) or 1), previews[-1]["overlays"]):
                 column.image(picture, width="stretch")
-        if job.finished and job.result is not None:
+        outcome = run_outcome(records)
+        if job.state is JobState.DONE and job.result is not None:
             st.success(f"Saved {job.result}. Choose it in the sidebar (Head: local file) to explain with it.")
+        elif job.state is JobState.STOPPED and outcome is not None:
+            total = next((r["total_steps"] for r in records if "total_steps" in r), "?")
+            st.info(
+                f"Stopped at step {outcome['step']} of {total}. The head as it was then is in {job.result} "
+                "(not finished); Resume continues the same schedule from there."
+            )
 
     live(job, draw, every=1.0)
 
@@ -131,7 +148,8 @@ def body() -> None:
     job = workspace().job("train")
     running = job is not None and job.running
     if config is not None:
-        if config.out.exists():
+        mine = job is not None and job.tag == config.out  # this session's own run of that name
+        if config.out.exists() and not mine:
             st.warning(f"{config.out} exists: a new run replaces it (or pick another name).")
         go, again = st.columns(2)
         if go.button("Start training", type="primary", disabled=running, key="train_start"):
@@ -141,7 +159,7 @@ def body() -> None:
             start(config, resume=True)
             st.rerun()
     progress_panel()
-    if job is not None and job.finished and job.result is not None:
+    if job is not None and job.state is JobState.DONE and job.result is not None:
         hub_panel(Path(job.result))
 
 

@@ -16,7 +16,6 @@ from PIL import Image
 
 from tame_core.errors import CheckpointError, ClassError, ImageLoadError
 from tame_core.studio import (
-    GALLERY,
     Job,
     JobState,
     LoadedModel,
@@ -117,15 +116,6 @@ def test_large_pictures_are_downscaled_keeping_the_aspect_ratio():
     image = read_upload("wide.png", encode(wide))
     assert image.size == (171, studio_images.MAX_SIDE)
     assert image.original_size == (500, 3000)
-
-
-def test_gallery_samples_are_rgb_and_unknown_ones_are_refused():
-    for key in GALLERY:
-        sample = load_sample(key)
-        assert sample.pixels.ndim == 3 and sample.pixels.shape[2] == 3, key
-        assert sample.name == GALLERY[key].title
-    with pytest.raises(ImageLoadError, match="no sample called 'lena'"):
-        load_sample("lena")
 
 
 # --- jobs -------------------------------------------------------------------------------------------

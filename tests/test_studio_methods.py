@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tame_core.maps import resize_maps
 from tame_core.metrics import average_drop_increase
 from tame_core.metrics.curves import baseline_images, deletion_insertion
 from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace, load_sample
@@ -18,17 +20,35 @@ from tame_core.studio.ablation import ablation_rows, combinations
 from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
 from tame_core.studio.evaluation import can_resume as can_resume_evaluation
 from tame_core.baselines import list_methods
+from tame_core.studio import costs
+from tame_core.studio.ablation import branch_terms
 from tame_core.studio.methods import (
     CurvePoint,
     MethodMap,
+    ResultCache,
     auc_direction,
     auc_rows,
+    compare_estimate,
     compare_methods,
+    cost_rows,
     curve_points,
+    curves_estimate,
+    curves_so_far,
+    maps_so_far,
+    missing,
     perturbed_image,
 )
 from tame_core.studio.plots import curve_figure, loss_figure
-from tame_core.studio.training import TrainingPreview, can_resume, extract_zip, output_path, train_work
+from tame_core.studio.training import (
+    TrainingPreview,
+    can_resume,
+    extract_zip,
+    logged_steps,
+    loss_history,
+    output_path,
+    run_outcome,
+    train_work,
+)
 from tame_core.training import TrainConfig, TrainingError
 
 
@@ -41,6 +61,11 @@ def model(explainer, random_head_path) -> LoadedModel:
 def chelsea(model):
     image = load_sample("chelsea")
     return image, Workspace().view(model, image, 281)  # tabby
+
+
+@pytest.fixture(scope="module")
+def subject(model):
+    return Workspace().subject(model, load_sample("chelsea"), 281)
 
 
 def run(work) -> Job:
@@ -70,20 +95,42 @@ def test_ablation_rows_match_average_drop_increase_on_each_mask(model, chelsea):
         assert row.scores == pytest.approx(direct.summary(), abs=1e-4)
         assert row.masked_probability == pytest.approx(float(direct.masked[0, 0]), abs=1e-6)
         assert set(row.scores) == {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15"}
+        # one picture: IC is 0 or 100 and AD 0 exactly when the kept part scores at least the whole picture
+        assert row.clean_probability == pytest.approx(float(explanation.class_probs[0, 0]), abs=1e-6)
+        assert set(row.kept) == {100, 50, 15}
+        for kept, probability in row.kept.items():
+            increased = probability > row.clean_probability
+            assert row.scores[f"IC{kept}"] == (100.0 if increased else 0.0)
+            drop = max(0.0, row.clean_probability - probability) / row.clean_probability * 100
+            assert row.scores[f"AD{kept}"] == pytest.approx(drop, abs=1e-3)
     assert rows[0].scores != rows[1].scores  # switching branches off changes what the map keeps
 
 
-# --- curves and comparison --------------------------------------------------------------------------
-def test_streamed_curves_match_the_batched_metric(model, chelsea):
+def test_branch_terms_are_signed_share_one_scale_and_add_up_to_the_map(model, chelsea):
     _, explanation = chelsea
-    job = run(lambda context: curve_points(model, explanation, ["tame"], context, steps=6, baseline="blur"))
+    terms = branch_terms(explanation)
+    assert terms.terms.shape == (3, *explanation.inputs.shape[-2:])
+    assert terms.terms.min() < 0 < terms.terms.max()  # signed, not min-max scaled per branch
+    assert terms.scale == pytest.approx(float(np.abs(terms.terms).max()))
+    assert sum(terms.share()) == pytest.approx(1.0) and all(0 <= s <= 1 for s in terms.share())
+    head = model.explainer.head
+    with torch.no_grad():
+        raw = head.fuse(explanation.branch_features, explanation.classes)[0, 0]  # the logit map the terms add up to
+        expected = resize_maps(raw - head.fuser.bias[281], explanation.inputs.shape[-2:]).numpy()
+    np.testing.assert_allclose(terms.terms.sum(axis=0), expected, atol=1e-4)
+
+
+# --- curves and comparison --------------------------------------------------------------------------
+def test_streamed_curves_match_the_batched_metric(subject):
+    explanation = subject.explanation
+    job = run(lambda context: curve_points(subject, ["tame"], context, steps=6, baseline="blur"))
     records = job.records
     maps = [r for r in records if isinstance(r, MethodMap)]
     points = [r for r in records if isinstance(r, CurvePoint)]
     assert [m.method for m in maps] == ["tame"] and maps[0].forward_passes == 1
     assert len(points) == 2 * 7 and points[0].fraction == 0.0 and points[6].fraction == 1.0
     batched = deletion_insertion(
-        model.explainer.backbone, explanation.inputs, maps[0].saliency[None], explanation.classes[:, 0], steps=6
+        subject.model.explainer.backbone, explanation.inputs, maps[0].saliency[None], explanation.classes[:, 0], steps=6
     )
     torch.testing.assert_close(torch.tensor([p.probability for p in points[:7]]), batched.deletion[0], atol=1e-5, rtol=0)
     (row,) = auc_rows(points)
@@ -97,6 +144,55 @@ def test_streamed_curves_match_the_batched_metric(model, chelsea):
     assert len(figure.data) == 1 and len(figure.data[0].x) == 3
 
 
+def test_a_baseline_added_to_the_curves_is_computed_alone(subject):
+    cache = ResultCache()
+    first = run(lambda context: curve_points(subject, ["tame"], context, steps=4, cache=cache))
+    tame_points = [r for r in first.records if isinstance(r, CurvePoint)]
+    assert missing(subject, ["tame", "gradcam"], cache, 4, "blur") == ["gradcam"]
+    second = run(lambda context: curve_points(subject, ["gradcam"], context, steps=4, cache=cache))
+    assert {r.method for r in second.records if isinstance(r, (CurvePoint, MethodMap))} == {"gradcam"}  # TAME untouched
+    drawn = curves_so_far(subject, ["tame", "gradcam"], 4, "blur", cache)
+    assert [p for p in drawn if p.method == "tame"] == tame_points and len(drawn) == 2 * 2 * 5
+    assert missing(subject, ["tame", "gradcam"], cache, 4, "blur") == []
+    assert missing(subject, ["tame", "gradcam"], cache, 10, "blur") == ["tame", "gradcam"]  # other settings: other curves
+    # the maps are shared with Compare: comparing TAME and Grad-CAM now computes nothing
+    third = run(lambda context: compare_methods(subject, ["tame", "gradcam"], context, cache))
+    assert [r.method for r in third.records] == ["tame", "gradcam"] and third.records[0] is cache.get(subject.key("map", "tame"))
+    assert [m.method for m in maps_so_far(subject, ["gradcam", "tame"], cache)] == ["gradcam", "tame"]
+    assert curves_estimate(subject, ["tame", "gradcam"], 4, cache).forwards == 0
+    estimate = curves_estimate(subject, ["gradcam++"], 4, cache)
+    assert (estimate.forwards, estimate.backwards) == (1 + 2 * 5, 1) and estimate.seconds > 0
+
+
+def test_costs_are_estimated_from_stated_passes_and_measured_forwards(model, subject):
+    per_forward = costs.forward_seconds(model)
+    assert 0 < per_forward < 5 and costs.forward_seconds(model) == per_forward  # measured once
+    rise = costs.method_estimate(model, "rise")
+    assert (rise.forwards, rise.backwards) == (4000, 0)
+    assert rise.seconds == pytest.approx(4000 * per_forward)
+    scorecam = costs.method_estimate(model, "scorecam")
+    assert scorecam.forwards == 1 + model.explainer.head.channels[-1]
+    assert compare_estimate(subject, ["tame", "scorecam"]).forwards == 1 + scorecam.forwards
+    evaluation = costs.evaluation_estimate(model, ["tame", "gradcam"], images=10, steps=4, method_limits={"gradcam": 5})
+    metric = 3 + 14 + 2 * 5  # AD/IC levels, ROAD orders x levels, curve points
+    assert evaluation.forwards == 10 + 10 * (1 + metric) + 5 * (1 + metric) and evaluation.backwards == 5
+    assert costs.duration_text(0.4) == "under a second" and costs.duration_text(42) == "≈ 42 s"
+    assert costs.duration_text(9 * 60) == "≈ 9 min" and costs.duration_text(2 * 3600) == "≈ 2.0 h"
+    assert rise.text().endswith("(4,000 forward passes)")
+
+
+def test_timings_that_mean_nothing_are_called_noisy():
+    assert costs.timing_note(0.02) == "too short to time from one run"
+    assert costs.timing_note(3.5) is None  # one long run: fine
+    assert costs.timing_note(0.02, (0.020, 0.021, 0.019, 0.020, 0.022)) is None  # steady repeats
+    assert costs.timing_note(0.02, (0.010, 0.040, 0.012, 0.060, 0.020)).startswith("noisy")
+    rows = costs.with_relative_times(
+        [{"method": "tame", "ms_per_image": 12.0, "images": 200}, {"method": "gradcam", "ms_per_image": 36.0, "images": 200},
+         {"method": "rise", "ms_per_image": 30.0, "images": 2}]
+    )
+    assert [r["× TAME time"] for r in rows] == [1.0, 3.0, None]
+    assert rows[2]["ms_per_image"] is None and rows[2]["timing"] == "too short to time from one run"
+
 def test_perturbed_images_run_from_the_picture_to_the_baseline(model, chelsea):
     _, explanation = chelsea
     saliency = explanation.maps[0, 0]
@@ -109,25 +205,28 @@ def test_perturbed_images_run_from_the_picture_to_the_baseline(model, chelsea):
     assert 0.45 < (halfway.sum(axis=2) == 0).mean() < 0.55
 
 
-def test_compare_records_each_method_with_its_cost(model, chelsea):
-    _, explanation = chelsea
+def test_compare_records_each_method_with_its_warm_cost(subject):
     assert list_methods()[0] == "tame" and "gradcam" in list_methods()
-    job = run(lambda context: compare_methods(model, explanation, ["tame", "gradcam"], context))
+    job = run(lambda context: compare_methods(subject, ["tame", "gradcam"], context))
     tame, gradcam = job.result
     assert [r.method for r in job.records] == ["tame", "gradcam"]
-    assert (tame.forward_passes, tame.backward_passes) == (1, 0)
-    assert gradcam.backward_passes >= 1
+    assert (tame.forward_passes, tame.backward_passes) == (1, 0) and (gradcam.forward_passes, gradcam.backward_passes) == (1, 1)
+    assert len(tame.repeats) >= 5 and tame.milliseconds == pytest.approx(float(np.median(tame.repeats)) * 1000)
+    assert job.forwards >= 2 * (1 + 5)  # a warm-up and at least five timed runs each
     for result in job.result:
-        assert result.saliency.shape == explanation.inputs.shape[-2:]
+        assert result.saliency.shape == subject.explanation.inputs.shape[-2:]
         assert 0.0 <= float(result.saliency.min()) and float(result.saliency.max()) <= 1.0
         assert result.milliseconds > 0
+    rows = cost_rows(job.result)
+    assert [r["method"] for r in rows] == ["tame", "gradcam"] and rows[0]["forward passes"] == 1
+    if rows[0]["ms"] is not None and rows[1]["ms"] is not None:
+        assert rows[0]["× TAME time"] == 1.0 and rows[1]["× TAME time"] == pytest.approx(gradcam.milliseconds / tame.milliseconds)
 
 
-def test_an_unknown_method_fails_the_job_with_one_line(model, chelsea):
-    _, explanation = chelsea
-    job = Job("bad", lambda context: compare_methods(model, explanation, ["tame", "gradcum"], context)).start()
+def test_an_unknown_method_fails_the_job_with_one_line(subject):
+    job = Job("bad", lambda context: compare_methods(subject, ["tame", "gradcum"], context)).start()
     assert job.wait(60) and job.state is JobState.FAILED
-    assert "unknown method 'gradcum'" in job.error and len(job.records) == 1
+    assert "unknown method 'gradcum'" in job.error and job.records == []
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -192,14 +291,35 @@ def test_training_job_streams_losses_previews_and_resumes(tmp_path):
     assert previews and len(previews[-1]["overlays"]) == 2 and previews[-1]["overlays"][0].shape == (224, 224, 3)
     assert can_resume(config)
 
+    assert [r["phase"] for r in job.records if r.get("event") == "phase"][:2] == [
+        "loading the backbone (efficientnet_lite0)",
+        "checking that every image can be read",
+    ]  # reported before the first step, from the first second
+    assert run_outcome(job.records)["event"] == "stopped" and run_outcome(job.records)["step"] == len(steps)
+    assert [r["step"] for r in logged_steps(config.log_path, 99)] == list(range(1, len(steps) + 1))
+
     config.resume = True
     resumed = run(lambda context: train_work(config, context))
     records = resumed.records
-    assert records[0]["event"] == "resume" and records[0]["step"] == len(steps)
-    assert [r["step"] for r in records if "loss" in r] == list(range(len(steps) + 1, 5))
+    replayed = [r for r in records[: records.index(next(r for r in records if r.get("event") == "resume"))] if "loss" in r]
+    assert [r["step"] for r in replayed] == list(range(1, len(steps) + 1))  # steps 1..n from the log, first
+    assert [r["loss"] for r in replayed] == [r["loss"] for r in steps]
+    history = loss_history(records)
+    assert [r["step"] for r in history] == [1, 2, 3, 4]  # the chart keeps every step across the resume
     assert resumed.result == config.out and config.out.is_file()
+    assert run_outcome(records)["event"] == "done"
     assert not can_resume(config)  # finished: nothing left to resume
-    assert loss_figure(steps + [r for r in records if "loss" in r]).data[0].x == tuple(range(1, 5))
+    figure = loss_figure(history, [len(steps)])
+    assert figure.data[0].x == (1, 2, 3, 4) and figure.layout.shapes[0].x0 == len(steps)
+
+
+def test_a_resumed_run_replays_its_log_up_to_the_saved_step(tmp_path):
+    log = tmp_path / "head.log.jsonl"
+    lines = [{"event": "start", "total_steps": 9}, *({"step": s, "loss": float(s)} for s in range(1, 6)),
+             {"event": "resume", "step": 3}, {"step": 4, "loss": 40.0}]
+    log.write_text("\n".join(json.dumps(line) for line in lines) + '\n{"step": 5, "lo')  # a crash cut the last line
+    assert [(r["step"], r["loss"]) for r in logged_steps(log, 4)] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert logged_steps(tmp_path / "missing.jsonl", 4) == []
 
 
 # --- evaluation -------------------------------------------------------------------------------------

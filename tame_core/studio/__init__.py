@@ -3,20 +3,24 @@
 Pure Python over :mod:`tame_core` (nothing here imports Streamlit), so all of it is tested directly:
 
 * :mod:`.models`: which head and backbone (``ModelChoice``), loaded once and shared with a lock;
-* :mod:`.images`: uploads checked into ``ActiveImage`` objects keyed by content hash, the CC0 gallery;
+* :mod:`.images`: uploads checked into ``ActiveImage`` objects keyed by content hash;
+* :mod:`.samples`: the public-domain / CC0 gallery and Demo mode's curated set;
 * :mod:`.workspace`: one session's pictures, cached explanations and jobs;
 * :mod:`.jobs`: background work with progress, records, stop and result;
-* :mod:`.render`: overlays, heatmaps and download files; :mod:`.plots`: plotly figures;
+* :mod:`.render`: overlays, heatmaps, colour scales and download files; :mod:`.plots`: plotly figures;
+* :mod:`.costs`: estimates before work starts, honest timings after;
 * the work behind the pages: :mod:`.ablation` (Branches), :mod:`.methods` (Deletion curves, Compare),
   :mod:`.training` (Train), :mod:`.evaluation` (Evaluate); Demo mode uses ``Workspace.precompute``.
 """
 
-from .images import GALLERY, MAX_UPLOAD_MB, UPLOAD_TYPES, ActiveImage, load_sample, read_upload
+from .images import MAX_UPLOAD_MB, UPLOAD_TYPES, ActiveImage, read_upload
 from .jobs import Job, JobContext, JobState, JobStopped
 from .models import HEAD_ENV, LoadedModel, ModelChoice, default_choice, load_model, store_uploaded_head
+from .samples import DEMO, GALLERY, load_sample
 from .workspace import Workspace
 
 __all__ = [
+    "DEMO",
     "GALLERY",
     "HEAD_ENV",
     "MAX_UPLOAD_MB",

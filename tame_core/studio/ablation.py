@@ -13,9 +13,11 @@ import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..explainer import Explanation
+from ..maps import resize_maps
 from ..metrics import average_drop_increase
 from .jobs import JobContext
 from .models import LoadedModel
@@ -78,3 +80,38 @@ def ablation_rows(
         )
         for row, mask in enumerate(masks)
     ]
+
+
+@dataclass(frozen=True)
+class BranchTerms:
+    """Each branch's signed term of one class's map, before the sigmoid, on one shared scale.
+
+    The head's map is ``sigmoid(bias + sum of the terms)``, then scaled to [0, 1]: a positive term
+    raises the map where it is positive, a negative one lowers it. Showing every term on the same
+    symmetric scale keeps their sizes comparable (scaling each to its own range would paint every
+    branch equally hot).
+    """
+
+    terms: np.ndarray  # (branches, H, W) float32 at the model input's size
+
+    @property
+    def scale(self) -> float:
+        """The largest magnitude of any term: the shared scale's ends are -scale and +scale."""
+        return float(np.abs(self.terms).max()) if self.terms.size else 0.0
+
+    def share(self) -> list[float]:
+        """Each branch's share of the summed absolute terms (how much of the map it moves), adding up to 1."""
+        sizes = np.abs(self.terms).sum(axis=(1, 2))
+        total = float(sizes.sum())
+        return [float(size / total) if total else 0.0 for size in sizes]
+
+
+def branch_terms(explanation: Explanation) -> BranchTerms:
+    """The signed branch terms of the (single-image) explanation's first class, through the head's
+    ``branch_contributions`` (a tensor (B, K, branches, h, w), or one (B, K, h, w) per branch)."""
+    head = explanation.explainer.head
+    with torch.no_grad():
+        raw = head.branch_contributions(explanation.branch_features, explanation.classes[:, :1])
+    per_branch = [raw[0, 0, i] for i in range(raw.shape[2])] if isinstance(raw, torch.Tensor) else [t[0, 0] for t in raw]
+    size = explanation.inputs.shape[-2:]
+    return BranchTerms(np.stack([resize_maps(t.float(), size).cpu().numpy() for t in per_branch]).astype(np.float32))

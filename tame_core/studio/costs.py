@@ -134,3 +134,17 @@ def timing_note(seconds: float, repeats: Sequence[float] = ()) -> str | None:
     if middle > 0 and (high - low) / middle > NOISY_SPREAD:
         return "noisy: the machine was busy while it was timed"
     return None
+
+
+def with_relative_times(rows: Sequence[dict], reference: str = "tame") -> list[dict]:
+    """Table rows (``method``, ``ms_per_image``, ``images``) with ``× TAME time`` added; a time too short
+    to mean anything (under :data:`SHORTEST_SINGLE_RUN_S` in all) becomes None, with the reason in ``timing``."""
+    out = []
+    for row in rows:
+        ms, images = row.get("ms_per_image"), row.get("images") or 0
+        note = timing_note(ms * images / 1000.0) if ms is not None else None
+        out.append({**row, "ms_per_image": None if note else ms, "timing": note or "warm, summed over the images"})
+    base = next((r["ms_per_image"] for r in out if r["method"] == reference and r["ms_per_image"]), None)
+    for row in out:
+        row["× TAME time"] = row["ms_per_image"] / base if base and row["ms_per_image"] is not None else None
+    return out

@@ -1,4 +1,4 @@
-"""The pictures a session works on: uploads (checked) and the bundled CC0 sample gallery.
+"""The pictures a session works on: uploads, checked (the sample photos are in :mod:`.samples`).
 
 Every picture becomes an :class:`ActiveImage`: upright 8-bit RGB pixels plus a content hash. The hash
 is the key of all per-image work (explanations, curves, comparisons), so the same photo uploaded
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -81,39 +80,3 @@ def read_upload(name: str, data: bytes, max_mb: float = MAX_UPLOAD_MB) -> Active
     if len(data) > max_mb * 1024 * 1024:
         raise ImageLoadError(f"{name}: {len(data) / 2**20:.1f} MB is over the {max_mb:g} MB upload limit")
     return active_image(load_image(data, name=name), name, "upload")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A gallery photo shipped inside scikit-image (public domain or CC0)."""
-
-    key: str  # the skimage.data function
-    title: str
-    credit: str
-
-
-#: The sample gallery, in showing order: scikit-image's freely licensed colour photos (and one classic).
-GALLERY: dict[str, Sample] = {
-    sample.key: sample
-    for sample in (
-        Sample("chelsea", "Chelsea the cat", "Stefan van der Walt, CC0"),
-        Sample("coffee", "Cup of coffee", "Rachel Michetti, CC0"),
-        Sample("rocket", "Falcon 9 launch", "SpaceX, public domain"),
-        Sample("astronaut", "Astronaut Eileen Collins", "NASA, public domain"),
-        Sample("camera", "Cameraman", "Lav Varshney, CC0"),
-        Sample("hubble_deep_field", "Hubble deep field", "NASA, public domain"),
-    )
-}
-
-
-@lru_cache(maxsize=len(GALLERY))
-def load_sample(key: str) -> ActiveImage:
-    """A gallery photo, read from the installed scikit-image package (no files of ours)."""
-    if key not in GALLERY:
-        raise ImageLoadError(f"no sample called {key!r}; choose one of {', '.join(GALLERY)}")
-    from skimage import data
-
-    pixels = np.asarray(getattr(data, key)())
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return active_image(pixels, GALLERY[key].title, "sample")

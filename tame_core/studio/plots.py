@@ -42,14 +42,16 @@ def curve_figure(points: Sequence[CurvePoint], mode: str, methods: Sequence[str]
     return figure
 
 
-def loss_figure(records: Sequence[dict[str, Any]], height: int = 360) -> go.Figure:
-    """Training loss terms against the step, from the trainer's step records."""
+def loss_figure(records: Sequence[dict[str, Any]], resumed_at: Sequence[int] = (), height: int = 360) -> go.Figure:
+    """Training loss terms against the step, from the trainer's step records; a dotted line where a run resumed."""
     steps = [r for r in records if "step" in r and "loss" in r]
     figure = go.Figure()
     for term in LOSS_TERMS:
         figure.add_trace(
             go.Scatter(x=[r["step"] for r in steps], y=[r[term] for r in steps], mode="lines+markers", name=term)
         )
+    for step in resumed_at:
+        figure.add_vline(x=step, line_dash="dot", line_color="#868e96", annotation_text="resumed", annotation_position="top")
     figure.update_layout(
         xaxis={"title": "step"},
         yaxis={"title": "value", "type": "log"},

@@ -6,11 +6,15 @@ import io
 import re
 from typing import Sequence
 
+import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ..explainer import Explanation
 from ..maps import colorize, overlay
+
+#: Blue (lowers the map), white (no effect), red (raises it): signed values on a symmetric scale.
+DIVERGING = np.array([[33, 102, 172], [247, 247, 247], [178, 24, 43]], dtype=np.float32)
 
 
 def class_label(index: int, class_names: Sequence[str]) -> str:
@@ -40,6 +44,43 @@ def overlay_image(pixels: np.ndarray, saliency_map: np.ndarray, alpha: float = 0
 def heatmap_image(saliency_map: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """The raw map in colour, for showing beside the overlay."""
     return colorize(saliency_map, colormap)
+
+
+def signed_colorize(values: np.ndarray, scale: float) -> np.ndarray:
+    """Signed values (H, W) as RGB ``uint8`` on the symmetric scale [-scale, +scale]: blue, white, red."""
+    position = np.clip(np.nan_to_num(values) / max(float(scale), 1e-12), -1.0, 1.0) + 1.0  # 0..2
+    low = np.floor(np.minimum(position, 1.999)).astype(int)
+    weight = (position - low)[..., None]
+    return (DIVERGING[low] * (1 - weight) + DIVERGING[low + 1] * weight + 0.5).astype(np.uint8)
+
+
+def signed_overlay(pixels: np.ndarray, values: np.ndarray, scale: float, alpha: float = 0.6) -> np.ndarray:
+    """Signed values blended over the picture (resized to it), as :func:`signed_colorize` colours them."""
+    if values.shape[:2] != pixels.shape[:2]:
+        values = cv2.resize(values.astype(np.float32), (pixels.shape[1], pixels.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colours = signed_colorize(values, scale)
+    return cv2.addWeighted(colours, alpha, pixels[:, :, :3].astype(np.uint8), 1.0 - alpha, 0.0)
+
+
+def colour_scale(labels: Sequence[str], colormap: str | None = "jet", width: int = 360, height: int = 14) -> np.ndarray:
+    """A horizontal colour bar with ``labels`` spread evenly beneath it (RGB ``uint8``).
+
+    ``colormap`` names a map's colormap (values 0..1 left to right); None draws the signed scale of
+    :func:`signed_colorize` (-scale..+scale).
+    """
+    ramp = np.linspace(0.0, 1.0, width, dtype=np.float32)[None].repeat(height, axis=0)
+    bar = colorize(ramp, colormap) if colormap is not None else signed_colorize(ramp * 2 - 1, 1.0)
+    font = ImageFont.load_default(size=13)
+    canvas = Image.new("RGB", (width + 40, height + 22), "white")
+    canvas.paste(Image.fromarray(bar), (20, 2))
+    draw = ImageDraw.Draw(canvas)
+    for position, label in enumerate(labels):
+        x = 20 + round(position * (width - 1) / max(1, len(labels) - 1))
+        draw.line([(x, height + 2), (x, height + 5)], fill="black")
+        text_width = draw.textlength(label, font=font)
+        left = min(max(0, x - text_width / 2), canvas.width - text_width)
+        draw.text((left, height + 6), label, fill="black", font=font)
+    return np.asarray(canvas)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -7,6 +7,7 @@ The run itself is :func:`tame_core.training.train_head`; this module only feeds 
 from __future__ import annotations
 
 import io
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -112,14 +113,46 @@ class TrainingPreview:
         return [overlay(crop, explanation.maps[i, 0].cpu().numpy()) for i, crop in enumerate(crops)]
 
 
+def logged_steps(log_path: Path, up_to: int) -> list[dict[str, Any]]:
+    """The step records of a run's JSON-lines log up to step ``up_to``, one per step (the latest, as a
+    resumed run that repeated steps after a crash logs them twice), in step order."""
+    by_step: dict[int, dict[str, Any]] = {}
+    try:
+        lines = Path(log_path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if isinstance(record, dict) and "loss" in record and isinstance(record.get("step"), int) and record["step"] <= up_to:
+            by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def train_work(config: TrainConfig, context: JobContext, preview: TrainingPreview | None = None) -> Path:
-    """Run :func:`train_head` as a job: records are the trainer's log records, plus preview overlays."""
+    """Run :func:`train_head` as a job: records are the trainer's log records, plus preview overlays.
+
+    Before the first step the trainer reports its phases (loading the backbone, checking the images),
+    which become the progress message; a resumed run first replays the steps it already has from its
+    log, so the loss chart keeps steps 1..n.
+    """
     total = {"steps": 0}
+    context.progress(0.0, "Starting")
 
     def on_record(record: dict[str, Any]) -> None:
-        context.record(record)
+        if record.get("event") == "phase":
+            context.progress(None, record["phase"].capitalize())
         if "total_steps" in record:
             total["steps"] = int(record["total_steps"])
+        if record.get("event") == "resume":
+            for earlier in logged_steps(config.log_path, int(record["step"])):
+                context.record(earlier)
+            context.progress(record["step"] / max(1, total["steps"]), f"Resumed at step {record['step']}/{total['steps']}")
+        elif record.get("event") == "start":
+            context.progress(0.0, f"Training on {record.get('images', '?')} images: the first step is running")
+        context.record(record)
         if "step" in record and "loss" in record and total["steps"]:
             step = record["step"]
             context.progress(step / total["steps"], f"step {step}/{total['steps']}, loss {record['loss']:.3f}")
@@ -127,6 +160,17 @@ def train_work(config: TrainConfig, context: JobContext, preview: TrainingPrevie
             context.record({"event": "preview", "step": record.get("step"), "overlays": preview.overlays()})
 
     return train_head(config, callback=on_record, stop=context.stop_event)
+
+
+def loss_history(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """One step record per step, in step order (a resumed run's replayed steps and its new ones together)."""
+    by_step = {r["step"]: r for r in records if isinstance(r, dict) and "loss" in r and "step" in r}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def run_outcome(records: Sequence[Any]) -> dict[str, Any] | None:
+    """The run's last ``done`` or ``stopped`` event (with its step), None while it runs."""
+    return next((r for r in reversed(records) if isinstance(r, dict) and r.get("event") in ("done", "stopped")), None)
 
 
 def layer_choices(backbone: str) -> tuple[dict[str, str], list[str]]:

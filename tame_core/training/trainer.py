@@ -14,6 +14,7 @@ import threading
 import time
 from itertools import islice
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -22,6 +23,7 @@ from ..backbones import Backbone, load_backbone
 from ..checkpoint import metadata_for, save_head
 from ..errors import TrainingError
 from ..head import TAMEHead
+from ..stopping import check
 from ..taps import LayerTaps, check_layers
 from .config import TrainConfig
 from .data import (
@@ -70,14 +72,28 @@ def train_head(config: TrainConfig, callback: Callback | None = None, stop: thre
         dist.close()
 
 
+def _phases(callback: Callback | None, stop: threading.Event | None) -> Callable[[str], None]:
+    """Report what a run does before its first step (``{"event": "phase", "phase": ...}``) and honour Stop there."""
+
+    def phase(text: str) -> None:
+        check(stop)
+        if callback is not None:
+            callback({"event": "phase", "phase": text, "time": round(time.time(), 3)})
+
+    return phase
+
+
 class _Run:
     def __init__(self, config: TrainConfig, dist: Distributed, callback: Callback | None, stop: threading.Event | None) -> None:
         self.config, self.dist, self.stop = config, dist, stop
+        phase = _phases(callback if dist.is_main else None, stop)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
+        phase(f"loading the backbone ({config.backbone})")
         self.backbone: Backbone = load_backbone(config.backbone, config.weights, dist.device)
         self.layers = list(config.layers or self.backbone.default_layers)
         channels = [info.channels for info in check_layers(self.backbone, self.layers)]
+        phase("checking that every image can be read")
         files, problems = readable_images(config.data, config.split, config.limit, dist.rank, dist.world)
         skipped = set(dist.gather(problems))
         self.files = [path for path in files if str(path) not in skipped]
@@ -90,6 +106,7 @@ class _Run:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.head = TAMEHead(channels, self.backbone.num_classes, config.variant).to(dist.device)
         if config.init == "cam":
+            phase("starting every class from its class activation map")
             init_from_cam(self.head, self.backbone, self.layers, self._first_batch())
         self.head.fuser.requires_grad_(not config.freeze_fuser)
         self.optimizer = torch.optim.SGD(
@@ -107,6 +124,7 @@ class _Run:
         self.resumed_from: int | None = None
         self.saved_step = -1
         if config.resume:
+            phase("restoring the saved state")
             self._restore()
         self.reporter = RunReporter(
             config.log_path if dist.is_main else None,
