@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,13 +118,17 @@ def test_several_uploads_are_all_explained(app, sample_images):
     files = [(f"{name}.png", png(sample_images[name]), "image/png") for name in ("chelsea", "coffee", "rocket")]
     ok(app.file_uploader(key="uploads").set_value(files).run())
     ok(app.toggle(key="show_all").set_value(True).run())
-    grid = app.main.get("image")[2:]
+    grid = app.main.get("image")[3:]  # after the overlay, the map and its colour scale
     assert len(grid) == 3
     assert [b.label.split(":")[0] for b in app.button if b.key and b.key.startswith("open-")] == [
         "chelsea.png",
         "coffee.png",
         "rocket.png",
     ]
+
+
+def branch_tiles(at: AppTest) -> list:
+    return [i for i in at.main.get("image") if i.captions and i.captions[0].startswith("blocks.")]
 
 
 def test_branch_toggles_change_the_map_and_show_ad_ic(app):
@@ -134,14 +140,23 @@ def test_branch_toggles_change_the_map_and_show_ad_ic(app):
     ok(app)
     metrics = {m.label: m.value for m in app.metric}
     assert set(metrics) == {"P(class | image × map)", "AD100", "IC100", "AD50", "IC50", "AD15", "IC15"}
-    full_map, *contributions = image_urls(app)
+    full_map = image_urls(app)[0]
+    contributions = [url for tile in branch_tiles(app) for url in tile.value]
     assert len(contributions) == 3
+    shares = [float(t.captions[0].split(": ")[1].split("%")[0]) for t in branch_tiles(app)]
+    assert sum(shares) == pytest.approx(100, abs=2)  # each branch's share of one signed scale
+    captions = " ".join(c.value for c in app.main.caption)
+    assert "red raises the map, blue lowers it" in captions and "share one scale" in captions
+    assert "IC is 100 % when the kept part scores higher, else 0 %" in captions  # one picture's AD/IC explained
+    levels = app.dataframe[0].value
+    assert list(levels["pixels kept"]) == ["100 %", "50 %", "15 %"]
+    assert {"P(class)", "vs whole picture", "AD", "IC"} <= set(levels.columns)
 
     ok(toggles[0].set_value(False).run())
     finish_jobs(app)  # nothing to measure: every combination was measured already
     assert image_urls(app)[0] != full_map
-    assert [i.captions[0] for i in app.main.get("image")[1:]] == ["blocks.2 (off)", "blocks.4", "blocks.6"]
-    assert image_urls(app)[1:] == contributions  # each branch's own term does not depend on the toggles
+    assert [t.captions[0].split(":")[0] for t in branch_tiles(app)] == ["blocks.2 (off)", "blocks.4", "blocks.6"]
+    assert [url for tile in branch_tiles(app) for url in tile.value] == contributions  # terms do not depend on toggles
     assert {m.label: m.value for m in app.metric} != metrics
     assert all(m.delta for m in app.metric)  # compared with all branches on
 
@@ -173,28 +188,91 @@ def test_compare_shows_each_method_with_time_and_passes(app):
     ok(app.multiselect(key="compare_methods").set_value(["gradcam"]).run())
     finish_jobs(app)
     ok(app)
-    captions = [i.captions[0] for i in app.main.get("image")]
+    captions = [i.captions[0] for i in app.main.get("image") if i.captions and ":" in i.captions[0]]
     assert captions[0].startswith("tame: ") and captions[0].endswith("1 forward / 0 backward")
-    assert captions[1].startswith("gradcam: ")
-    assert list(app.dataframe[0].value["method"]) == ["tame", "gradcam"]
+    assert captions[1].startswith("gradcam: ") and captions[1].endswith("1 forward / 1 backward")
+    table = app.dataframe[0].value
+    assert list(table["method"]) == ["tame", "gradcam"]
+    assert list(table["forward passes"]) == [1, 1] and list(table["backward passes"]) == [0, 1]
+    assert all(t.startswith("median of ") or t.startswith("noisy") for t in table["timing"])
+    job = app.session_state["workspace"].jobs["compare"]
 
-
-def samples():
-    from tame_core.studio import GALLERY, load_sample
-
-    return [load_sample(key) for key in GALLERY]
-
-
-def test_demo_mode_steps_through_the_gallery(app):
-    ok(open_page(app, "demo"))
-    first = app.markdown[0].value
-    assert first.startswith("## Chelsea the cat: the model sees **")
-    ok(app.button(key="demo_next").click().run())
-    assert app.markdown[0].value.startswith("## Cup of coffee: ")
+    ok(app.multiselect(key="compare_methods").set_value(["gradcam", "xgradcam"]).run())
     finish_jobs(app)
-    assert all(app.session_state["workspace"].cached(app.session_state["model"], s.digest) for s in samples())
-    ok(app.button(key="demo_back").click().run().button(key="demo_back").click().run())
-    assert app.markdown[0].value.startswith("## Hubble deep field: ")
+    again = app.session_state["workspace"].jobs["compare"]
+    assert again is not job and [r.method for r in again.records] == ["xgradcam"]  # the others were kept
+    assert list(app.dataframe[0].value["method"]) == ["tame", "gradcam", "xgradcam"]
+
+
+def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_within_two_seconds(app):
+    pick_sample(app)
+    open_page(app, "compare")
+    finish_jobs(app)  # the quick default baselines start by themselves
+    ok(app.multiselect(key="compare_methods").set_value(["scorecam"]).run())
+    start = app.button(key="compare_start")
+    channels = app.session_state["model"].explainer.head.channels[-1]  # a forward per channel of the layer, plus one
+    assert start.label.startswith("Run scorecam: ≈ ") and start.label.endswith(f"({1 + channels:,} forward passes)")
+    defaults = app.session_state["workspace"].jobs["compare"]
+    ok(start.click().run())
+    job = app.session_state["workspace"].jobs["compare"]
+    assert job is not defaults  # nothing ran before the click
+    deadline = time.monotonic() + 120
+    while job.forwards < 32 and job.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.running
+    ok(app.run())
+    ok(app.button(key="stop-compare").click().run())
+    assert job.wait(2.0), "Score-CAM ignored Stop"
+    assert job.state is JobState.STOPPED and job.stop_latency < 2.0
+    ok(app.run())
+    assert "stopped" in app.warning[0].value and "after you asked" in app.warning[0].value
+    assert app.button(key="compare_start").label.startswith("Run scorecam")  # offered again, not restarted
+
+
+def test_a_job_whose_session_stops_polling_stops_itself(app):
+    pick_sample(app)
+    open_page(app, "compare")
+    finish_jobs(app)
+    ok(app.multiselect(key="compare_methods").set_value(["scorecam"]).run())
+    app.session_state["workspace"].orphan_after = 2.0  # the app's ORPHAN_AFTER_S, shortened for the test
+    ok(app.button(key="compare_start").click().run())
+    job = app.session_state["workspace"].jobs["compare"]
+    assert job.running  # and now nobody reruns the page: no heartbeat
+    assert job.wait(10) and job.state is JobState.STOPPED
+    assert job.stop_reason == "nobody watched it for 2 s"
+
+
+def test_demo_mode_presents_the_curated_set_without_job_controls(app):
+    from tame_core.studio import DEMO, load_sample
+
+    ok(open_page(app, "demo"))
+    assert app.markdown[0].value.startswith("## Chelsea the cat: the model sees **Egyptian cat**")
+    assert not [b for b in app.button if b.key and b.key.startswith("stop-")] and not app.get("progress")
+    titles = []
+    for _ in DEMO:
+        titles.append(app.markdown[0].value)
+        ok(app.button(key="demo_next").click().run())
+        assert not app.get("progress") and not [b for b in app.button if b.key and b.key.startswith("stop-")]
+    names = app.session_state["model"].class_names
+    for key, title in zip(DEMO, titles):  # each one predicted as its stated class
+        assert title.startswith(f"## {DEMO[key].title}: the model sees **{names[DEMO[key].expected]}**"), title
+    finish_jobs(app)
+    assert all(app.session_state["workspace"].cached(app.session_state["model"], load_sample(k).digest) for k in DEMO)
+    ok(app.button(key="demo_back").click().run())
+    assert app.markdown[0].value.startswith("## Grace Hopper: the model sees **military uniform**")
+
+
+def test_demo_mode_can_present_the_users_own_pictures(app, sample_images):
+    open_page(app, "explain")
+    files = [(f"{name}.png", png(sample_images[name]), "image/png") for name in ("rocket", "coffee")]
+    ok(app.file_uploader(key="uploads").set_value(files).run())
+    ok(open_page(app, "demo"))
+    ok(app.radio(key="demo_source").set_value("My pictures").run())
+    assert app.markdown[0].value.startswith("## rocket.png: the model sees **")
+    ok(app.multiselect(key="demo_mine").set_value([app.multiselect(key="demo_mine").options[1]]).run())
+    assert app.markdown[0].value.startswith("## coffee.png: the model sees **espresso**")
+    ok(app.button(key="demo_next").click().run())
+    assert app.markdown[0].value.startswith("## coffee.png")  # a set of one
 
 
 def test_a_head_that_cannot_load_gives_an_error_not_a_traceback(app, tmp_path):
@@ -261,6 +339,51 @@ def test_train_page_trains_a_head_and_pushes_it(app, tmp_path, sample_images, mo
     assert set(fake_hub.resolve("team/trained-in-app", "main")[1]) == {"head.safetensors", "head.json", "README.md"}
 
 
+def loss_steps(at: AppTest) -> list[int]:
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    return figure["data"][0]["x"]
+
+
+@pytest.mark.slow
+def test_train_page_stop_and_resume_keep_the_loss_history_and_say_what_happened(app, tmp_path, monkeypatch):
+    from tame_core.studio import training
+
+    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+    data = tmp_path / "images"
+    data.mkdir()
+    for index in range(8):
+        pixels = np.random.default_rng(index).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data / f"{index}.png")
+    open_page(app, "train")
+    app.text_input(key="train_folder").input(str(data)).run()
+    app.text_input(key="train_name").input("resumable").run()
+    app.select_slider(key="train_batch").set_value(4).run()
+    ok(app.number_input(key="train_epochs").set_value(3).run())  # 2 steps an epoch, 6 in all
+    ok(app.button(key="train_start").click().run())
+    job = app.session_state["workspace"].jobs["train"]
+    deadline = time.monotonic() + 300
+    while job.running and not any("loss" in r for r in job.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = [r.get("event") for r in job.records]
+    assert events.index("phase") < events.index("start")  # what the first seconds are spent on is reported
+    ok(app.run())
+    ok(app.button(key="stop-train").click().run())
+    assert job.wait(60) and job.state is JobState.STOPPED
+    ok(app.run())
+    done = loss_steps(app)
+    assert done and done == list(range(1, len(done) + 1)) and len(done) < 6
+    assert not app.success  # a stopped run is not "Saved"
+    assert app.info[0].value.startswith(f"Stopped at step {len(done)} of 6.")
+    assert not [w for w in app.warning if "a new run replaces it" in w.value]  # not about our own run
+
+    ok(app.button(key="train_resume").click().run())
+    resumed = app.session_state["workspace"].jobs["train"]
+    assert resumed is not job and resumed.wait(300) and resumed.state is JobState.DONE, resumed.error
+    ok(app.run())
+    assert loss_steps(app) == [1, 2, 3, 4, 5, 6]  # steps 1..n kept across the resume
+    assert app.success[0].value.startswith(f"Saved {tmp_path / 'checkpoints' / 'resumable.safetensors'}")
+
+
 def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_images):
     data = tmp_path / "images"
     data.mkdir()
@@ -272,12 +395,15 @@ def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_imag
     app.text_input(key="eval_folder").input(str(data)).run()
     app.multiselect(key="eval_methods").set_value(["tame"]).run()
     ok(app.select_slider(key="eval_steps").set_value(10).run())
-    ok(app.button(key="eval_start").click().run())
+    start = app.button(key="eval_start")
+    per_image = 1 + 1 + 3 + 14 + 2 * 11  # clean forward, TAME, AD/IC levels, ROAD orders x levels, curve points
+    assert start.label.startswith("Evaluate 2 images: ") and start.label.endswith(f"({2 * per_image} forward passes)")
+    ok(start.click().run())
     finish_jobs(app)
     ok(app)
     table = app.dataframe[0].value
     assert list(table["method"]) == ["tame"] and list(table["images"]) == [2]
-    assert {"AD100 ↓", "IC100 ↑", "deletion_auc ↓", "insertion_auc ↑", "ms_per_image ↓"} <= set(table.columns)
+    assert {"AD100 ↓", "IC100 ↑", "deletion_auc ↓", "insertion_auc ↑", "ms_per_image ↓", "× TAME time"} <= set(table.columns)
     assert [b.label for b in app.get("download_button")] == ["Results (.csv)", "Results (.json)"]
 
 
