@@ -8,7 +8,8 @@ from torch import nn
 
 from tame_core import load_backbone
 from tame_core.backbones import Backbone
-from tame_core.baselines import explain_with, list_methods
+from tame_core.baselines import PassCounter, explain_with, get_method, list_methods
+from tame_core.baselines.base import timed_repeats, warm_up
 from tame_core.baselines.cam import default_target_layer
 from tame_core.errors import EvaluationError, LayerError
 from tame_core.preprocessing import Preprocess
@@ -81,6 +82,22 @@ def test_rise_is_seeded_counts_its_masks_and_finds_the_region(toy):
 def test_scorecam_makes_a_forward_per_channel(toy):
     result = explain_with("scorecam", toy, torch.rand(3, 3, SIZE, SIZE), 0)
     assert result.forward_passes == 2.0 and result.backward_passes == 0.0  # the CAM forward + 1 channel
+    assert get_method("scorecam").expected_passes(toy) == (2, 0)
+    assert get_method("rise").expected_passes(toy, masks=600) == (600, 0)
+
+
+def test_cheap_methods_are_warmed_up_and_timed_several_times(toy):
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with PassCounter(toy.net) as counter:
+        warm_up("gradcam", toy, images, 0)
+    assert counter.forwards == 1  # one image, untimed
+    with PassCounter(toy.net) as counter:
+        warm_up("rise", toy, images, 0, masks=50)
+    assert counter.forwards == 0  # an expensive method warms itself up in its first batches
+    result = timed_repeats("gradcam", toy, images, 0, repeats=3, min_seconds=0.0)
+    assert len(result.repeats) == 3 and result.seconds == sorted(result.repeats)[1] and result.forward_passes == 1
+    slow = timed_repeats("rise", toy, images, 0, masks=50)
+    assert len(slow.repeats) == 1 and slow.forward_passes == 50
 
 
 def test_errors_name_the_thing_at_fault(toy):
@@ -111,6 +128,8 @@ def test_every_method_on_a_cnn(explainer):
         assert result.forward_passes == expected_forwards.get(method, 1), method
         gradients = method in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
         assert result.backward_passes == (1 if gradients else 0), method
+        stated = get_method(method).expected_passes(explainer, **options.get(method, {}))
+        assert stated == (result.forward_passes, result.backward_passes), method  # estimates match what is counted
     assert default_target_layer(explainer.backbone) == "blocks.6"
     assert default_target_layer(explainer.backbone, ["blocks.2", "blocks.4", "bn2"]) == "bn2"  # a head's deepest tap
 
