@@ -13,9 +13,19 @@ from pages._shared import guarded, keep_jobs_alive, resolve_model, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.explainer import bundled_head_path
 from tame_core.studio import HEAD_ENV, MAX_UPLOAD_MB, ModelChoice, default_choice, store_uploaded_head
+from tame_core.studio.jobs import share_cpu_between_threads
 from tame_core.studio.models import MAX_HEAD_UPLOAD_MB, available_devices
 
 st.set_page_config(page_title="TAME Explorer", page_icon=":material/local_fire_department:", layout="wide")
+
+
+@st.cache_resource
+def _server_setup() -> int:
+    """Once per server process: CPU threads shared fairly between page scripts and background jobs."""
+    return share_cpu_between_threads()
+
+
+_server_setup()
 
 # Every url_path differs from its file's stem on purpose: Streamlit still runs a folder named pages/ the
 # legacy way (each file a page, by stem) on a session's first run and in every AppTest run; distinct paths

@@ -88,7 +88,7 @@ def body() -> None:
             "a time was not worth printing. TAME's time is its backbone forward plus its head."
         )
 
-    live(job, draw)
+    live(job, draw, every=5.0)
 
 
 guarded(body)

@@ -6,6 +6,7 @@ TAME_REQUIRE_BROWSER=1 (as in CI), where a missing browser fails it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -203,3 +205,154 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     page.get_by_text("Cup of coffee: the model sees").wait_for(timeout=LONG)
     images_loaded(page, 2)
     shot(page, "06-demo")
+
+
+# --- the app under real use: Stop, demo samples, resume ------------------------------------------------
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def pick_chelsea(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name="Explain").wait_for(timeout=LONG)
+    page.get_by_role("button", name="Chelsea the cat").click()
+    page.get_by_text("p = ").first.wait_for(timeout=LONG)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Type ``option`` into the multiselect labelled ``label`` and take the first match."""
+    page.locator('[data-testid="stMultiSelect"]').filter(has_text=label).locator("input").click()
+    page.keyboard.type(option)
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+
+
+def test_stop_ends_score_cam_within_two_seconds_in_a_real_browser(server, page):
+    url, _ = server
+    try:
+        pick_chelsea(page, url)
+        nav(page, "Compare")
+        page.get_by_text("Comparing methods: done in").wait_for(timeout=LONG)  # the quick defaults ran by themselves
+        shot(page, "07-compare-costs")
+        choose(page, "Baselines", "scorecam")
+        run = page.get_by_role("button", name="Run scorecam:")
+        run.wait_for(timeout=LONG)
+        assert "forward passes)" in run.inner_text()  # the cost is said before anything starts
+        shot(page, "08-compare-estimate")
+        run.click()
+        page.get_by_text("of 1,281 forward passes").first.wait_for(timeout=LONG)  # counting forwards live
+        shot(page, "09-scorecam-running")
+        clicked = time.monotonic()
+        page.get_by_role("button", name="Stop").click()
+        stopped = page.get_by_text("stopped", exact=False).filter(has_text="after you asked")
+        stopped.wait_for(timeout=30_000)
+        seen = time.monotonic() - clicked
+        message = stopped.inner_text()
+        server_side = float(message.split("stopped ")[1].split(" s after")[0])
+        record_latency("browser: Score-CAM in Compare (server side)", server_side)
+        record_latency("browser: Score-CAM in Compare (click to message on screen)", seen)
+        assert server_side < 2.0, message
+        page.get_by_role("button", name="Run scorecam:").wait_for(timeout=LONG)  # offered again, not restarted
+        shot(page, "10-scorecam-stopped")
+    except Exception:
+        shot(page, "failure-stop")
+        raise
+
+
+def test_demo_mode_shows_each_curated_sample_predicted_as_stated(server, page):
+    from tame_core.studio import DEMO
+
+    url, _ = server
+    names = imagenet_names()
+    try:
+        page.goto(url)
+        page.get_by_role("heading", name="Explain").wait_for(timeout=LONG)
+        nav(page, "Demo mode")
+        for position, (key, sample) in enumerate(DEMO.items()):
+            title = page.get_by_role("heading", level=2).filter(has_text=f"{sample.title}: the model sees")
+            title.wait_for(timeout=LONG)
+            assert f"the model sees {names[sample.expected]} (" in title.inner_text(), title.inner_text()
+            images_loaded(page, 3)  # the photo, its map and the colour scale
+            assert page.locator('[data-testid="stMain"] [data-testid="stProgress"]').count() == 0
+            assert page.get_by_role("button", name="Stop").count() == 0  # no job controls in a presentation
+            shot(page, f"11-demo-{position + 1}-{key}")
+            page.get_by_role("button", name="Next ▶").click()
+    except Exception:
+        shot(page, "failure-demo")
+        raise
+
+
+def test_stop_and_resume_keep_the_whole_loss_history_in_a_real_browser(server, page, tmp_path):
+    url, _ = server
+    data = tmp_path / "images"
+    data.mkdir()
+    for index in range(8):
+        pixels = np.random.default_rng(index).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data / f"{index}.png")
+    name = f"browser-resume-{os.getpid()}"
+    try:
+        page.goto(url)
+        nav(page, "Train")
+        page.get_by_role("heading", name="Train a head").wait_for(timeout=LONG)
+        page.get_by_label("Folder (searched recursively)").fill(str(data))
+        page.get_by_label("Save as checkpoints/…").fill(name)
+        page.get_by_label("Epochs").fill("3")
+        page.get_by_label("Epochs").press("Enter")
+        batch = page.locator('[data-testid="stSlider"]').filter(has_text="Batch size").get_by_role("slider")
+        batch.focus()
+        for _ in range(2):  # 16 -> 8 -> 4: two steps an epoch, six in all
+            page.keyboard.press("ArrowLeft")
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid="stSlider"] [role="slider"]')]
+                .some(thumb => thumb.getAttribute('aria-valuetext') === '4')""",
+            timeout=LONG,
+        )
+        page.get_by_role("button", name="Start training").click()
+        progress = page.locator('[data-testid="stProgress"]').first
+        progress.wait_for(timeout=10_000)  # something to read from the first second on
+        first_words = progress.inner_text()
+        assert any(word in first_words for word in ("Starting", "Loading the backbone", "Checking", "Training on", "step")), first_words
+        shot(page, "12-train-first-seconds")
+        page.locator(".js-plotly-plot").first.wait_for(timeout=LONG)
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("Stopped at step").wait_for(timeout=LONG)
+        assert page.locator('[data-testid="stAlertContentSuccess"]').count() == 0  # not "Saved"
+        assert page.get_by_text("a new run replaces it").count() == 0  # no warning about our own run
+        before = plotted_steps(page)
+        assert before == list(range(1, len(before) + 1)) and len(before) < 6
+        shot(page, "13-train-stopped")
+        page.get_by_role("button", name="Resume the stopped run").click()
+        page.get_by_text("Saved ").wait_for(timeout=LONG)
+        page.wait_for_function(
+            "() => document.querySelector('.js-plotly-plot').data[0].x.length === 6", timeout=LONG
+        )
+        assert plotted_steps(page) == [1, 2, 3, 4, 5, 6]  # steps 1..n from before the stop are still there
+        shot(page, "14-train-resumed")
+    except Exception:
+        shot(page, "failure-train")
+        raise
+    finally:
+        for leftover in (ROOT / "checkpoints").glob(f"{name}.*"):
+            leftover.unlink()
+
+
+def plotted_steps(page) -> list[int]:
+    return page.evaluate("() => Array.from(document.querySelector('.js-plotly-plot').data[0].x)")
+
+
+def imagenet_names() -> tuple[str, ...]:
+    from tame_core.classes import imagenet_class_names
+
+    return imagenet_class_names()
+
+
+def record_latency(name: str, seconds: float) -> None:
+    path = ROOT / "test-artifacts" / "stop-latencies.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[name] = round(seconds, 3)
+    path.write_text(json.dumps(known, indent=2, sort_keys=True))

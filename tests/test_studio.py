@@ -159,6 +159,18 @@ def test_job_stops_at_its_next_check_and_keeps_its_records():
     assert 0 < len(job.records) < 10_000
 
 
+def test_the_app_shares_cpu_threads_between_its_threads():
+    from tame_core.studio.jobs import share_cpu_between_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert share_cpu_between_threads(2) == 1 and torch.get_num_threads() == 1  # a 2-core machine: one each
+        assert share_cpu_between_threads(16) == 8 and torch.get_num_threads() == 8
+        assert share_cpu_between_threads(1) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_job_failures_become_one_line_errors():
     def user_error(context):
         raise ClassError("unknown class 'dgo'; did you mean 'dog'?")

@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Hashable, Iterator
 
+import torch
 from torch import nn
 
 from ..errors import TameError
@@ -37,6 +39,20 @@ WATCH_INTERVAL_S = 0.5
 STOPPED_BY_USER = "stopped on request"
 SESSION_ENDED = "its browser session ended"
 NO_HEARTBEAT = "nobody watched it for {seconds:.0f} s"
+
+
+def share_cpu_between_threads(cores: int | None = None) -> int:
+    """Give each thread that runs torch on the CPU at most half the cores (one on a 2-core machine).
+
+    A server runs page scripts and background jobs in many threads, each of which gets its own
+    OpenMP team. With more team threads than cores, OpenMP stops spinning and every parallel region
+    waits for a sleeping worker to be scheduled again: on a busy 2-core machine a forward pass that
+    takes 80 ms in a script took 700-6,700 ms in the app's job thread (1 thread: 50-170 ms). Call it
+    once when the app server starts; returns the thread count set.
+    """
+    threads = max(1, (cores if cores is not None else os.cpu_count() or 1) // 2)
+    torch.set_num_threads(threads)
+    return threads
 
 
 class JobState(str, enum.Enum):
