@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -84,6 +85,27 @@ def test_scorecam_makes_a_forward_per_channel(toy):
     assert result.forward_passes == 2.0 and result.backward_passes == 0.0  # the CAM forward + 1 channel
     assert get_method("scorecam").expected_passes(toy) == (2, 0)
     assert get_method("rise").expected_passes(toy, masks=600) == (600, 0)
+
+
+def test_chunked_score_cam_gives_upstream_score_cam_maps(explainer):
+    """Our Score-CAM builds its masked copies batch by batch; the maps must be pytorch-grad-cam's own."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from tame_core.baselines.cam import ChunkedScoreCAM
+    from tame_core.taps import find_module
+
+    backbone = explainer.backbone
+    images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    layer = [find_module(backbone.net, "blocks.1")]  # 24 channels: quick
+    targets = [ClassifierOutputTarget(281), ClassifierOutputTarget(409)]
+    maps = {}
+    for name, cam_class in (("upstream", pytorch_grad_cam.ScoreCAM), ("chunked", ChunkedScoreCAM)):
+        with cam_class(model=backbone, target_layers=layer) as cam:
+            cam.batch_size = 5  # batches that do not divide the channels
+            maps[name] = cam(input_tensor=images, targets=targets)
+    assert maps["chunked"].shape == (2, 64, 80) and float(maps["chunked"].std()) > 0
+    np.testing.assert_allclose(maps["chunked"], maps["upstream"], atol=1e-5)
 
 
 def test_cheap_methods_are_warmed_up_and_timed_several_times(toy):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -306,11 +307,7 @@ def test_stop_and_resume_keep_the_whole_loss_history_in_a_real_browser(server, p
         batch.focus()
         for _ in range(2):  # 16 -> 8 -> 4: two steps an epoch, six in all
             page.keyboard.press("ArrowLeft")
-        page.wait_for_function(
-            """() => [...document.querySelectorAll('[data-testid="stSlider"] [role="slider"]')]
-                .some(thumb => thumb.getAttribute('aria-valuetext') === '4')""",
-            timeout=LONG,
-        )
+        page.locator('[data-testid="stSliderThumbValue"]').filter(has_text=re.compile(r"^4$")).wait_for(timeout=LONG)
         page.get_by_role("button", name="Start training").click()
         progress = page.locator('[data-testid="stProgress"]').first
         progress.wait_for(timeout=10_000)  # something to read from the first second on

@@ -20,9 +20,11 @@ from types import SimpleNamespace
 from typing import Sequence
 from unittest import mock
 
+import numpy as np
 import pytorch_grad_cam
 import torch
-from pytorch_grad_cam import ablation_cam, score_cam
+import torch.nn.functional as F
+from pytorch_grad_cam import ablation_cam
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -31,7 +33,7 @@ from torch import nn
 from ..taps import check_layers, find_module, output_to_map, patch_grid
 from .base import Method, Model, register_method
 
-#: pytorch-grad-cam's Score-CAM and Ablation-CAM draw tqdm bars per image; our callers show their own.
+#: pytorch-grad-cam's Ablation-CAM draws a tqdm bar per image; our callers show their own progress.
 _SILENT_TQDM = SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
 
 
@@ -56,6 +58,32 @@ def target_channels(explainer: Model, layer: str | None = None) -> int:
     return int(check_layers(backbone, [name])[0].channels)
 
 
+class ChunkedScoreCAM(pytorch_grad_cam.ScoreCAM):
+    """pytorch-grad-cam's Score-CAM with each batch of masked copies built just before its forward.
+
+    The weights are the same, but the upstream code upsamples every channel and multiplies the image by
+    all of them at once (1.1 GB for a 1280-channel layer at 224 x 336) before its first forward: a long
+    pause in which nothing can be stopped. Here a Stop takes effect at the next forward of a batch.
+    """
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> np.ndarray:
+        size = tuple(input_tensor.shape[-2:])
+        batch_size = getattr(self, "batch_size", 16)
+        scores = []
+        with torch.no_grad():
+            channels = torch.from_numpy(activations).to(self.device)
+            for image, target, maps in zip(input_tensor, targets, channels):
+                for start in range(0, maps.shape[0], batch_size):
+                    # UpsamplingBilinear2d, as upstream: bilinear with aligned corners
+                    chunk = F.interpolate(maps[start : start + batch_size, None], size=size, mode="bilinear", align_corners=True)
+                    flat = chunk.flatten(1)
+                    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+                    chunk = (chunk - low[:, None, None, None]) / (high - low + 1e-8)[:, None, None, None]
+                    scores.extend(target(output).cpu().item() for output in self.model(image[None] * chunk))
+        weights = torch.tensor(scores, dtype=torch.float32).view(activations.shape[0], activations.shape[1])
+        return torch.softmax(weights, dim=-1).numpy()
+
+
 class CamMethod(Method):
     """One pytorch-grad-cam class behind the common interface."""
 
@@ -68,7 +96,7 @@ class CamMethod(Method):
     def expected_passes(self, explainer: Model, *, layer: str | None = None, **options: object) -> tuple[int, int]:
         """A forward (and backward, for gradient CAMs); Score-CAM then one forward per channel of the
         target layer, Ablation-CAM one more forward for the clean scores and one per channel."""
-        if self.cam_class is pytorch_grad_cam.ScoreCAM:
+        if issubclass(self.cam_class, pytorch_grad_cam.ScoreCAM):
             return 1 + target_channels(explainer, layer), 0
         if self.cam_class is pytorch_grad_cam.AblationCAM:
             return 2 + target_channels(explainer, layer), 0
@@ -104,10 +132,9 @@ class CamMethod(Method):
         maps = []
         with ExitStack() as stack:
             stack.enter_context(torch.enable_grad())  # callers may be inside no_grad; CAMs need the graph
-            for module_with_bar in (score_cam, ablation_cam):
-                stack.enter_context(mock.patch.object(module_with_bar, "tqdm", _SILENT_TQDM))
+            stack.enter_context(mock.patch.object(ablation_cam, "tqdm", _SILENT_TQDM))
             cam = stack.enter_context(self.cam_class(model=backbone, target_layers=[module], reshape_transform=reshape, **keywords))
-            if batch_size and self.cam_class is pytorch_grad_cam.ScoreCAM:
+            if batch_size and issubclass(self.cam_class, pytorch_grad_cam.ScoreCAM):
                 cam.batch_size = int(batch_size)
             if "ablation_layer" in keywords:  # a stopped run must not leave the ablation layer in the model
                 stack.callback(replace_layer_recursive, backbone, keywords["ablation_layer"], module)
@@ -124,7 +151,7 @@ _FAMILY = (
     ("gradcam", pytorch_grad_cam.GradCAM, "Grad-CAM: channel weights = mean gradient", None),
     ("gradcam++", pytorch_grad_cam.GradCAMPlusPlus, "Grad-CAM++: higher-order gradient weights", None),
     ("xgradcam", pytorch_grad_cam.XGradCAM, "XGrad-CAM: activation-normalised gradient weights", None),
-    ("scorecam", pytorch_grad_cam.ScoreCAM, "Score-CAM: weights from a forward per channel mask", 1),
+    ("scorecam", ChunkedScoreCAM, "Score-CAM: weights from a forward per channel mask", 1),
     ("ablationcam", pytorch_grad_cam.AblationCAM, "Ablation-CAM: weights from a forward per ablated channel", None),
     ("layercam", pytorch_grad_cam.LayerCAM, "LayerCAM: element-wise positive-gradient weights", None),
     ("eigencam", pytorch_grad_cam.EigenCAM, "Eigen-CAM: first principal component of the activations", None),
