@@ -142,16 +142,11 @@ def stop_midway(job: Job, name: str, forwards: int = 16, timeout: float = 300) -
     return latency
 
 
-@pytest.mark.parametrize(
-    ("method", "forwards"),
-    [("rise", 16), ("scorecam", 16), ("scorecam", 1), ("ablationcam", 16)],
-    ids=["rise", "scorecam", "scorecam-while-preparing", "ablationcam"],
-)
-def test_long_methods_stop_within_two_seconds(model, subject, method, forwards):
-    """``forwards=1``: right after Score-CAM's first forward, while it prepares its masks."""
+@pytest.mark.parametrize("method", ["rise", "scorecam", "ablationcam"])
+def test_long_methods_stop_within_two_seconds(model, subject, method):
     cache = ResultCache()
     job = Job(method, lambda context: compare_methods(subject, [method], context, cache)).start()
-    stop_midway(job, f"compare {method} after {forwards} forwards", forwards=forwards)
+    stop_midway(job, f"compare {method}")
     assert cache.get(subject.key("map", method)) is None  # nothing half-done is kept as a result
     modules = [type(m).__name__ for m in model.explainer.backbone.modules()]
     assert "AblationLayer" not in modules  # Ablation-CAM's swapped-in layer is put back
