@@ -51,9 +51,13 @@ def body() -> None:
     running = job is not None and job.running
     todo = missing(subject, methods, ws.results)
     if todo and not running:
-        if should_start(job, ", ".join(todo), compare_estimate(subject, todo, ws.results), "compare_start"):
+        estimate = compare_estimate(subject, todo, ws.results)
+        if should_start(job, ", ".join(todo), estimate, "compare_start"):
             job = ws.start_job(
-                "compare", "Comparing methods", lambda context: compare_methods(subject, todo, context, ws.results), subject.key()
+                "compare",
+                f"Comparing methods (estimated {estimate.duration})",
+                lambda context: compare_methods(subject, todo, context, ws.results),
+                subject.key(),
             )
     label = render.class_label(class_index, model.class_names)
 

@@ -50,7 +50,7 @@ def body() -> None:
         if should_start(job, f"the curves of {', '.join(todo)}", estimate, "curves_start"):
             job = ws.start_job(
                 "curves",
-                "Deletion and insertion curves",
+                f"Deletion and insertion curves (estimated {estimate.duration})",
                 lambda context: curve_points(subject, todo, context, steps, baseline, ws.results),
                 tag,
             )

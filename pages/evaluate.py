@@ -94,7 +94,8 @@ def body() -> None:
         state = request.state_path(model.choice)
         estimate = evaluation_estimate(model, request.methods, count, request.steps, dict(request.method_limits))
         start, again = st.columns(2)
-        fresh = start.button(f"Evaluate {count} images: {estimate.text()}", type="primary", disabled=running, key="eval_start")
+        label = f"Evaluate {count} images: {estimate.text()}"
+        fresh = start.button(label, type="primary", disabled=running, key="eval_start")
         resume = can_resume(request, model.choice) and again.button(
             "Resume the stopped run", disabled=running, key="eval_resume"
         )
@@ -102,7 +103,10 @@ def body() -> None:
             if fresh:
                 state.unlink(missing_ok=True)  # start over rather than continue a stopped run
             ws.start_job(
-                "evaluate", "Evaluating", lambda context: evaluation_work(model.choice, request, context), request
+                "evaluate",
+                f"Evaluating (estimated {estimate.duration})",
+                lambda context: evaluation_work(model.choice, request, context),
+                request,
             )
             st.rerun()
     if job is None:

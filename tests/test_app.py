@@ -208,10 +208,9 @@ def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_within_two_s
     pick_sample(app)
     open_page(app, "compare")
     finish_jobs(app)  # the quick default baselines start by themselves
-    ok(app.multiselect(key="compare_methods").set_value(["scorecam"]).run())
+    ok(app.multiselect(key="compare_methods").set_value(["rise"]).run())
     start = app.button(key="compare_start")
-    channels = app.session_state["model"].explainer.head.channels[-1]  # a forward per channel of the layer, plus one
-    assert start.label.startswith("Run scorecam: ≈ ") and start.label.endswith(f"({1 + channels:,} forward passes)")
+    assert start.label.startswith("Run rise: ≈ ") and start.label.endswith("(4,000 forward passes)")
     defaults = app.session_state["workspace"].jobs["compare"]
     ok(start.click().run())
     job = app.session_state["workspace"].jobs["compare"]
@@ -222,18 +221,18 @@ def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_within_two_s
     assert job.running
     ok(app.run())
     ok(app.button(key="stop-compare").click().run())
-    assert job.wait(2.0), "Score-CAM ignored Stop"
+    assert job.wait(2.0), "RISE ignored Stop"
     assert job.state is JobState.STOPPED and job.stop_latency < 2.0
     ok(app.run())
     assert "stopped" in app.warning[0].value and "after you asked" in app.warning[0].value
-    assert app.button(key="compare_start").label.startswith("Run scorecam")  # offered again, not restarted
+    assert app.button(key="compare_start").label.startswith("Run rise")  # offered again, not restarted
 
 
 def test_a_job_whose_session_stops_polling_stops_itself(app):
     pick_sample(app)
     open_page(app, "compare")
     finish_jobs(app)
-    ok(app.multiselect(key="compare_methods").set_value(["scorecam"]).run())
+    ok(app.multiselect(key="compare_methods").set_value(["rise"]).run())
     app.session_state["workspace"].orphan_after = 2.0  # the app's ORPHAN_AFTER_S, shortened for the test
     ok(app.button(key="compare_start").click().run())
     job = app.session_state["workspace"].jobs["compare"]

@@ -186,7 +186,7 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     nav(page, "Deletion curves")
     page.locator(".js-plotly-plot").first.wait_for(timeout=LONG)
     assert page.locator(".js-plotly-plot").count() == 2
-    page.get_by_text("Deletion and insertion curves: done in").wait_for(timeout=LONG * 2)
+    page.get_by_text(re.compile(r"Deletion and insertion curves \(estimated .*\): done in")).wait_for(timeout=LONG * 2)
     page.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(state="attached", timeout=LONG)
     shot(page, "04-deletion-curves")
 
@@ -237,10 +237,11 @@ def test_stop_ends_score_cam_within_two_seconds_in_a_real_browser(server, page):
     try:
         pick_chelsea(page, url)
         nav(page, "Compare")
-        page.get_by_text("Comparing methods: done in").wait_for(timeout=LONG)  # the quick defaults ran by themselves
+        page.get_by_text(re.compile(r"Comparing methods \(estimated .*\): done in")).wait_for(timeout=LONG)  # quick: ran at once
         shot(page, "07-compare-costs")
         choose(page, "Baselines", "scorecam")
-        run = page.get_by_role("button", name="Run scorecam:")
+        choose(page, "Baselines", "rise")  # 4,000 forwards: long enough anywhere to wait for a click
+        run = page.get_by_role("button", name="Run scorecam, rise:")
         run.wait_for(timeout=LONG)
         assert "forward passes)" in run.inner_text()  # the cost is said before anything starts
         shot(page, "08-compare-estimate")
@@ -257,7 +258,7 @@ def test_stop_ends_score_cam_within_two_seconds_in_a_real_browser(server, page):
         record_latency("browser: Score-CAM in Compare (server side)", server_side)
         record_latency("browser: Score-CAM in Compare (click to message on screen)", seen)
         assert server_side < 2.0, message
-        page.get_by_role("button", name="Run scorecam:").wait_for(timeout=LONG)  # offered again, not restarted
+        page.get_by_role("button", name="Run scorecam, rise:").wait_for(timeout=LONG)  # offered again, not restarted
         shot(page, "10-scorecam-stopped")
     except Exception:
         shot(page, "failure-stop")

@@ -168,7 +168,9 @@ def is_cheap(method: str, explainer: Model, **options: Any) -> bool:
     return get_method(method).expected_passes(explainer, **options)[0] <= CHEAP_FORWARDS
 
 
-def warm_up(method: str, explainer: Model, images01: torch.Tensor, classes: torch.Tensor | Sequence[int] | int, **options: Any) -> None:
+def warm_up(
+    method: str, explainer: Model, images01: torch.Tensor, classes: torch.Tensor | Sequence[int] | int, **options: Any
+) -> None:
     """Run a cheap method once on the first image, untimed, so that its timed runs pay no one-off costs
     (first-call allocations, lazily built kernels). Expensive methods warm themselves up in their first
     batch of forwards; they are left alone."""

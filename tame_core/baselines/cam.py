@@ -75,7 +75,8 @@ class ChunkedScoreCAM(pytorch_grad_cam.ScoreCAM):
             for image, target, maps in zip(input_tensor, targets, channels):
                 for start in range(0, maps.shape[0], batch_size):
                     # UpsamplingBilinear2d, as upstream: bilinear with aligned corners
-                    chunk = F.interpolate(maps[start : start + batch_size, None], size=size, mode="bilinear", align_corners=True)
+                    part = maps[start : start + batch_size, None]
+                    chunk = F.interpolate(part, size=size, mode="bilinear", align_corners=True)
                     flat = chunk.flatten(1)
                     low, high = flat.min(dim=1).values, flat.max(dim=1).values
                     chunk = (chunk - low[:, None, None, None]) / (high - low + 1e-8)[:, None, None, None]
@@ -133,7 +134,9 @@ class CamMethod(Method):
         with ExitStack() as stack:
             stack.enter_context(torch.enable_grad())  # callers may be inside no_grad; CAMs need the graph
             stack.enter_context(mock.patch.object(ablation_cam, "tqdm", _SILENT_TQDM))
-            cam = stack.enter_context(self.cam_class(model=backbone, target_layers=[module], reshape_transform=reshape, **keywords))
+            cam = stack.enter_context(
+                self.cam_class(model=backbone, target_layers=[module], reshape_transform=reshape, **keywords)
+            )
             if batch_size and issubclass(self.cam_class, pytorch_grad_cam.ScoreCAM):
                 cam.batch_size = int(batch_size)
             if "ablation_layer" in keywords:  # a stopped run must not leave the ablation layer in the model

@@ -64,6 +64,11 @@ class Estimate:
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.forwards + other.forwards, self.backwards + other.backwards, self.seconds + other.seconds)
 
+    @property
+    def duration(self) -> str:
+        """``≈ 9 min``."""
+        return duration_text(self.seconds)
+
     def text(self) -> str:
         """``≈ 9 min (1,281 forward passes)``."""
         passes = f"{self.forwards:,} forward pass{'es' if self.forwards != 1 else ''}"

@@ -34,8 +34,9 @@ from .models import LoadedModel
 
 #: Deletion/insertion points per curve (plus the start) unless the user picks another number.
 DEFAULT_STEPS = 50
-#: Work estimated to take longer than this waits for the user's click (with the estimate on the button).
-AUTO_START_SECONDS = 10.0
+#: Work estimated to take longer than this waits for the user's click (with the estimate on the button);
+#: shorter work starts at once, its estimate in the job's name.
+AUTO_START_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -234,10 +235,8 @@ def curve_points(
     model, explanation = subject.model, subject.explanation
     image, class_index = explanation.inputs[0], subject.class_index
     todo = [m for m in methods if cache is None or cache.get(curve_key(subject, m, steps, baseline)) is None]
-    map_forwards = {
-        m: 0 if cache is not None and cache.get(subject.key("map", m)) is not None else get_method(m).expected_passes(model.explainer)[0]
-        for m in todo
-    }
+    cached_maps = {m for m in todo if cache is not None and cache.get(subject.key("map", m)) is not None}
+    map_forwards = {m: 0 if m in cached_maps else get_method(m).expected_passes(model.explainer)[0] for m in todo}
     progress = ForwardProgress(context, sum(map_forwards.values()) + len(todo) * costs.curve_forwards(steps))
     points: list[CurvePoint] = []
     for method in todo:
@@ -293,7 +292,9 @@ def curves_so_far(
     return points
 
 
-def maps_so_far(subject: Subject, methods: Sequence[str], cache: ResultCache | None, live: Sequence[Any] = ()) -> list[MethodMap]:
+def maps_so_far(
+    subject: Subject, methods: Sequence[str], cache: ResultCache | None, live: Sequence[Any] = ()
+) -> list[MethodMap]:
     """The maps ready to show, in ``methods`` order: cached ones and those a running job has recorded."""
     recorded = {r.method: r for r in live if isinstance(r, MethodMap)}
     found = []
@@ -347,17 +348,18 @@ def auc_direction(mode: str) -> str:
 
 def cost_rows(maps: Sequence[MethodMap]) -> list[dict[str, object]]:
     """Compare's cost table: time (None where it is noisy, with the reason), passes, and time relative to TAME."""
-    tame = next((m for m in maps if m.method == "tame" and m.timing_note is None), None)
+    tame = next((m for m in maps if m.method == "tame" and m.timing_note is None and m.milliseconds), None)
     rows = []
     for result in maps:
         note = result.timing_note
+        relative = None if note or tame is None else result.milliseconds / tame.milliseconds
         rows.append(
             {
                 "method": result.method,
                 "ms": None if note else result.milliseconds,
                 "forward passes": result.forward_passes,
                 "backward passes": result.backward_passes,
-                "× TAME time": None if note or tame is None or not tame.milliseconds else result.milliseconds / tame.milliseconds,
+                "× TAME time": relative,
                 "timing": note or (f"median of {len(result.repeats)} warm runs" if len(result.repeats) > 1 else "one run"),
             }
         )
