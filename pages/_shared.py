@@ -207,14 +207,16 @@ def job_status(job: Job | None, key: str, controls: bool = True) -> None:
         st.warning(stopped_text(job))
 
 
-def should_start(job: Job | None, what: str, estimate: Estimate, key: str) -> bool:
-    """Whether to start work now: at once when it is quick and nothing was stopped or failed, else on a
-    click of a button that says what it will cost."""
+def start_when_ready(job: Job | None, what: str, estimate: Estimate, key: str, start: Callable[[], Job]) -> Job | None:
+    """Start work at once when it is quick and nothing was stopped or failed; else offer a button that says
+    what it will cost, and start it on a click. Returns the job to show."""
     if estimate.seconds <= AUTO_START_SECONDS and (job is None or job.state is JobState.DONE):
-        return True
-    clicked = st.button(f"Run {what}: {estimate.text()}", type="primary", key=key)
+        return start()
+    if st.button(f"Run {what}: {estimate.text()}", type="primary", key=key):
+        start()
+        st.rerun()  # draw the page again without the button
     st.caption("Estimated from this machine's measured forward time × the forward passes the work needs.")
-    return clicked
+    return job
 
 
 def stopped_text(job: Job) -> str:

@@ -12,7 +12,7 @@ from pages._shared import (
     job_status,
     live,
     model_or_stop,
-    should_start,
+    start_when_ready,
     workspace,
 )
 from tame_core.baselines import get_method, list_methods
@@ -52,13 +52,18 @@ def body() -> None:
     todo = missing(subject, methods, ws.results)
     if todo and not running:
         estimate = compare_estimate(subject, todo, ws.results)
-        if should_start(job, ", ".join(todo), estimate, "compare_start"):
-            job = ws.start_job(
+        job = start_when_ready(
+            job,
+            ", ".join(todo),
+            estimate,
+            "compare_start",
+            lambda: ws.start_job(
                 "compare",
                 f"Comparing methods (estimated {estimate.duration})",
                 lambda context: compare_methods(subject, todo, context, ws.results),
                 subject.key(),
-            )
+            ),
+        )
     label = render.class_label(class_index, model.class_names)
 
     def draw() -> None:

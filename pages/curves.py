@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import class_picker, guarded, image_or_stop, job_status, live, model_or_stop, should_start, workspace
+from pages._shared import (
+    class_picker,
+    guarded,
+    image_or_stop,
+    job_status,
+    live,
+    model_or_stop,
+    start_when_ready,
+    workspace,
+)
 from tame_core.baselines import list_methods
 from tame_core.metrics.curves import BASELINES, MODES
 from tame_core.studio import plots
@@ -47,13 +56,18 @@ def body() -> None:
     todo = missing(subject, methods, ws.results, steps, baseline)
     if todo and not (job is not None and job.running):
         estimate = curves_estimate(subject, todo, steps, ws.results, baseline)
-        if should_start(job, f"the curves of {', '.join(todo)}", estimate, "curves_start"):
-            job = ws.start_job(
+        job = start_when_ready(
+            job,
+            f"the curves of {', '.join(todo)}",
+            estimate,
+            "curves_start",
+            lambda: ws.start_job(
                 "curves",
                 f"Deletion and insertion curves (estimated {estimate.duration})",
                 lambda context: curve_points(subject, todo, context, steps, baseline, ws.results),
                 tag,
-            )
+            ),
+        )
 
     def draw() -> None:
         job_status(job, "curves")

@@ -12,6 +12,8 @@ from pages._shared import colour_scale, guarded, job_status, live, model_or_stop
 from tame_core.studio import DEMO, ActiveImage, load_sample, render
 
 CURATED, MINE = "Curated samples", "My pictures"
+HEATMAP, TOP = "Heatmap", "Most important quarter"
+TOP_FRACTION = 0.25
 
 
 def _step(offset: int, count: int) -> None:
@@ -60,14 +62,25 @@ def body() -> None:
     title.markdown(f"## {image.name}: the model sees **{name}** ({probability:.0%})")
     picture, explained = st.columns(2, gap="medium")
     picture.image(image.pixels, caption=credits.get(image.digest, image.name), width="stretch")
-    explained.image(
-        render.overlay_image(image.pixels, render.saliency(explanation), 0.55),
-        caption=f"Where it looks for {render.class_label(index_top, model.class_names)}",
-        width="stretch",
-        output_format="JPEG",
-    )
-    with explained:
-        colour_scale(note="red where the picture most supports the class, blue where least")
+    label = render.class_label(index_top, model.class_names)
+    saliency = render.saliency(explanation)
+    if st.session_state.get("demo_view") != TOP:
+        explained.image(
+            render.overlay_image(image.pixels, saliency, 0.55),
+            caption=f"Where it looks for {label}",
+            width="stretch",
+            output_format="JPEG",
+        )
+        with explained:
+            colour_scale(note="red where the picture most supports the class, blue where least")
+    else:
+        explained.image(
+            render.most_salient(image.pixels, saliency, TOP_FRACTION),
+            caption=f"The {TOP_FRACTION:.0%} of the picture its map ranks highest for {label}",
+            width="stretch",
+            output_format="JPEG",
+        )
+    explained.segmented_control("Map", [HEATMAP, TOP], default=HEATMAP, key="demo_view", label_visibility="collapsed")
     st.markdown("Runners-up: " + ", ".join(f"{other} ({p:.0%})" for _, other, p in others))
     st.caption(f"Picture {index + 1} of {count}.")
     live(job, lambda: job_status(job, "demo", controls=False))

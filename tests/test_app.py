@@ -245,7 +245,7 @@ def test_demo_mode_presents_the_curated_set_without_job_controls(app):
     from tame_core.studio import DEMO, load_sample
 
     ok(open_page(app, "demo"))
-    assert app.markdown[0].value.startswith("## Chelsea the cat: the model sees **Egyptian cat**")
+    assert app.markdown[0].value.startswith("## Cup of coffee: the model sees **espresso**")
     assert not [b for b in app.button if b.key and b.key.startswith("stop-")] and not app.get("progress")
     titles = []
     for _ in DEMO:
@@ -258,7 +258,10 @@ def test_demo_mode_presents_the_curated_set_without_job_controls(app):
     finish_jobs(app)
     assert all(app.session_state["workspace"].cached(app.session_state["model"], load_sample(k).digest) for k in DEMO)
     ok(app.button(key="demo_back").click().run())
-    assert app.markdown[0].value.startswith("## Grace Hopper: the model sees **military uniform**")
+    assert app.markdown[0].value.startswith("## Chelsea the cat: the model sees **Egyptian cat**")
+    shown = image_urls(app)[1]
+    ok(app.get("button_group")[0].set_value("Most important quarter").run())
+    assert image_urls(app)[1] != shown and "The 25% of the picture its map ranks highest" in app.main.get("image")[1].captions[0]
 
 
 def test_demo_mode_can_present_the_users_own_pictures(app, sample_images):

@@ -203,8 +203,8 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     nav(page, "Demo mode")
     page.get_by_text("the model sees").wait_for(timeout=LONG)
     page.get_by_role("button", name="Next ▶").click()
-    page.get_by_text("Cup of coffee: the model sees").wait_for(timeout=LONG)
-    images_loaded(page, 2)
+    page.get_by_text("Grace Hopper: the model sees").wait_for(timeout=LONG)
+    picture_with_caption(page, "Grace Hopper ·")
     shot(page, "06-demo")
 
 
@@ -225,10 +225,12 @@ def pick_chelsea(page, url: str) -> None:
 
 
 def choose(page, label: str, option: str) -> None:
-    """Type ``option`` into the multiselect labelled ``label`` and take the first match."""
-    page.locator('[data-testid="stMultiSelect"]').filter(has_text=label).locator("input").click()
+    """Add ``option`` (shown as "option: description") to the multiselect labelled ``label``."""
+    box = page.locator('[data-testid="stMultiSelect"]').filter(has_text=label)
+    box.locator("input").click()
     page.keyboard.type(option)
-    page.keyboard.press("Enter")
+    page.get_by_role("option", name=re.compile(f"^{re.escape(option)}:")).click()
+    box.get_by_text(re.compile(f"^{re.escape(option)}:")).wait_for(timeout=LONG)  # the chip: chosen
     page.keyboard.press("Escape")
 
 
@@ -246,7 +248,7 @@ def test_stop_ends_score_cam_within_two_seconds_in_a_real_browser(server, page):
         assert "forward passes)" in run.inner_text()  # the cost is said before anything starts
         shot(page, "08-compare-estimate")
         run.click()
-        page.get_by_text("of 1,281 forward passes").first.wait_for(timeout=LONG)  # counting forwards live
+        page.get_by_text(re.compile(r"[1-9][\d,]* of 1,281 forward passes")).first.wait_for(timeout=LONG)  # live count
         shot(page, "09-scorecam-running")
         clicked = time.monotonic()
         page.get_by_role("button", name="Stop").click()
@@ -278,7 +280,8 @@ def test_demo_mode_shows_each_curated_sample_predicted_as_stated(server, page):
             title = page.get_by_role("heading", level=2).filter(has_text=f"{sample.title}: the model sees")
             title.wait_for(timeout=LONG)
             assert f"the model sees {names[sample.expected]} (" in title.inner_text(), title.inner_text()
-            images_loaded(page, 3)  # the photo, its map and the colour scale
+            picture_with_caption(page, f"{sample.title} · ")  # this sample's photo, not the last one's
+            picture_with_caption(page, f"Where it looks for {names[sample.expected]} (")
             assert page.locator('[data-testid="stMain"] [data-testid="stProgress"]').count() == 0
             assert page.get_by_role("button", name="Stop").count() == 0  # no job controls in a presentation
             shot(page, f"11-demo-{position + 1}-{key}")
@@ -302,11 +305,11 @@ def test_stop_and_resume_keep_the_whole_loss_history_in_a_real_browser(server, p
         page.get_by_role("heading", name="Train a head").wait_for(timeout=LONG)
         page.get_by_label("Folder (searched recursively)").fill(str(data))
         page.get_by_label("Save as checkpoints/…").fill(name)
-        page.get_by_label("Epochs").fill("3")
+        page.get_by_label("Epochs").fill("20")
         page.get_by_label("Epochs").press("Enter")
         batch = page.locator('[data-testid="stSlider"]').filter(has_text="Batch size").get_by_role("slider")
         batch.focus()
-        for _ in range(2):  # 16 -> 8 -> 4: two steps an epoch, six in all
+        for _ in range(2):  # 16 -> 8 -> 4: two steps an epoch, forty in all
             page.keyboard.press("ArrowLeft")
         page.locator('[data-testid="stSliderThumbValue"]').filter(has_text=re.compile(r"^4$")).wait_for(timeout=LONG)
         page.get_by_role("button", name="Start training").click()
@@ -321,14 +324,14 @@ def test_stop_and_resume_keep_the_whole_loss_history_in_a_real_browser(server, p
         assert page.locator('[data-testid="stAlertContentSuccess"]').count() == 0  # not "Saved"
         assert page.get_by_text("a new run replaces it").count() == 0  # no warning about our own run
         before = plotted_steps(page)
-        assert before == list(range(1, len(before) + 1)) and len(before) < 6
+        assert before == list(range(1, len(before) + 1)) and len(before) < 40
         shot(page, "13-train-stopped")
         page.get_by_role("button", name="Resume the stopped run").click()
         page.get_by_text("Saved ").wait_for(timeout=LONG)
         page.wait_for_function(
-            "() => document.querySelector('.js-plotly-plot').data[0].x.length === 6", timeout=LONG
+            "() => document.querySelector('.js-plotly-plot')?.data?.[0]?.x?.length === 40", timeout=LONG
         )
-        assert plotted_steps(page) == [1, 2, 3, 4, 5, 6]  # steps 1..n from before the stop are still there
+        assert plotted_steps(page) == list(range(1, 41))  # steps 1..n from before the stop are still there
         shot(page, "14-train-resumed")
     except Exception:
         shot(page, "failure-train")
@@ -336,6 +339,13 @@ def test_stop_and_resume_keep_the_whole_loss_history_in_a_real_browser(server, p
     finally:
         for leftover in (ROOT / "checkpoints").glob(f"{name}.*"):
             leftover.unlink()
+
+
+def picture_with_caption(page, caption: str) -> None:
+    """Wait until the picture captioned ``caption`` has loaded and decoded."""
+    figure = page.locator('[data-testid="stImage"]').filter(has_text=caption).first
+    figure.wait_for(timeout=LONG)
+    figure.locator("img").evaluate("img => img.decode()")
 
 
 def plotted_steps(page) -> list[int]:

@@ -46,6 +46,15 @@ def heatmap_image(saliency_map: np.ndarray, colormap: str = "jet") -> np.ndarray
     return colorize(saliency_map, colormap)
 
 
+def most_salient(pixels: np.ndarray, saliency_map: np.ndarray, fraction: float = 0.25, dim: float = 0.2) -> np.ndarray:
+    """The picture with only the ``fraction`` of its pixels the map ranks highest at full brightness."""
+    if saliency_map.shape[:2] != pixels.shape[:2]:
+        size = (pixels.shape[1], pixels.shape[0])
+        saliency_map = cv2.resize(saliency_map.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    keep = saliency_map >= np.quantile(saliency_map, 1.0 - fraction)
+    return np.where(keep[..., None], pixels[:, :, :3], (pixels[:, :, :3] * dim).astype(np.uint8))
+
+
 def signed_colorize(values: np.ndarray, scale: float) -> np.ndarray:
     """Signed values (H, W) as RGB ``uint8`` on the symmetric scale [-scale, +scale]: blue, white, red."""
     position = np.clip(np.nan_to_num(values) / max(float(scale), 1e-12), -1.0, 1.0) + 1.0  # 0..2
