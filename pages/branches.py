@@ -10,12 +10,14 @@ from tame_core.studio import ActiveImage, LoadedModel, render
 from tame_core.studio.ablation import (
     MAX_COMBINATIONS_BRANCHES,
     AblationRow,
+    BranchTerms,
     ablation_rows,
     branch_terms,
     combinations,
 )
 
 FRACTIONS = (100, 50, 15)  # % of the map's pixels kept
+NEARLY_FLAT = 0.05  # branches that move less of the map than this leave it nearly flat
 
 
 def branch_toggles(model: LoadedModel) -> tuple[bool, ...]:
@@ -124,10 +126,8 @@ def single_image_note(row: AblationRow) -> None:
     )
 
 
-def contributions_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...]) -> None:
+def contributions_panel(model: LoadedModel, image: ActiveImage, terms: BranchTerms, mask: tuple[bool, ...]) -> None:
     """Each branch's signed term of the map, all on one symmetric scale, with that scale drawn."""
-    ws = workspace()
-    terms = branch_terms(ws.view(model, image, class_index))
     scale = terms.scale
     st.caption(
         "Each branch's own term of the map for this class, before the sigmoid that makes the map: red raises "
@@ -161,10 +161,17 @@ def body() -> None:
     probability = float(base.with_classes(class_index).class_probs[0, 0])
     label = render.class_label(class_index, model.class_names)
 
+    terms = branch_terms(ws.view(model, image, class_index))
+    moved = sum(share for share, on in zip(terms.share(), mask) if on)
     left, right = st.columns([3, 2], gap="large")
     with left:
         if not any(mask):
             st.warning("All branches are off: the map is the fuser's bias alone, flat.")
+        elif moved < NEARLY_FLAT:
+            st.warning(
+                f"The branches that are on move only {moved:.0%} of this map: it is nearly flat, and what shows "
+                "is that small remainder stretched to the full colour range."
+            )
         saliency = render.saliency(view)
         st.image(
             render.overlay_image(image.pixels, saliency),
@@ -177,7 +184,7 @@ def body() -> None:
         scores_panel(model, image, class_index, mask)
 
     st.subheader("Each branch's contribution")
-    contributions_panel(model, image, class_index, mask)
+    contributions_panel(model, image, terms, mask)
 
 
 guarded(body)

@@ -166,6 +166,19 @@ def test_branch_toggles_change_the_map_and_show_ad_ic(app):
     assert "All branches are off" in app.warning[0].value
 
 
+def test_a_map_left_nearly_flat_by_the_branches_that_are_on_says_so(app, monkeypatch):
+    from tame_core.studio import ablation
+
+    pick_sample(app)
+    ok(open_page(app, "branches"))
+    assert not [w for w in app.warning if "nearly flat" in w.value]
+    shares = {"value": [0.01, 0.02, 0.97]}  # as a head that leans on its deepest branch
+    monkeypatch.setattr(ablation.BranchTerms, "share", lambda self: shares["value"])
+    toggle = next(t for t in app.toggle if t.key.startswith("branch-") and t.label == "`blocks.6`")
+    ok(toggle.set_value(False).run())
+    assert "move only 3% of this map: it is nearly flat" in app.warning[0].value
+
+
 def test_deletion_curves_are_drawn_with_their_auc(app):
     pick_sample(app)
     open_page(app, "curves")

@@ -119,7 +119,7 @@ def test_upload_explain_toggle_and_curves_in_a_real_browser(server, browser, tmp
     notes = tmp_path / "notes.jpg"
     notes.write_text("a shopping list, not a photo")
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport={"width": 1400, "height": 1700})
     page = context.new_page()
     try:
         drive(page, server, browser, photo, notes)
@@ -191,7 +191,7 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     shot(page, "04-deletion-curves")
 
     # a second browser session sees none of the first one's images
-    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    other = browser.new_context(viewport={"width": 1400, "height": 1700}).new_page()
     other.goto(url)
     other.get_by_role("heading", name="Explain").wait_for(timeout=LONG)
     other.get_by_text("None yet: upload images").wait_for(timeout=LONG)
@@ -211,7 +211,7 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
 # --- the app under real use: Stop, demo samples, resume ------------------------------------------------
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport={"width": 1400, "height": 1700})
     opened = context.new_page()
     yield opened
     context.close()
