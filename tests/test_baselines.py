@@ -112,7 +112,7 @@ def test_cheap_methods_are_warmed_up_and_timed_several_times(toy):
     images = torch.rand(2, 3, SIZE, SIZE)
     with PassCounter(toy.net) as counter:
         warm_up("gradcam", toy, images, 0)
-    assert counter.forwards == 1  # one image, untimed
+    assert counter.forwards == 2  # the batch as it will be timed, untimed
     with PassCounter(toy.net) as counter:
         warm_up("rise", toy, images, 0, masks=50)
     assert counter.forwards == 0  # an expensive method warms itself up in its first batches

@@ -171,12 +171,12 @@ def is_cheap(method: str, explainer: Model, **options: Any) -> bool:
 def warm_up(
     method: str, explainer: Model, images01: torch.Tensor, classes: torch.Tensor | Sequence[int] | int, **options: Any
 ) -> None:
-    """Run a cheap method once on the first image, untimed, so that its timed runs pay no one-off costs
-    (first-call allocations, lazily built kernels). Expensive methods warm themselves up in their first
-    batch of forwards; they are left alone."""
+    """Run a cheap method once on these images, untimed, so that its timed runs pay no one-off costs
+    (first-call allocations, kernels built for a new batch shape: the first batch of 8 TAME maps took 3x
+    the later ones). Expensive methods warm themselves up in their first batch of forwards; they are
+    left alone."""
     if is_cheap(method, explainer, **options):
-        first = class_vector(classes, images01.shape[0], images01.device)[:1]
-        explain_with(method, explainer, images01[:1], first, **options)
+        explain_with(method, explainer, images01, classes, **options)
 
 
 def timed_repeats(
