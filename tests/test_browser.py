@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 LONG = 240_000  # ms: model load and CPU work on a busy 2-core runner
+SERVER_LOG: dict[str, Path] = {}  # where the app server under test writes its log
 
 
 def _free_port() -> int:
@@ -66,6 +67,7 @@ def server(chromium, random_head_path, tmp_path_factory):
         head = random_head_path
         env["TAME_HEAD"] = str(head)
     log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
+    SERVER_LOG["path"] = Path(log.name)
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
@@ -265,6 +267,33 @@ def test_stop_ends_score_cam_within_two_seconds_in_a_real_browser(server, page):
     except Exception:
         shot(page, "failure-stop")
         raise
+
+
+def test_closing_the_tab_stops_its_jobs(server, browser):
+    """RISE left running in a tab that is then closed: the server stops it (the session is gone)."""
+    url, _ = server
+    context = browser.new_context(viewport={"width": 1400, "height": 1700})
+    page = context.new_page()
+    try:
+        pick_chelsea(page, url)
+        nav(page, "Compare")
+        page.get_by_text(re.compile(r"Comparing methods \(estimated .*\): done in")).wait_for(timeout=LONG)
+        choose(page, "Baselines", "rise")
+        page.get_by_role("button", name="Run rise:").click()
+        page.get_by_text(re.compile(r"[1-9][\d,]* of 4,000 forward passes")).first.wait_for(timeout=LONG)
+        shot(page, "15-rise-before-closing")
+    except Exception:
+        shot(page, "failure-close")
+        raise
+    log = SERVER_LOG["path"]
+    before = log.read_text().count("its browser session ended")
+    closed = time.monotonic()
+    context.close()
+    deadline = closed + 60
+    while log.read_text().count("its browser session ended") == before:
+        assert time.monotonic() < deadline, "the job outlived its closed tab by a minute"
+        time.sleep(0.25)  # polling a log file: no page to wait on
+    record_latency("browser: RISE stopped after its tab closed (close to stop)", time.monotonic() - closed)
 
 
 def test_demo_mode_shows_each_curated_sample_predicted_as_stated(server, page):
