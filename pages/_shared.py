@@ -231,7 +231,7 @@ def stopped_text(job: Job) -> str:
 
 def colour_scale(colormap: str = "jet", note: str = "each map is scaled to its own range") -> None:
     """The colour bar of a map view: low to high, and what the ends mean."""
-    st.image(render.colour_scale(["0 (low)", "0.5", "1 (high)"], colormap), caption=f"Map colours: {note}.")
+    st.image(render.colour_scale(("0 (low)", "0.5", "1 (high)"), colormap), caption=f"Map colours: {note}.")
 
 
 def live(job: Job | None, draw: Callable[[], None], every: float = 0.5) -> None:

@@ -12,7 +12,6 @@ from tame_core.studio.ablation import (
     AblationRow,
     BranchTerms,
     ablation_rows,
-    branch_terms,
     combinations,
 )
 
@@ -141,7 +140,7 @@ def contributions_panel(model: LoadedModel, image: ActiveImage, terms: BranchTer
             caption=f"{layer}{'' if on else ' (off)'}: {share:.0%} of the total",
             output_format="JPEG",
         )
-    st.image(render.colour_scale([f"-{scale:.2g}", "0", f"+{scale:.2g}"], None), caption="Shared scale of the terms.")
+    st.image(render.colour_scale((f"-{scale:.2g}", "0", f"+{scale:.2g}"), None), caption="Shared scale of the terms.")
 
 
 def body() -> None:
@@ -161,7 +160,7 @@ def body() -> None:
     probability = float(base.with_classes(class_index).class_probs[0, 0])
     label = render.class_label(class_index, model.class_names)
 
-    terms = branch_terms(ws.view(model, image, class_index))
+    terms = ws.branch_terms(model, image, class_index)
     moved = sum(share for share, on in zip(terms.share(), mask) if on)
     left, right = st.columns([3, 2], gap="large")
     with left:

@@ -303,6 +303,23 @@ def test_rendering_and_download_files(model, explainer):
     assert render.file_stem("My photo (1).JPG") == "My_photo_1" and render.file_stem("...") == "image"
 
 
+def test_colour_scales_signed_colours_and_the_most_salient_quarter():
+    from tame_core.maps import colorize
+
+    bar = render.colour_scale(("0 (low)", "0.5", "1 (high)"), "viridis")
+    assert bar.ndim == 3 and bar.shape[1] == 400 and render.colour_scale(("0 (low)", "0.5", "1 (high)"), "viridis") is bar
+    ends = colorize(np.array([[0.0, 1.0]]), "viridis")[0]
+    assert np.array_equal(bar[5, 20], ends[0]) and np.array_equal(bar[5, 379], ends[1])  # low on the left
+    signed = render.signed_colorize(np.array([[-2.0, 0.0, 2.0, 5.0]]), 2.0)[0]
+    assert signed.tolist() == [[33, 102, 172], [247, 247, 247], [178, 24, 43], [178, 24, 43]]  # clipped beyond the scale
+    pixels = np.full((4, 8, 3), 200, dtype=np.uint8)
+    ramp = np.arange(32, dtype=np.float32).reshape(4, 8)
+    shown = render.most_salient(pixels, ramp, 0.25)
+    assert (shown[..., 0] == 200).sum() == 8 and (shown[..., 0] == 200)[3].all()  # the top quarter, bright
+    over = render.signed_overlay(pixels, np.zeros((2, 4), dtype=np.float32), 1.0, alpha=1.0)
+    assert over.shape == pixels.shape and (over == 247).all()  # zero terms: white
+
+
 def test_layer_choices_label_each_tappable_layer_with_channels_and_map_size():
     from tame_core.studio.training import layer_choices
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from functools import lru_cache
 from typing import Sequence
 
 import cv2
@@ -71,7 +72,8 @@ def signed_overlay(pixels: np.ndarray, values: np.ndarray, scale: float, alpha: 
     return cv2.addWeighted(colours, alpha, pixels[:, :, :3].astype(np.uint8), 1.0 - alpha, 0.0)
 
 
-def colour_scale(labels: Sequence[str], colormap: str | None = "jet", width: int = 360, height: int = 14) -> np.ndarray:
+@lru_cache(maxsize=32)
+def colour_scale(labels: tuple[str, ...], colormap: str | None = "jet", width: int = 360, height: int = 14) -> np.ndarray:
     """A horizontal colour bar with ``labels`` spread evenly beneath it (RGB ``uint8``).
 
     ``colormap`` names a map's colormap (values 0..1 left to right); None draws the signed scale of
@@ -89,7 +91,9 @@ def colour_scale(labels: Sequence[str], colormap: str | None = "jet", width: int
         text_width = draw.textlength(label, font=font)
         left = min(max(0, x - text_width / 2), canvas.width - text_width)
         draw.text((left, height + 6), label, fill="black", font=font)
-    return np.asarray(canvas)
+    bar_image = np.asarray(canvas)
+    bar_image.flags.writeable = False  # shared by every caller (cached)
+    return bar_image
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from typing import Callable, Hashable, Sequence
 
 from ..explainer import Explanation
+from .ablation import BranchTerms, branch_terms
 from .images import ActiveImage
 from .jobs import Job, JobContext, Work
 from .methods import ResultCache, Subject
@@ -108,6 +109,15 @@ class Workspace:
         """The picture explained for ``class_index`` (default: the user's choice), as Compare and the curves use it."""
         chosen = self.chosen_class(model, image) if class_index is None else int(class_index)
         return Subject(model, image.digest, self.view(model, image, chosen))
+
+    def branch_terms(self, model: LoadedModel, image: ActiveImage, class_index: int) -> BranchTerms:
+        """Each branch's signed term of the class's map (head only, kept: branch toggles do not change it)."""
+        key = (model.key, image.digest, int(class_index), "branch terms")
+        found = self.results.get(key)
+        if found is None:
+            found = branch_terms(self.view(model, image, class_index))
+            self.results.put(key, found)
+        return found
 
     def precompute(self, model: LoadedModel, images: Sequence[ActiveImage], context: JobContext) -> int:
         """Explain ``images`` ahead of time (a background job's work, e.g. for Demo mode); returns how many."""
