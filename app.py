@@ -8,6 +8,7 @@ in :mod:`tame_core.studio`.
 from __future__ import annotations
 
 import streamlit as st
+from streamlit import runtime
 
 from pages._shared import guarded, keep_jobs_alive, resolve_model, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
@@ -25,7 +26,8 @@ def _server_setup() -> int:
     return share_cpu_between_threads()
 
 
-_server_setup()
+if runtime.exists():  # a real server (not AppTest, which runs inside the test process)
+    _server_setup()
 
 # Every url_path differs from its file's stem on purpose: Streamlit still runs a folder named pages/ the
 # legacy way (each file a page, by stem) on a session's first run and in every AppTest run; distinct paths
