@@ -108,6 +108,28 @@ def test_a_job_whose_session_is_gone_stops_itself(monkeypatch):
     assert watched.wait(3.0) and watched.stop_reason.startswith("nobody watched it for")
 
 
+def test_training_reports_its_first_phases_and_stops_in_them(tmp_path):
+    from tame_core.training import TrainConfig, train_head
+
+    for index in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 * index, dtype=np.uint8)).save(tmp_path / f"{index}.png")
+    config = TrainConfig(
+        data=tmp_path, out=tmp_path / "head.safetensors", backbone="timm:test_efficientnet", weights="random",
+        epochs=1, batch_size=2, progress=False,
+    )
+    stop, phases = threading.Event(), []
+
+    def phase(text: str) -> None:
+        phases.append(text)
+        if text.startswith("checking"):
+            stop.set()  # Stop pressed while the images are being checked
+
+    with pytest.raises(Stopped):
+        train_head(config, stop=stop, phase=phase)
+    assert phases == ["loading the backbone (timm:test_efficientnet)", "checking that every image can be read"]
+    assert not config.out.exists()  # stopped before anything was trained or saved
+
+
 # --- stop latency on the real model -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model(explainer, random_head_path) -> LoadedModel:

@@ -141,9 +141,11 @@ def train_work(config: TrainConfig, context: JobContext, preview: TrainingPrevie
     total = {"steps": 0}
     context.progress(0.0, "Starting")
 
+    def on_phase(text: str) -> None:
+        context.record({"event": "phase", "phase": text})
+        context.progress(None, text[:1].upper() + text[1:])
+
     def on_record(record: dict[str, Any]) -> None:
-        if record.get("event") == "phase":
-            context.progress(None, record["phase"].capitalize())
         if "total_steps" in record:
             total["steps"] = int(record["total_steps"])
         if record.get("event") == "resume":
@@ -159,7 +161,7 @@ def train_work(config: TrainConfig, context: JobContext, preview: TrainingPrevie
         if record.get("event") == "checkpoint" and preview is not None:
             context.record({"event": "preview", "step": record.get("step"), "overlays": preview.overlays()})
 
-    return train_head(config, callback=on_record, stop=context.stop_event)
+    return train_head(config, callback=on_record, stop=context.stop_event, phase=on_phase)
 
 
 def loss_history(records: Sequence[Any]) -> list[dict[str, Any]]:

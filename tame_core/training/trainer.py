@@ -58,35 +58,43 @@ def _autocast(device: torch.device, amp: bool | None) -> tuple[contextlib.Abstra
     return torch.autocast("cuda", dtype=dtype), dtype
 
 
-def train_head(config: TrainConfig, callback: Callback | None = None, stop: threading.Event | None = None) -> Path:
+def train_head(
+    config: TrainConfig,
+    callback: Callback | None = None,
+    stop: threading.Event | None = None,
+    phase: Callable[[str], None] | None = None,
+) -> Path:
     """Train a head as ``config`` says; returns the head checkpoint path (``config.out``).
 
     ``callback(record)`` receives every log record (step records and events) on rank 0. Setting
     ``stop`` makes the run save its resumable state and the head so far, then return;
     ``TrainConfig(resume=True)`` continues from the saved state with the same schedule.
+    ``phase(text)`` hears what the run does before its first step (loading the backbone, checking
+    the images: tens of seconds on a large folder), on rank 0.
     """
     dist = Distributed.setup(config.device)
     try:
-        return _Run(config, dist, callback, stop).train()
+        return _Run(config, dist, callback, stop, phase).train()
     finally:
         dist.close()
 
 
-def _phases(callback: Callback | None, stop: threading.Event | None) -> Callable[[str], None]:
-    """Report what a run does before its first step (``{"event": "phase", "phase": ...}``) and honour Stop there."""
-
-    def phase(text: str) -> None:
-        check(stop)
-        if callback is not None:
-            callback({"event": "phase", "phase": text, "time": round(time.time(), 3)})
-
-    return phase
-
-
 class _Run:
-    def __init__(self, config: TrainConfig, dist: Distributed, callback: Callback | None, stop: threading.Event | None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        dist: Distributed,
+        callback: Callback | None,
+        stop: threading.Event | None,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> None:
         self.config, self.dist, self.stop = config, dist, stop
-        phase = _phases(callback if dist.is_main else None, stop)
+
+        def phase(text: str) -> None:  # before the first step: say what takes the time, honour Stop
+            check(stop)
+            if on_phase is not None and dist.is_main:
+                on_phase(text)
+
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         phase(f"loading the backbone ({config.backbone})")
@@ -95,6 +103,7 @@ class _Run:
         channels = [info.channels for info in check_layers(self.backbone, self.layers)]
         phase("checking that every image can be read")
         files, problems = readable_images(config.data, config.split, config.limit, dist.rank, dist.world)
+        check(stop)
         skipped = set(dist.gather(problems))
         self.files = [path for path in files if str(path) not in skipped]
         self.skipped = len(skipped)
