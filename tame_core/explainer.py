@@ -31,6 +31,9 @@ CHECKPOINT_DIR = Path(os.environ.get("TAME_CHECKPOINTS", Path(__file__).resolve(
 #: The head each backbone explains with when the user names none.
 BUNDLED_HEADS = {"efficientnet_lite0": "efficientnet_lite0"}
 
+#: Values held at once while maps are made class chunk by class chunk (see ``maps_from_features``).
+CHUNK_ELEMENTS = 1 << 21
+
 ClassSpec = Any  # None | int | str | sequence of those (one per image) | (B, K) nested sequence | tensor
 
 
@@ -59,7 +62,7 @@ class Explanation:
     logits: torch.Tensor  # (B, num_classes)
     classes: torch.Tensor  # (B, K) long
     maps: torch.Tensor  # (B, K, H, W) in [0, 1]
-    branch_features: torch.Tensor  # (B, sum C, h, w): the head's class-independent part
+    branch_features: list[torch.Tensor]  # per branch (B, C_i, h_i, w_i) at its own size: the class-independent part
     explainer: "Explainer" = field(repr=False)
     branch_mask: tuple[bool, ...] | None = None
     geometry: str = "full"
@@ -100,7 +103,7 @@ class Explanation:
         head = self.explainer.head
         with torch.no_grad():
             terms = head.branch_contributions(self.branch_features, self.classes)
-        return minmax_normalize(resize_maps(terms, self.inputs.shape[-2:]))
+            return minmax_normalize(resize_maps(terms, self.inputs.shape[-2:]))
 
     def map_at_original(self, index: int = 0, k: int = 0) -> np.ndarray:
         """Map ``k`` of image ``index`` as float32 (H, W) at the original picture's size.
@@ -187,19 +190,30 @@ class Explainer:
         with torch.no_grad():
             with self._taps, autocast:
                 logits = self.backbone(inputs)
-            return logits.float(), self.head.branch_features([f.float() for f in self._taps.features])
+            return logits.float(), self.head.branch_outputs([f.float() for f in self._taps.features])
 
     def maps_from_features(
         self,
-        branch_features: torch.Tensor,
+        branch_features: Sequence[torch.Tensor],
         classes: torch.Tensor,
         branch_mask: Sequence[bool] | None,
         size: Sequence[int],
     ) -> torch.Tensor:
-        """[0, 1] maps (B, K, H, W) at ``size`` for per-image ``classes`` (B, K): fuser, resize, min-max."""
+        """[0, 1] maps (B, K, H, W) at ``size`` for per-image ``classes`` (B, K): fuser, resize, min-max.
+
+        Classes go through in chunks whose working maps hold about :data:`CHUNK_ELEMENTS` values, so
+        asking for every class costs the memory of the maps themselves and little more.
+        """
+        batch, count = classes.shape
+        step = max(1, CHUNK_ELEMENTS // max(1, batch * int(size[0]) * int(size[1])))
         with torch.no_grad():
-            raw = self.head.fuse(branch_features, classes, branch_mask)
-            return minmax_normalize(resize_maps(raw, size))
+            if count <= step:
+                return minmax_normalize(resize_maps(self.head.fuse(branch_features, classes, branch_mask), size))
+            maps = torch.empty(batch, count, int(size[0]), int(size[1]), device=classes.device)
+            for start in range(0, count, step):
+                part = classes[:, start : start + step]
+                maps[:, start : start + step] = minmax_normalize(resize_maps(self.head.fuse(branch_features, part, branch_mask), size))
+            return maps
 
     def class_tensor(self, classes: ClassSpec, logits: torch.Tensor, top_k: int = 1) -> torch.Tensor:
         """Resolve a user's class choice into a (B, K) long tensor on the device."""
@@ -323,6 +337,6 @@ def _select(explanation: Explanation, row: int) -> Explanation:
         logits=explanation.logits[pick],
         classes=explanation.classes[pick],
         maps=explanation.maps[pick],
-        branch_features=explanation.branch_features[pick],
+        branch_features=[output[pick] for output in explanation.branch_features],
         original_sizes=explanation.original_sizes[row : row + 1],
     )

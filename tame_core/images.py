@@ -115,6 +115,27 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     )
 
 
+def collect_images(sources: str | os.PathLike | list[str | os.PathLike] | tuple) -> list[Path]:
+    """The image files of several sources, in the order given: each a folder (:func:`find_images`) or a
+    list file (``.txt``: one path per line, relative to the list file's folder; ``#`` starts a comment)."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    files: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files.extend(find_images(source))
+        elif source.is_file() and source.suffix.lower() == ".txt":
+            lines = (line.split("#", 1)[0].strip() for line in source.read_text().splitlines())
+            listed = [source.parent / line for line in lines if line]
+            missing = [str(path) for path in listed if not path.is_file()]
+            if missing:
+                raise ImageLoadError(f"{source}: {len(missing)} listed files do not exist (first: {missing[0]})")
+            files.extend(listed)
+        else:
+            raise ImageLoadError(f"{source}: not a folder or a .txt list of image files")
+    return files
+
+
 def _read_bytes(source: ImageSource, label: str) -> bytes:
     if isinstance(source, bytes):
         return source

@@ -14,24 +14,30 @@ import threading
 from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
-from ..head import VARIANTS
+from ..head import FUSERS, VARIANTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..training import AUGMENTATIONS, INITS, MASK_ORDERS, SPLITS, LossWeights
 
     parser = subparsers.add_parser("train", help="train a head on a folder of images", description=__doc__)
-    parser.add_argument("--data", required=True, type=Path, help="folder of images (recursive; jpg, png, webp, ...)")
+    parser.add_argument("--data", required=True, type=Path, nargs="+", metavar="SOURCE",
+                        help="folders of images (recursive; jpg, png, webp, ...) and/or .txt lists of image files")
     parser.add_argument("--out", required=True, type=Path, help="head checkpoint to write (.safetensors + .json card)")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default: {DEFAULT_BACKBONE})")
     model.add_argument("--weights", default="pretrained", help="backbone weights: pretrained, random or a file")
     model.add_argument("--layers", nargs="+", help="layers to tap (default: the backbone's; see `tame layers`)")
     model.add_argument("--variant", choices=sorted(VARIANTS), default="tame", help="head variant")
+    model.add_argument("--fuser", choices=FUSERS, default="class",
+                       help="class: one learned fuser row per class (the papers'); tied: the classifier's rows times a "
+                            "projection shared by all classes, so every image trains every class; tied_residual: plus a per-class residual")
     data = parser.add_argument_group("data")
     data.add_argument("--split", choices=SPLITS, default="all",
                       help="train/heldout: the project's ImageNet split by WordNet id (class i held out when i %% 5 == 4)")
     data.add_argument("--limit", type=int, help="use only the first N images")
+    data.add_argument("--exclude-targets", choices=("heldout",),
+                      help="heldout: drop images whose target is one of the project's 200 held-out ImageNet classes")
     data.add_argument("--augment", choices=AUGMENTATIONS, default="standard", help="augmentation (default: standard = resize, random crop, flip)")
     data.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, 4 on GPU)")
     recipe = parser.add_argument_group("recipe (defaults: the papers')")
@@ -76,7 +82,7 @@ def config_from(args: argparse.Namespace):
     loss = LossWeights(**{key[5:]: value for key, value in vars(args).items() if key.startswith("loss_")})
     return TrainConfig(
         data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
-        variant=args.variant, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
+        variant=args.variant, fuser=args.fuser, exclude_targets=args.exclude_targets, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
         init=args.init, freeze_fuser=args.freeze_fuser, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, device=args.device, amp=args.amp,
         workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, state=args.state,

@@ -21,29 +21,36 @@ from torch.utils.data import DataLoader
 from ..backbones import Backbone, load_backbone
 from ..checkpoint import metadata_for, save_head
 from ..errors import TrainingError
-from ..head import TAMEHead
+from ..classes import imagenet_wnids
+from ..head import TAMEHead, TiedTAMEHead
 from ..taps import LayerTaps, check_layers
 from .config import TrainConfig
 from .data import (
     HELDOUT_EVERY,
     HELDOUT_REMAINDER,
     EpochSampler,
+    is_heldout_class,
     ImageFiles,
     build_transform,
     readable_images,
 )
 from .distributed import Distributed
-from .init import init_from_cam
+from .init import init_from_cam, new_head
 from .progress import Callback, RunReporter
 from .state import load_state, rng_state, save_state, set_rng_state
+from .losses import LossTerms
 from .step import batch_loss
+
+
+#: Parameters without weight decay: biases, and the tied fuser's offsets and scalars.
+NO_DECAY = ("bias", "offset", "bias_scale", "shift")
 
 
 def parameter_groups(head: TAMEHead, weight_decay: float) -> list[dict]:
     """Weight decay on weights, none on biases (the papers' SGD setting)."""
     trainable = [(name, p) for name, p in head.named_parameters() if p.requires_grad]
-    decay = [p for name, p in trainable if not name.endswith("bias")]
-    no_decay = [p for name, p in trainable if name.endswith("bias")]
+    decay = [p for name, p in trainable if not name.endswith(NO_DECAY)]
+    no_decay = [p for name, p in trainable if name.endswith(NO_DECAY)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -83,12 +90,13 @@ class _Run:
         self.files = [path for path in files if str(path) not in skipped]
         self.skipped = len(skipped)
         if not self.files:
-            raise TrainingError(f"--data {config.data}: no readable images (split {config.split!r})")
+            sources = ", ".join(map(str, config.data))
+            raise TrainingError(f"--data {sources}: no readable images (split {config.split!r})")
         self.dataset = ImageFiles(self.files, build_transform(self.backbone.preprocess, config.augment))
         self.sampler = EpochSampler(self.dataset, config.seed, dist.rank, dist.world)
         self.steps_per_epoch = math.ceil(len(self.sampler.base) / config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.head = TAMEHead(channels, self.backbone.num_classes, config.variant).to(dist.device)
+        self.head = new_head(channels, self.backbone, config.variant, config.fuser).to(dist.device)
         if config.init == "cam":
             init_from_cam(self.head, self.backbone, self.layers, self._first_batch())
         self.head.fuser.requires_grad_(not config.freeze_fuser)
@@ -101,6 +109,7 @@ class _Run:
         self.autocast, amp_dtype = _autocast(dist.device, config.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.targets_rng = torch.Generator().manual_seed(config.seed)  # draws classes when classes_per_image < top_k
+        self.excluded = self._excluded_targets()
         self.step = 0
         self.seconds = 0.0  # training time over all sessions of this run
         self.images = 0  # images trained on (all ranks), likewise
@@ -116,6 +125,15 @@ class _Run:
             callback=callback if dist.is_main else None,
             progress=config.progress and dist.is_main,
         )
+
+    def _excluded_targets(self) -> torch.Tensor | None:
+        """Classes no step may target (``exclude_targets="heldout"``: the project's 200 held-out classes)."""
+        if self.config.exclude_targets is None:
+            return None
+        if self.backbone.num_classes != len(imagenet_wnids()):
+            raise TrainingError("exclude_targets='heldout' needs an ImageNet-1k classifier")
+        flags = [is_heldout_class(index) for index in range(self.backbone.num_classes)]
+        return torch.tensor(flags, device=self.dist.device)
 
     # --- state --------------------------------------------------------------------------------
     def _first_batch(self) -> torch.Tensor:
@@ -177,7 +195,7 @@ class _Run:
             "torch": torch.__version__,
         }
         data = {
-            "folder": config.data.name,
+            "folders": [source.name for source in config.data],
             "images": len(self.files),
             "skipped_unreadable": self.skipped,
             "split": config.split,
@@ -185,9 +203,11 @@ class _Run:
             if config.split != "all" else None,
             "limit": config.limit,
             "seed": config.seed,
+            "excluded_targets": config.exclude_targets,
         }
-        metadata = metadata_for(self.head.eval(), self.backbone, self.layers, training=training, data=data)
-        save_head(self.head, metadata, config.out)
+        head = self.head.materialize() if isinstance(self.head, TiedTAMEHead) else self.head
+        metadata = metadata_for(head.eval(), self.backbone, self.layers, training=training, data=data)
+        save_head(head, metadata, config.out)
         self.head.train()
 
     # --- the loop -------------------------------------------------------------------------------
@@ -234,8 +254,11 @@ class _Run:
         inputs = images.to(dist.device, non_blocking=True)
         terms = batch_loss(
             self.backbone, taps, model, inputs, config.loss, config.mask_order, config.top_k, self.autocast,
-            config.classes_per_image, self.targets_rng,
+            config.classes_per_image, self.targets_rng, self.excluded,
         )
+        if terms is None:  # every image targeted an excluded class: an empty step keeps the schedule (and DDP) in step
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            terms = LossTerms(zero, zero.detach(), zero.detach(), zero.detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
         self.scaler.step(self.optimizer)
