@@ -50,6 +50,7 @@ class EvaluationReport:
     settings: dict[str, Any]
     methods: dict[str, dict[str, float]]
     skipped: list[str] = field(default_factory=list)
+    per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # method -> metric -> one value per image
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per method: ``method`` and each metric by name (NaN, where a metric had no value, as None)."""
@@ -146,6 +147,22 @@ class _Tally:
             "values": self.values, "costs": self.costs, "counts": self.counts,
             "images_done": self.images_done, "skipped": self.skipped,
         }
+
+
+def bootstrap_difference(
+    a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """The mean of ``a - b`` over paired per-image values, and a ``level`` interval for it from resampling
+    the images with replacement: how much of a difference between two methods is noise."""
+    if len(a) != len(b) or not len(a):
+        raise EvaluationError(f"paired values needed: got {len(a)} and {len(b)}")
+    differences = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(differences), (resamples, len(differences)), generator=generator)
+    means = differences[picks].mean(dim=1)
+    tail = (1.0 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    return {"mean": round(float(differences.mean()), 4), "low": round(low, 4), "high": round(high, 4)}
 
 
 def select_files(
@@ -285,7 +302,8 @@ def evaluate(
         _save_state(state_path, settings, tally)
     if progress is not None:
         progress(done, total, "done")
-    return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped))
+    per_image = {method: tally.values.get(method, {}) for method in methods}
+    return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped), per_image)
 
 
 def _evaluate_method(

@@ -226,15 +226,20 @@ class TiedFuser(nn.Module):
     """A fuser whose rows are the classifier's rows times one projection that all classes share.
 
     Class ``c``'s map is ``w_c . (P x + p) + s b_c + t`` (+ ``r_c . x`` with a residual), where ``x`` is
-    the concatenated branch outputs at one position, ``w_c`` and ``b_c`` the frozen classifier's row and
-    bias, and ``P``, ``p``, ``s``, ``t`` (and the rows ``r_c``) are learned. Every parameter but ``r_c``
+    the concatenated branch outputs at one position, ``w_c`` and ``b_c`` the frozen classifier's row
+    (scaled by one constant, see below) and bias, and ``P``, ``p``, ``s``, ``t`` (and the rows ``r_c``)
+    are learned. Every parameter but ``r_c``
     gets gradient from every image, whatever its class, so classes never seen in training learn too.
     """
 
     def __init__(self, inputs: int, class_weight: torch.Tensor, class_bias: torch.Tensor, residual: bool = False) -> None:
         super().__init__()
         classes, dim = class_weight.shape
-        self.register_buffer("class_weight", class_weight.detach().float().clone())
+        # Rows scaled to spectral norm 1: the projection's gradient sums over every targeted class, and
+        # this keeps its effective step no larger than a per-class row's (P absorbs the constant).
+        weight = class_weight.detach().float()
+        self.register_buffer("class_scale", torch.linalg.matrix_norm(weight, ord=2).clamp_min(1e-12))
+        self.register_buffer("class_weight", weight / self.class_scale)
         self.register_buffer("class_bias", class_bias.detach().float().clone())
         self.projection = nn.Parameter(torch.zeros(dim, inputs))
         self.offset = nn.Parameter(torch.zeros(dim))

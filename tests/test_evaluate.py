@@ -154,3 +154,15 @@ def test_cli_errors_are_one_line(random_head_path, photo_dir, tmp_path, capsys):
     assert "unknown method 'gradcan'; did you mean gradcam" in capsys.readouterr().err
     assert main([*base, "--data", str(tmp_path / "nowhere")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_bootstrap_difference_of_paired_values():
+    from tame_core.evaluation import bootstrap_difference
+
+    constant = bootstrap_difference([3.0, 5.0, 7.0], [1.0, 3.0, 5.0])
+    assert constant == {"mean": 2.0, "low": 2.0, "high": 2.0}  # the same difference on every image: no noise
+    spread = bootstrap_difference([0.0, 10.0, 0.0, 10.0], [0.0, 0.0, 0.0, 0.0], resamples=4000)
+    assert spread["mean"] == 5.0 and 0.0 <= spread["low"] < 5.0 < spread["high"] <= 10.0
+    assert bootstrap_difference([0.0, 10.0, 0.0, 10.0], [0.0] * 4, seed=1) == bootstrap_difference([0.0, 10.0, 0.0, 10.0], [0.0] * 4, seed=1)
+    with pytest.raises(EvaluationError, match="paired values needed: got 2 and 3"):
+        bootstrap_difference([1.0, 2.0], [1.0, 2.0, 3.0])

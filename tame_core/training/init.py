@@ -74,7 +74,8 @@ def init_from_cam(head: TAMEHead, backbone: Backbone, layers: Sequence[str], inp
     fuser = head.fuser
     if isinstance(fuser, TiedFuser):  # rows = classifier rows x projection: the projection starts as scale x identity
         fuser.projection.zero_()
-        fuser.projection[:, head.slices[-1]] = scale * torch.eye(weight.shape[1], device=fuser.projection.device)
+        identity = torch.eye(weight.shape[1], device=fuser.projection.device)
+        fuser.projection[:, head.slices[-1]] = scale * fuser.class_scale * identity  # rows: (W / class_scale) @ P
         fuser.offset.zero_()
         fuser.bias_scale.fill_(scale)
         fuser.shift.fill_(-scale * offset)
