@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
-from .checkpoint import HeadMetadata, check_fits, load_head
+from .checkpoint import HeadMetadata, check_fits, load_head, paths_for
 from .errors import CheckpointError, ClassError, ImageLoadError, LayerError, OptionError, TameError
 from .head import TAMEHead
 from .maps import minmax_normalize, resize_maps
@@ -349,10 +349,11 @@ def locate_head(source: str | os.PathLike | None, backbone_name: str, revision: 
     if source is None or str(source) == "bundled":
         return bundled_head_path(backbone_name)
     path = Path(source)
-    if path.suffix in (".safetensors", ".json") or path.exists():
-        if not (path.exists() or path.with_suffix(".safetensors").exists()):
-            raise CheckpointError(f"no head checkpoint at {path}")
-        return path
+    tensor_path = paths_for(path)[0] if path.name else path
+    if path.suffix in (".safetensors", ".json") or path.exists() or tensor_path.exists():
+        if not tensor_path.is_file():
+            raise CheckpointError(f"no head checkpoint at {tensor_path}")
+        return tensor_path
     from .hub import is_repo_id, pull_head
 
     if is_repo_id(str(source)):
