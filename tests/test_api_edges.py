@@ -203,3 +203,18 @@ def test_explain_many_keeps_stream_order_for_same_sizes(explainer, sample_images
     assert all(explanation.classes.tolist() == [[281]] for _, explanation in results)
     batch = explainer.explain(pictures, classes="tabby", geometry="crop")
     torch.testing.assert_close(torch.cat([e.maps for _, e in results]), batch.maps, atol=1e-4, rtol=0)
+
+
+def test_thin_images_are_refused_by_the_app_upload_and_skipped_by_training(tmp_path):
+    """One limit, applied where images are loaded: the app's uploads and the trainer's data get it too."""
+    from tame_core.studio.images import read_upload
+    from tame_core.training.data import readable_images
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (20_000, 1)).save(buffer, format="PNG")
+    with pytest.raises(ImageLoadError, match=r"^thin.png: 20000x1 is too thin to explain .* crop it first$"):
+        read_upload("thin.png", buffer.getvalue())
+    (tmp_path / "thin.png").write_bytes(buffer.getvalue())
+    Image.new("RGB", (64, 48)).save(tmp_path / "ok.png")
+    files, problems = readable_images(tmp_path)
+    assert problems == [str(tmp_path / "thin.png")] and len(files) == 2
