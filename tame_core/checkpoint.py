@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Iterable, Sequence
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 from .head import VARIANTS, TAMEHead
 
 FORMAT = "tame-head"
@@ -215,19 +215,22 @@ def save_head(head: TAMEHead, metadata: HeadMetadata, path: str | os.PathLike) -
     from safetensors.torch import save_file
 
     tensor_path, card_path = paths_for(path)
-    tensor_path.parent.mkdir(parents=True, exist_ok=True)
     if metadata.head_config() != head.config():
         raise CheckpointError(f"metadata {metadata.head_config()} does not describe the head {head.config()}")
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     metadata.weights_sha256 = None  # a file cannot hold its own digest; the card gets it below
     metadata.tensors_sha256 = _state_digest(state)
-    temporary = tensor_path.with_name(tensor_path.name + ".tmp")
-    save_file(state, str(temporary), metadata={_HEADER_KEY: metadata.to_json()})
-    os.replace(temporary, tensor_path)
-    metadata.weights_sha256 = sha256_of(tensor_path)
-    temporary_card = card_path.with_name(card_path.name + ".tmp")
-    temporary_card.write_text(metadata.to_json() + "\n")
-    os.replace(temporary_card, card_path)
+    try:
+        tensor_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = tensor_path.with_name(tensor_path.name + ".tmp")
+        save_file(state, str(temporary), metadata={_HEADER_KEY: metadata.to_json()})
+        os.replace(temporary, tensor_path)
+        metadata.weights_sha256 = sha256_of(tensor_path)
+        temporary_card = card_path.with_name(card_path.name + ".tmp")
+        temporary_card.write_text(metadata.to_json() + "\n")
+        os.replace(temporary_card, card_path)
+    except OSError as error:
+        raise OutputError(f"{tensor_path}: cannot write the head ({error.strerror or error})") from None
     return tensor_path, card_path
 
 

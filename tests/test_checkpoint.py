@@ -348,3 +348,12 @@ def test_the_bundled_head_loads():
 
     head, metadata = load_head(bundled_head_path("efficientnet_lite0"))
     assert metadata.layers == ["blocks.2", "blocks.4", "bn2"] and head.num_classes == 1000
+
+
+def test_saving_where_nothing_can_be_written_is_one_line(tmp_path, lite0):
+    from tame_core.errors import OutputError
+
+    (tmp_path / "file").write_text("x")
+    head = TAMEHead([40, 112, 320], 1000)
+    with pytest.raises(OutputError, match=r"file/h.safetensors: cannot write the head \(File exists\)$"):
+        save_head(head, metadata_for(head, lite0, lite0.default_layers), tmp_path / "file" / "h")
