@@ -8,6 +8,7 @@ Each input gets ``<stem>.npy`` and ``<stem>_overlay.png``; inputs that share a s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -87,8 +88,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(out: Path, stem: str, picture: np.ndarray, saliency: np.ndarray, alpha: float, colormap: str) -> None:
-    np.save(out / f"{stem}.npy", saliency.astype(np.float32))
-    Image.fromarray(overlay(picture, saliency, alpha, colormap)).save(out / f"{stem}{OVERLAY_SUFFIX}")
+    """Both outputs of one image, or neither (a half-written pair is removed before the error goes up)."""
+    npy, png = out / f"{stem}.npy", out / f"{stem}{OVERLAY_SUFFIX}"
+    try:
+        np.save(npy, saliency.astype(np.float32))
+        Image.fromarray(overlay(picture, saliency, alpha, colormap)).save(png)
+    except OSError:
+        for path in (npy, png):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise
 
 
 def unique_stems(paths: Sequence[Path], out: Path) -> list[str]:
