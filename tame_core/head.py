@@ -19,6 +19,7 @@ row ``c`` times a projection shared by all classes, so every image trains every 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -91,7 +92,7 @@ class TAMEHead(nn.Module):
         self.max_resolution = int(max_resolution)
         self.branches = nn.ModuleList(Branch(c, VARIANTS[variant]) for c in self.channels)
         self.fuser = fuser if fuser is not None else nn.Conv2d(sum(self.channels), self.num_classes, kernel_size=1)
-        ends = torch.tensor(self.channels).cumsum(0).tolist()
+        ends = list(itertools.accumulate(self.channels))  # plain ints: the head can be built on the meta device
         self.slices = [slice(end - c, end) for c, end in zip(self.channels, ends)]
 
     @property
