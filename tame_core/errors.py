@@ -45,3 +45,7 @@ class EvaluationError(TameError, ValueError):
 
 class TrainingError(TameError, ValueError):
     """A training option, data folder or saved training state that cannot be used."""
+
+
+class AccessError(TameError, PermissionError):
+    """A server path outside the folders a deployment lets app users read (``TAME_ALLOWED_ROOTS``)."""
