@@ -154,3 +154,67 @@ def test_cli_errors_are_one_line(random_head_path, photo_dir, tmp_path, capsys):
     assert "unknown method 'gradcan'; did you mean gradcam" in capsys.readouterr().err
     assert main([*base, "--data", str(tmp_path / "nowhere")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+# --- batches, bad files and resume --------------------------------------------------------------------
+def noise_folder(folder, count: int, bad_at: int | None = None, seed: int = 0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        path = folder / f"img{index}.png"
+        if index == bad_at:
+            path.write_bytes(b"this is not a png")
+        else:
+            Image.fromarray((rng.random((72, 96, 3)) * 255).astype(np.uint8)).save(path)
+    return folder
+
+
+def test_batches_that_do_not_divide_the_images_with_a_bad_file_in_the_middle(explainer, tmp_path):
+    """8 files, the 4th unreadable: batches of 3 give what one batch of 8 gives, and the bad file one line."""
+    folder = noise_folder(tmp_path / "images", 8, bad_at=3)
+    settings = dict(metrics=("adic", "curves"), steps=2, baseline="zeros")
+    batched = evaluate(explainer, folder, ["tame"], batch_size=3, **settings)
+    whole = evaluate(explainer, folder, ["tame"], batch_size=8, **settings)
+    row = batched.methods["tame"]
+    assert (row["images"], row["images_adic"], row["images_curves"]) == (7, 7, 7)
+    assert batched.skipped == [f"{folder / 'img3.png'}: not an image (or a format Pillow cannot read)"]
+    for name in ("AD100", "IC100", "AD15", "deletion_auc", "insertion_auc"):
+        assert row[name] == pytest.approx(whole.methods["tame"][name], abs=1e-4), name
+
+
+def test_limits_count_files_whatever_the_batch_size(explainer, tmp_path):
+    """A limit of 4 files over a bad 2nd file is 3 images at every batch size (batch 3 took 4 before)."""
+    folder = noise_folder(tmp_path / "images", 7, bad_at=1)
+    counts = set()
+    for batch_size in (1, 3, 7):
+        report = evaluate(explainer, folder, ["tame", "gradcam"], metrics=("adic",), batch_size=batch_size,
+                          method_limits={"gradcam": 4}, metric_limits={"adic": 2})
+        counts.add((report.methods["tame"]["images"], report.methods["gradcam"]["images"],
+                    report.methods["tame"]["images_adic"], report.methods["gradcam"]["images_adic"]))
+    assert counts == {(6, 3, 1, 1)}
+
+
+def test_resume_refuses_another_head_or_changed_images(explainer, tmp_path):
+    from tame_core import Explainer, TAMEHead
+
+    folder = noise_folder(tmp_path / "images", 4)
+    state = tmp_path / "state.json"
+    stop = threading.Event()
+    settings = dict(metrics=("adic",), batch_size=2, state_path=state)
+    evaluate(explainer, folder, ["tame"], stop=stop, progress=lambda *_: stop.set(), **settings)  # stops after the 1st batch
+    saved = state.read_text()
+    assert json.loads(saved)["tally"]["images_done"] == 2
+
+    import torch
+    torch.manual_seed(7)
+    other_head = TAMEHead(explainer.head.channels, explainer.head.num_classes)  # same layers, other weights
+    other = Explainer(explainer.backbone, other_head, explainer.layers, explainer.metadata)
+    with pytest.raises(EvaluationError, match=r"was saved with other settings \(head weights differ\); delete it or choose another --out"):
+        evaluate(other, folder, ["tame"], **settings)
+
+    picture = np.asarray(Image.open(folder / "img3.png")).copy()
+    picture[5, 5] ^= 0xFF  # same names, same count, one pixel
+    Image.fromarray(picture).save(folder / "img3.png")
+    with pytest.raises(EvaluationError, match=r"\(image files differ\)"):
+        evaluate(explainer, folder, ["tame"], **settings)
+    assert state.read_text() == saved  # a refused resume leaves the state as it was

@@ -22,7 +22,7 @@ class TrainConfig:
 
     ``out`` is the head checkpoint (``.safetensors`` + ``.json`` card); the resumable state and the
     JSON-lines log go beside it unless ``state`` / ``log`` say otherwise. A run whose outputs already
-    exist is refused unless it ``resume``\ s them or is told to ``overwrite`` them.
+    exist is refused unless it continues them (``resume``) or replaces them (``overwrite``).
     """
 
     data: Path
