@@ -218,3 +218,58 @@ def test_resume_refuses_another_head_or_changed_images(explainer, tmp_path):
     with pytest.raises(EvaluationError, match=r"\(image files differ\)"):
         evaluate(explainer, folder, ["tame"], **settings)
     assert state.read_text() == saved  # a refused resume leaves the state as it was
+
+
+@pytest.mark.slow
+def test_a_killed_evaluation_resumes_with_the_same_arguments_only(explainer, random_head_path, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from tame_core import TAMEHead, save_head
+    from tame_core.checkpoint import metadata_for
+
+    folder = noise_folder(tmp_path / "images", 12)
+    torch.manual_seed(7)
+    other_head = TAMEHead(explainer.head.channels, explainer.head.num_classes).eval()  # same layers, other weights
+    other_path = tmp_path / "other.safetensors"
+    save_head(other_head, metadata_for(other_head, explainer.backbone, explainer.layers), other_path)
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "tame_core", "evaluate", "--head", str(random_head_path), "--device", "cpu",
+               "--data", str(folder), "--methods", "tame", "--metrics", "adic,curves", "--steps", "10", "--baseline", "zeros",
+               "--batch-size", "2", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    state = out / "evaluation_state.json"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["tally"]["images_done"] >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = state.read_text()
+    done = json.loads(saved)["tally"]["images_done"]
+    assert 2 <= done < 12
+
+    def tame(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*command, *arguments], env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    other = tame("--resume", "--head", str(other_path))
+    assert other.returncode == 2 and other.stderr.strip().splitlines() == [
+        f"error: evaluation state {state} was saved with other settings (head weights differ); "
+        "delete it or choose another --out to start afresh"
+    ]
+    assert state.read_text() == saved
+    resumed = tame("--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    row = json.loads((out / "results.json").read_text())["results"][0]
+    whole = evaluate(explainer, folder, ["tame"], metrics=("adic", "curves"), steps=10, baseline="zeros", batch_size=2)
+    assert row["images"] == 12
+    for name in ("AD100", "IC50", "deletion_auc", "insertion_auc"):
+        assert row[name] == pytest.approx(whole.methods["tame"][name], abs=1e-4), name
