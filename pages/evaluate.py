@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from pages._shared import guarded, job_status, live, model_or_stop, session_folder, workspace
 from tame_core.evaluation import TABLE_COLUMNS
 from tame_core.metrics.curves import BASELINES
-from tame_core.studio.storage import server_path
 from tame_core.studio.evaluation import EvaluationRequest, can_resume, column_title, evaluation_work
+from tame_core.studio.storage import server_path
 from tame_core.baselines import list_methods
 from tame_core.training import SPLITS
 
