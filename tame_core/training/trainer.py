@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
-from ..checkpoint import metadata_for, save_head
+from ..checkpoint import metadata_for, paths_for, save_head
 from ..errors import TrainingError
 from ..fingerprint import file_digest, files_digest
 from ..head import TAMEHead
@@ -151,8 +151,8 @@ class _Run:
         config = self.config
         if config.resume:
             return
-        card = config.out.with_suffix(".json")
-        found = [path for path in (config.state_path, config.log_path, config.out, card) if path.exists()]
+        head, card = paths_for(config.out)
+        found = [path for path in (config.state_path, config.log_path, head, card) if path.exists()]
         if found and not config.overwrite:
             names = ", ".join(path.name for path in found)
             raise TrainingError(
