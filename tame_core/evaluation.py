@@ -254,11 +254,8 @@ def evaluate(
         "device": str(explainer.device),
     }
     tally = _load_state(state_path, settings)
-
-    def files_done(method: str) -> int:  # progress counts files (readable or not) per method
-        return min(tally.images_done, limits.get(method, len(files)))
-
     total = sum(min(len(files), limits.get(m, len(files))) for m in methods)
+    done = sum(min(tally.images_done, limits.get(m, len(files))) for m in methods)
     preprocess = backbone.preprocess
     for start in range(tally.images_done, len(files), batch_size):
         if stop is not None and stop.is_set():
@@ -276,22 +273,20 @@ def evaluate(
             with torch.no_grad():
                 logits = backbone(inputs).float()
             classes = logits.argmax(dim=1)
-            for index, method in enumerate(methods):
+            for method in methods:
                 keep = _before(positions, limits.get(method))  # a limit counts files, whatever the batch size
                 if keep == 0:
                     continue
                 if progress is not None:
-                    done = sum(files_done(m) + (min(len(paths), limits.get(m, len(files)) - start) if i < index else 0)
-                               for i, m in enumerate(methods))
                     progress(done, total, f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}")
                 counts = {g: _before(positions[:keep], group_limits.get(g)) for g in metrics}
                 _evaluate_method(
                     tally, method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
                     counts, steps, baseline, road_percentages, metric_batch_size, seed,
                 )
+                done += min(len(paths), limits.get(method, len(files)) - start)
         tally.images_done = start + len(paths)
         _save_state(state_path, settings, tally)
-    done = sum(files_done(m) for m in methods)
     if progress is not None:
         progress(done, total, "done")
     return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped))
