@@ -25,6 +25,7 @@ from tame_core.studio import (
     read_upload,
     render,
 )
+from tame_core.studio.storage import SessionFolder
 
 log = logging.getLogger("tame_core.studio.app")
 T = TypeVar("T")
@@ -36,6 +37,13 @@ def workspace() -> Workspace:
     if "workspace" not in st.session_state:
         st.session_state["workspace"] = Workspace()
     return st.session_state["workspace"]
+
+
+def session_folder() -> SessionFolder:
+    """This browser session's own folder for trained heads, unpacked zips and evaluation states."""
+    if "session_folder" not in st.session_state:
+        st.session_state["session_folder"] = SessionFolder()
+    return st.session_state["session_folder"]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)

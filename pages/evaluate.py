@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from pages._shared import guarded, job_status, live, model_or_stop, workspace
+from pages._shared import guarded, job_status, live, model_or_stop, session_folder, workspace
 from tame_core.evaluation import TABLE_COLUMNS
 from tame_core.metrics.curves import BASELINES
 from tame_core.studio.evaluation import EvaluationRequest, can_resume, column_title, evaluation_work
+from tame_core.studio.storage import server_path
 from tame_core.baselines import list_methods
 from tame_core.training import SPLITS
 
@@ -36,7 +35,7 @@ def request_form() -> EvaluationRequest | None:
     if not folder.strip() or not methods:
         st.info("Name a folder of images on the server and at least one method.")
         return None
-    path = Path(folder.strip()).expanduser()
+    path = server_path(folder, "Folder")
     if not path.is_dir():
         st.error(f"{path}: not a folder on this server")
         return None
@@ -73,17 +72,18 @@ def body() -> None:
     job = ws.job("evaluate")
     running = job is not None and job.running
     if request is not None:
-        state = request.state_path(model.choice)
+        states = session_folder().evaluations  # this session's: a fresh run never deletes another session's
+        state = request.state_path(model.choice, states)
         start, again = st.columns(2)
         fresh = start.button("Evaluate", type="primary", disabled=running, key="eval_start")
-        resume = can_resume(request, model.choice) and again.button(
+        resume = can_resume(request, model.choice, states) and again.button(
             "Resume the stopped run", disabled=running, key="eval_resume"
         )
         if fresh or resume:
             if fresh:
                 state.unlink(missing_ok=True)  # start over rather than continue a stopped run
             ws.start_job(
-                "evaluate", "Evaluating", lambda context: evaluation_work(model.choice, request, context), request
+                "evaluate", "Evaluating", lambda context: evaluation_work(model.choice, request, context, states), request
             )
             st.rerun()
     if job is None:

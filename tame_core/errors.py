@@ -53,3 +53,7 @@ class OptionError(TameError, ValueError):
 
 class OutputError(TameError, OSError):
     """An output file or folder that cannot be written (an existing file in the way, no permission)."""
+
+
+class AccessError(TameError, PermissionError):
+    """A server path outside the folders a deployment lets app users read (``TAME_ALLOWED_ROOTS``)."""

@@ -24,6 +24,7 @@ import torch
 from .baselines import explain_with, get_method, list_methods
 from .errors import EvaluationError, ImageLoadError
 from .explainer import Explainer
+from .fingerprint import files_digest, tensors_digest
 from .images import find_images, image_to_tensor, load_image
 from .metrics import METRICS, average_drop_increase, deletion_insertion, road, spec_for
 from .metrics.base import DEFAULT_ROAD_PERCENTAGES
@@ -248,7 +249,9 @@ def evaluate(
     settings = {
         "backbone": backbone.name,
         "head": _head_name(explainer),
+        "head_tensors_sha256": tensors_digest(explainer.head.state_dict()),
         "data": str(data_dir),
+        "data_files_sha256": files_digest(files),
         "split": split,
         "list_file": str(list_file) if list_file else None,
         "images": len(files),
@@ -275,10 +278,11 @@ def evaluate(
         if stop is not None and stop.is_set():
             break
         paths = files[start : start + batch_size]
-        pictures = []
-        for path in paths:
+        pictures, positions = [], []  # the readable pictures and their indices in ``files``
+        for position, path in enumerate(paths, start):
             try:
                 pictures.append(image_to_tensor(load_image(path)))
+                positions.append(position)
             except ImageLoadError as error:
                 tally.skipped.append(str(error))
         if pictures:
@@ -287,12 +291,12 @@ def evaluate(
                 logits = backbone(inputs).float()
             classes = logits.argmax(dim=1)
             for method in methods:
-                keep = max(0, min(len(pictures), limits.get(method, len(files)) - start))
+                keep = _before(positions, limits.get(method))  # a limit counts files, whatever the batch size
                 if keep == 0:
                     continue
                 if progress is not None:
                     progress(done, total, f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}")
-                counts = {g: max(0, min(keep, group_limits.get(g, len(files)) - start)) for g in metrics}
+                counts = {g: _before(positions[:keep], group_limits.get(g)) for g in metrics}
                 _evaluate_method(
                     tally, method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
                     counts, steps, baseline, road_percentages, metric_batch_size, seed,
@@ -339,16 +343,35 @@ def _evaluate_method(
         tally.add(method, group, values, count)
 
 
+def _before(positions: Sequence[int], limit: int | None) -> int:
+    """How many of the (sorted) file positions fall within the first ``limit`` files."""
+    return len(positions) if limit is None else sum(position < limit for position in positions)
+
+
 def _load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> _Tally:
+    """The saved tally of an interrupted run with exactly these settings (same head tensors, same files)."""
     if path is None or not Path(path).exists():
         return _Tally()
     try:
         saved = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise EvaluationError(f"cannot read evaluation state {path}: {error}") from None
-    if saved.get("settings") != json.loads(json.dumps(settings, default=_plain)):
-        raise EvaluationError(f"evaluation state {path} was saved with other settings; delete it or choose another --out")
-    return _Tally(saved.get("tally"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EvaluationError(f"cannot read evaluation state {path}: {' '.join(str(error).split())}") from None
+    here = json.loads(json.dumps(settings, default=_plain))
+    before = saved.get("settings") if isinstance(saved, dict) else None
+    if not isinstance(before, dict) or not isinstance(saved.get("tally"), dict):
+        raise EvaluationError(f"evaluation state {path} is not one tame_core wrote; delete it or choose another --out")
+    different = [name for name in sorted(set(here) | set(before)) if before.get(name) != here.get(name)]
+    if different:
+        details = ", ".join(_NAMES.get(name, name) for name in different[:4])
+        raise EvaluationError(
+            f"evaluation state {path} was saved with other settings ({details} differ); "
+            "delete it or choose another --out to start afresh"
+        )
+    return _Tally(saved["tally"])
+
+
+#: How a state's settings mismatch is named for the user.
+_NAMES = {"head_tensors_sha256": "head weights", "data_files_sha256": "image files", "data": "data folder"}
 
 
 def _save_state(path: str | os.PathLike | None, settings: dict[str, Any], tally: _Tally) -> None:

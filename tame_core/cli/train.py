@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
     run_group.add_argument("--checkpoint-every", type=positive_int, default=50, help="save the resumable state every N steps")
     run_group.add_argument("--resume", action="store_true", help="continue from the saved state")
+    run_group.add_argument("--overwrite", action="store_true",
+                           help="start afresh where an earlier run left its state, log or head (without it, such a run is refused)")
     run_group.add_argument("--state", type=Path, help="training state file (default: <out>.state.pt)")
     run_group.add_argument("--log", type=Path, help="JSON-lines log (default: <out>.log.jsonl)")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,7 +88,7 @@ def config_from(args: argparse.Namespace):
         variant=args.variant, fuser=args.fuser, exclude_targets=args.exclude_targets, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
         init=args.init, freeze_fuser=args.freeze_fuser, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, device=args.device, amp=args.amp,
-        workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, state=args.state,
+        workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite, state=args.state,
         log=args.log, progress=not args.no_progress,
     )
 

@@ -21,7 +21,8 @@ class TrainConfig:
     """A head training run. The defaults are the papers' recipe (TAME, T-TAME).
 
     ``out`` is the head checkpoint (``.safetensors`` + ``.json`` card); the resumable state and the
-    JSON-lines log go beside it unless ``state`` / ``log`` say otherwise.
+    JSON-lines log go beside it unless ``state`` / ``log`` say otherwise. A run whose outputs already
+    exist is refused unless it continues them (``resume``) or replaces them (``overwrite``).
     """
 
     data: list[Path]  # folders and/or .txt lists of image files (one path or several)
@@ -52,6 +53,7 @@ class TrainConfig:
     workers: int | None = None  # data-loading processes; None: 0 on the CPU, 4 on a GPU
     checkpoint_every: int = 50  # save the resumable state every N steps (and at the end)
     resume: bool = False
+    overwrite: bool = False  # start afresh where an earlier run left its state, log or head (else refused)
     state: Path | None = None
     log: Path | None = None
     progress: bool = True  # tqdm bar on stderr (rank 0)
@@ -97,6 +99,8 @@ class TrainConfig:
             raise TrainingError(f"exclude_targets {self.exclude_targets!r} is not one of heldout, None")
         if self.limit is not None and self.limit < 1:
             raise TrainingError(f"limit must be at least 1, got {self.limit}")
+        if self.resume and self.overwrite:
+            raise TrainingError("resume and overwrite exclude each other: continue the saved run or start over, not both")
         if not self.lr > 0:
             raise TrainingError(f"lr must be positive, got {self.lr}")
 

@@ -14,14 +14,16 @@ import threading
 import time
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
-from ..checkpoint import metadata_for, save_head
-from ..errors import TrainingError
+from ..checkpoint import metadata_for, paths_for, save_head
 from ..classes import imagenet_wnids
+from ..errors import TrainingError
+from ..fingerprint import file_digest, files_digest
 from ..head import TAMEHead, TiedTAMEHead
 from ..taps import LayerTaps, check_layers
 from .config import TrainConfig
@@ -37,8 +39,8 @@ from .data import (
 from .distributed import Distributed
 from .init import init_from_cam, new_head
 from .progress import Callback, RunReporter
-from .state import load_state, rng_state, save_state, set_rng_state
 from .losses import LossTerms
+from .state import check_state, load_state, rng_state, save_state, set_rng_state
 from .step import batch_loss
 
 
@@ -80,6 +82,7 @@ def train_head(config: TrainConfig, callback: Callback | None = None, stop: thre
 class _Run:
     def __init__(self, config: TrainConfig, dist: Distributed, callback: Callback | None, stop: threading.Event | None) -> None:
         self.config, self.dist, self.stop = config, dist, stop
+        self._on_every_rank(self._claim_outputs)  # before any slow work: a refused run fails at once
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.backbone: Backbone = load_backbone(config.backbone, config.weights, dist.device)
@@ -92,6 +95,8 @@ class _Run:
         if not self.files:
             sources = ", ".join(map(str, config.data))
             raise TrainingError(f"--data {sources}: no readable images (split {config.split!r})")
+        mine = [(index, file_digest(path)) for index, path in enumerate(self.files) if index % dist.world == dist.rank]
+        self.data_digest = files_digest(self.files, [content for _, content in sorted(dist.gather(mine))])
         self.dataset = ImageFiles(self.files, build_transform(self.backbone.preprocess, config.augment))
         self.sampler = EpochSampler(self.dataset, config.seed, dist.rank, dist.world)
         self.steps_per_epoch = math.ceil(len(self.sampler.base) / config.batch_size)
@@ -142,21 +147,57 @@ class _Run:
         return torch.stack([self.dataset[item] for item in items]).to(self.dist.device)
 
     def _key(self) -> dict:
-        return {**self.config.schedule_key(), "layers": self.layers, "images": len(self.files), "world": self.dist.world}
+        """What a resumed run must share with the saved one: the schedule, the layers, the exact image files."""
+        data = {"images": len(self.files), "files_sha256": self.data_digest}
+        return {**self.config.schedule_key(), "layers": self.layers, "data": data, "world": self.dist.world}
+
+    def _on_every_rank(self, check) -> Any:
+        """Run ``check`` on rank 0 only (it reads or removes files) and raise its TrainingError on every rank."""
+        outcome: Any = None
+        if self.dist.is_main:
+            try:
+                outcome = check()
+            except TrainingError as error:
+                outcome = error
+        outcome = self.dist.broadcast(outcome)
+        if isinstance(outcome, TrainingError):
+            raise outcome
+        return outcome
+
+    def _claim_outputs(self) -> None:
+        """A new run never silently replaces an earlier run's state, log or head: it needs --overwrite."""
+        config = self.config
+        if config.resume:
+            return
+        head, card = paths_for(config.out)
+        found = [path for path in (config.state_path, config.log_path, head, card) if path.exists()]
+        if found and not config.overwrite:
+            names = ", ".join(path.name for path in found)
+            raise TrainingError(
+                f"--out {config.out}: an earlier run's files are there ({names}); add --resume to continue it, "
+                "--overwrite to start over, or choose another --out"
+            )
+        config.state_path.unlink(missing_ok=True)  # a crash before the first checkpoint must not resume the old run
 
     def _restore(self) -> None:
-        state = self.dist.broadcast(load_state(self.config.state_path) if self.dist.is_main else None)
+        path = self.config.state_path
+        state = self._on_every_rank(lambda: load_state(path))
         saved, here = state["key"], self._key()
         different = [name for name in here if saved.get(name) != here[name]]
         if different:
-            details = "; ".join(f"{name}: saved {saved.get(name)!r}, now {here[name]!r}" for name in different[:3])
-            raise TrainingError(f"--resume: {self.config.state_path} is from a different run ({details})")
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.targets_rng.set_state(state["targets_rng"])
+            details = "; ".join(_difference(name, saved.get(name), here[name]) for name in different[:3])
+            raise TrainingError(f"--resume: {path} is from a different run ({details})")
+        check_state(state, self.head, self.optimizer, path)
+        try:
+            self.head.load_state_dict(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.targets_rng.set_state(state["targets_rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
+            reason = " ".join(str(error).split())[:160]
+            raise TrainingError(f"--resume: {path} cannot be restored ({type(error).__name__}: {reason})") from None
         self.step, self.seconds, self.images = int(state["step"]), float(state["seconds"]), int(state["images"])
         self.resumed_from = self.step
         self.saved_step = self.step
@@ -184,7 +225,7 @@ class _Run:
         config = self.config
         finished = self.step >= self.total_steps
         training = {
-            "recipe": {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "state", "log", "resume", "progress", "workers", "device")},
+            "recipe": {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device")},
             "steps": self.step,
             "total_steps": self.total_steps,
             "finished": finished,
@@ -197,6 +238,7 @@ class _Run:
         data = {
             "folders": [source.name for source in config.data],
             "images": len(self.files),
+            "files_sha256": self.data_digest,
             "skipped_unreadable": self.skipped,
             "split": config.split,
             "split_rule": f"ImageNet class index i (sorted WordNet ids) held out when i % {HELDOUT_EVERY} == {HELDOUT_REMAINDER}"
@@ -277,3 +319,12 @@ class _Run:
         if stopping or self.step % config.checkpoint_every == 0:
             self._save_state()
         return stopping
+
+
+def _difference(name: str, saved: Any, now: Any) -> str:
+    if name == "data" and isinstance(saved, dict) and isinstance(now, dict):
+        return (
+            f"data: other image files (saved: {saved.get('images')} files, digest {str(saved.get('files_sha256'))[:12]}; "
+            f"now: {now['images']} files, digest {now['files_sha256'][:12]})"
+        )
+    return f"{name}: saved {saved!r}, now {now!r}"
