@@ -23,11 +23,11 @@ from ..backbones import Backbone, load_backbone
 from ..checkpoint import read_metadata
 from ..errors import TameError
 from ..explainer import BUNDLED_HEADS, CHECKPOINT_DIR, Explainer
-from ..head import TAMEHead
-from ..images import IMAGE_SUFFIXES, find_images, load_image
+from ..images import IMAGE_SUFFIXES, collect_images, load_image
 from ..maps import overlay
 from ..taps import check_layers, list_layers
 from ..training import TrainConfig, TrainingError, train_head
+from ..training.init import new_head
 from ..training.state import load_state
 from .jobs import JobContext
 
@@ -154,7 +154,7 @@ class TrainingPreview:
     @classmethod
     def from_folder(cls, config: TrainConfig, count: int = PREVIEW_IMAGES) -> "TrainingPreview":
         pictures = []
-        for path in find_images(config.data):
+        for path in collect_images(config.data):
             try:
                 pictures.append(np.asarray(load_image(path)))
             except TameError:
@@ -171,7 +171,7 @@ class TrainingPreview:
             self._backbone = load_backbone(self.config.backbone, self.config.weights)
         layers = list(self.config.layers or self._backbone.default_layers)
         channels = [info.channels for info in check_layers(self._backbone, layers)]
-        head = TAMEHead(channels, self._backbone.num_classes, self.config.variant)
+        head = new_head(channels, self._backbone, self.config.variant, self.config.fuser)
         head.load_state_dict(load_state(self.config.state_path)["head"])
         explanation = Explainer(self._backbone, head, layers).explain(self.pictures, geometry="crop")
         crops = (explanation.inputs.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
