@@ -10,12 +10,13 @@ from __future__ import annotations
 import streamlit as st
 from streamlit import runtime
 
-from pages._shared import guarded, keep_jobs_alive, resolve_model, workspace
+from pages._shared import guarded, keep_jobs_alive, resolve_model, session_folder, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
-from tame_core.explainer import bundled_head_path
+from tame_core.explainer import CHECKPOINT_DIR, bundled_head_path
 from tame_core.studio import HEAD_ENV, MAX_UPLOAD_MB, ModelChoice, default_choice, store_uploaded_head
 from tame_core.studio.jobs import share_cpu_between_threads
 from tame_core.studio.models import MAX_HEAD_UPLOAD_MB, available_devices
+from tame_core.studio.storage import server_path
 
 st.set_page_config(page_title="TAME Explorer", page_icon=":material/local_fire_department:", layout="wide")
 
@@ -68,7 +69,8 @@ def model_sidebar() -> ModelChoice | None:
         else:
             st.caption(f"`checkpoints/{bundled_head_path(DEFAULT_BACKBONE).name}` on the embedded {DEFAULT_BACKBONE}.")
     elif source == "file":
-        head = st.text_input("Path to a head (.safetensors)", key="head_path").strip() or None
+        typed = st.text_input("Path to a head (.safetensors)", key="head_path").strip()
+        head = str(server_path(typed, "Head", also=[CHECKPOINT_DIR, session_folder().heads])) if typed else None
     elif source == "upload":
         upload = st.file_uploader(
             "Head checkpoint", type=["safetensors"], key="head_upload", max_upload_size=MAX_HEAD_UPLOAD_MB

@@ -1,15 +1,18 @@
-"""Cost of one TAME explanation against one plain backbone forward, and memory with/without class selection.
+"""Cost of one TAME explanation against one plain backbone forward; memory held and peak memory.
 
     python benchmarks/bench_explain.py [--head PATH] [--device cpu] [--repeats 30]
 
-Part 1 times, side by side in one run on the same inputs, (a) a plain backbone forward and (b) a full
-explanation (forward with taps + head + top-1 map at input size), and prints medians and their ratio;
-also a class switch (head only, cached features).
+Part 1 times, side by side in one run on the same inputs (in turns, medians), (a) a plain backbone
+forward and (b) a full explanation (forward with taps + head + top-1 map at input size), and prints
+their ratio; also a class switch and a branch toggle (head only, on the cached branch outputs).
 
-Part 2 runs a batch of 32 in fresh processes and prints each step's peak memory above what was in use
+Part 2 prints the memory an explanation keeps per image to answer another class or branch mask: the
+branch outputs at their native sizes (what the head fuses from), against what the papers' order
+(every branch upsampled to the fused resolution, then concatenated) would keep.
+
+Part 3 runs a batch of 32 in fresh processes and prints each step's peak memory above what was in use
 before it (CPU: the resident set's high-water mark, reset through /proc; CUDA: max allocated): a plain
-forward, an explanation with class selection (only the requested fuser rows are computed) and one
-without (all 1000 class maps computed, then the requested one taken).
+forward, an explanation of the top-1 class, and one of all 1000 classes, against the size of the maps.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import subprocess
 import sys
 
 import torch
-from timing import median_seconds
+from timing import in_turns
 
 
 def _explainer(head: str | None, device: str):
@@ -32,58 +35,62 @@ def _explainer(head: str | None, device: str):
 def speed(args: argparse.Namespace) -> None:
     explainer = _explainer(args.head, args.device)
     torch.manual_seed(0)
+    branches = explainer.head.num_branches
     for batch in (1, 32):
         inputs = torch.rand(batch, 3, 224, 224, device=args.device)
-        with torch.no_grad():
-            forward = median_seconds(lambda: explainer.backbone(inputs), args.repeats, args.device, warmup=3)
-        explain = median_seconds(lambda: explainer.explain_inputs(inputs), args.repeats, args.device, warmup=3)
         cached = explainer.explain_inputs(inputs)
-        switch = median_seconds(lambda: cached.with_classes(cached.logits.topk(2, 1).indices[:, 1]), args.repeats, args.device, warmup=3)
-        toggle = median_seconds(lambda: cached.with_branches([True, False, True][: explainer.head.num_branches]), args.repeats, args.device, warmup=3)
+        second = cached.logits.topk(2, 1).indices[:, 1]
+        mask = [index != 1 for index in range(branches)]
+
+        def forward() -> None:
+            with torch.no_grad():
+                explainer.backbone(inputs)
+
+        times = in_turns({
+            "forward": forward,
+            "explain": lambda: explainer.explain_inputs(inputs),
+            "switch": lambda: cached.with_classes(second),
+            "toggle": lambda: cached.with_branches(mask),
+        }, args.repeats, args.device)
         print(
-            f"batch {batch:>2} on {args.device}: backbone forward {forward * 1e3:8.2f} ms | explanation "
-            f"{explain * 1e3:8.2f} ms (x{explain / forward:.2f} of the forward) | class switch {switch * 1e3:6.2f} ms "
-            f"| branch toggle {toggle * 1e3:6.2f} ms  (medians of {args.repeats})"
+            f"batch {batch:>2} on {args.device}: backbone forward {times['forward'] * 1e3:8.2f} ms | explanation "
+            f"{times['explain'] * 1e3:8.2f} ms (x{times['explain'] / times['forward']:.3f} of the forward) | class switch "
+            f"{times['switch'] * 1e3:6.2f} ms | branch toggle {times['toggle'] * 1e3:6.2f} ms  (medians of {args.repeats}, in turns)"
         )
+
+
+def held(args: argparse.Namespace) -> None:
+    explainer = _explainer(args.head, args.device)
+    inputs = torch.rand(1, 3, 224, 224, device=args.device)
+    explanation = explainer.explain_inputs(inputs)
+    native = sum(o.numel() * o.element_size() for o in explanation.branch_features)
+    height, width = explainer.head.resolution(explanation.branch_features[0].shape[-2:])
+    upsampled = sum(explainer.head.channels) * height * width * 4
+    shapes = ", ".join(f"{o.shape[1]}x{o.shape[2]}x{o.shape[3]}" for o in explanation.branch_features)
+    print(f"memory held per cached explanation (one image, {explainer.layers}):")
+    print(f"  branch outputs at native size ({shapes}): {native / 2**20:6.3f} MiB")
+    print(f"  the papers' order, all {sum(explainer.head.channels)} channels at {height}x{width}:       {upsampled / 2**20:6.3f} MiB  (x{upsampled / native:.1f})")
+    print(f"  beside them: the model input {explanation.inputs.numel() * 4 / 2**20:.3f} MiB, the top-1 map {explanation.maps.numel() * 4 / 2**20:.3f} MiB")
 
 
 def memory_child(mode: str, head: str | None, device: str) -> None:
     """One measurement in a fresh process: prints JSON with the step's peak memory in MiB."""
     explainer = _explainer(head, device)
     inputs = torch.rand(32, 3, 224, 224, device=device)
-    with torch.no_grad():
-        step = _steps(explainer, inputs, device)[mode]
-        step()  # warm up kernels and the allocator
-        start = _reset_peak(device)
-        step()
-        peak = _peak(device)
-    print(json.dumps({"mode": mode, "start": start, "peak": peak}))
-
-
-def _steps(explainer, inputs: torch.Tensor, device: str) -> dict:
-    from tame_core.maps import minmax_normalize, resize_maps
-
-    def all_classes() -> None:  # what a head without class selection must do: every map, then pick top-1
-        logits, features = explainer.features(inputs)
-        every = explainer.head.fuse(features)  # (32, 1000, h, w)
-        chosen = every[torch.arange(inputs.shape[0], device=device), logits.argmax(1)][:, None]
-        minmax_normalize(resize_maps(chosen, inputs.shape[-2:]))
-
-    logits, features = explainer.features(inputs)
-    top1 = logits.argmax(1)[:, None]
-
-    def head_all_classes() -> None:
-        every = explainer.head.fuse(features)
-        chosen = every.gather(1, top1[:, :, None, None].expand(-1, -1, *every.shape[-2:]))
-        minmax_normalize(resize_maps(chosen, inputs.shape[-2:]))
-
-    return {
+    every = torch.arange(explainer.backbone.num_classes, device=device).expand(inputs.shape[0], -1)
+    steps = {
         "forward": lambda: explainer.backbone(inputs),
-        "selected": lambda: explainer.explain_inputs(inputs),
-        "all_classes": all_classes,
-        "head_selected": lambda: explainer.maps_from_features(features, top1, None, inputs.shape[-2:]),
-        "head_all_classes": head_all_classes,
+        "top1": lambda: explainer.explain_inputs(inputs),
+        "all_classes": lambda: explainer.explain_inputs(inputs, classes=every),
     }
+    with torch.no_grad():
+        result = steps[mode]()  # warm up kernels and the allocator
+        maps = getattr(result, "maps", None)
+        del result
+        start = _reset_peak(device)
+        steps[mode]()
+        peak = _peak(device)
+    print(json.dumps({"mode": mode, "start": start, "peak": peak, "maps": 0 if maps is None else maps.numel() * 4 / 2**20}))
 
 
 def _reset_peak(device: str) -> float:
@@ -114,27 +121,20 @@ def _status_mib(field: str) -> float:
 
 def memory(args: argparse.Namespace) -> None:
     results = {}
-    for mode in ("forward", "selected", "all_classes", "head_selected", "head_all_classes"):
+    for mode in ("forward", "top1", "all_classes"):
         command = [sys.executable, __file__, "--memory-child", mode, "--device", args.device]
         if args.head:
             command += ["--head", args.head]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        result = json.loads(out)
-        results[mode] = result["peak"] - result["start"]
+        results[mode] = json.loads(out)
     kind = "CUDA allocated" if args.device.startswith("cuda") else "resident set, peak reset before the step"
     print(f"batch 32 on {args.device}: peak memory of the step above what was in use before it ({kind})")
-    for mode, label in (
-        ("forward", "plain backbone forward"),
-        ("selected", "explain, with class selection"),
-        ("all_classes", "explain, without class selection"),
-        ("head_selected", "head stage only, with selection"),
-        ("head_all_classes", "head stage only, without selection"),
-    ):
-        print(f"  {label:<34} {results[mode]:8.1f} MiB")
-    for prefix, name in (("", "whole explanation"), ("head_", "head stage")):
-        with_selection, without = results[f"{prefix}selected"], results[f"{prefix}all_classes"]
-        if with_selection > 0:
-            print(f"  {name}: without / with class selection x{without / with_selection:.1f}")
+    rise = {mode: r["peak"] - r["start"] for mode, r in results.items()}
+    print(f"  plain backbone forward              {rise['forward']:9.1f} MiB")
+    print(f"  explain, top-1 class                {rise['top1']:9.1f} MiB  (its maps: {results['top1']['maps']:.1f} MiB)")
+    print(f"  explain, all 1000 classes           {rise['all_classes']:9.1f} MiB  (its maps: {results['all_classes']['maps']:.1f} MiB)")
+    extra = rise["all_classes"] - results["all_classes"]["maps"] - (rise["top1"] - results["top1"]["maps"])
+    print(f"  all classes minus their maps, against top-1 minus its map: {extra:+.1f} MiB")
 
 
 def main() -> None:
@@ -148,6 +148,7 @@ def main() -> None:
         memory_child(args.memory_child, args.head, args.device)
         return
     speed(args)
+    held(args)
     memory(args)
 
 

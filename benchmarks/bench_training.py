@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from timing import samples
 
-from tame_core import TAMEHead, load_backbone
+from tame_core import load_backbone
+from tame_core.head import FUSERS
 from tame_core.images import find_images, image_to_tensor, load_image
 from tame_core.taps import LayerTaps, check_layers
-from tame_core.training.init import init_from_cam
+from tame_core.training.init import init_from_cam, new_head
 from tame_core.training.step import batch_loss
 from tame_core.training.trainer import parameter_groups
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--layers", nargs="+", help="default: the backbone's")
     parser.add_argument("--init", choices=("random", "cam"), default="random")
+    parser.add_argument("--fuser", choices=FUSERS, default="class")
     parser.add_argument("--data", type=Path, help="folder of real images (default: random pixels)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up)")
@@ -50,7 +52,7 @@ def main() -> None:
     backbone = load_backbone(args.backbone)
     layers = list(args.layers or backbone.default_layers)
     inputs = batch_of(backbone, args.data, args.batch_size)
-    head = TAMEHead([i.channels for i in check_layers(backbone, layers)], backbone.num_classes).train()
+    head = new_head([i.channels for i in check_layers(backbone, layers)], backbone, fuser=args.fuser).train()
     if args.init == "cam":
         init_from_cam(head, backbone, layers, inputs)
     optimizer = torch.optim.SGD(parameter_groups(head, 5e-4), lr=1e-3, momentum=0.9, nesterov=True)
@@ -74,7 +76,7 @@ def main() -> None:
         step_times += samples(training_step, 1)
         reference_times += samples(two_forwards_one_backward, 1)
     step, reference = statistics.median(step_times), statistics.median(reference_times)
-    print(f"backbone {backbone.name}, layers {layers}, init {args.init}, batch {args.batch_size} at "
+    print(f"backbone {backbone.name}, layers {layers}, init {args.init}, fuser {args.fuser}, batch {args.batch_size} at "
           f"{tuple(inputs.shape[-2:])}, {torch.get_num_threads()} threads, {args.repeats} rounds (median)")
     print(f"training step:                  {step * 1000:8.0f} ms  ({args.batch_size / step:6.1f} images/s)")
     print(f"2 forwards + 1 backward:        {reference * 1000:8.0f} ms  ({args.batch_size / reference:6.1f} images/s)")

@@ -25,10 +25,10 @@ from tame_core.studio import (
     read_upload,
     render,
 )
-
 from tame_core.studio.costs import Estimate
 from tame_core.studio.jobs import STOPPED_BY_USER
 from tame_core.studio.methods import AUTO_START_SECONDS
+from tame_core.studio.storage import SessionFolder
 
 log = logging.getLogger("tame_core.studio.app")
 T = TypeVar("T")
@@ -72,6 +72,13 @@ def keep_jobs_alive() -> None:
     ws.heartbeat()
     if ws.running_jobs:
         st.fragment(ws.heartbeat, run_every=HEARTBEAT_S)()
+
+
+def session_folder() -> SessionFolder:
+    """This browser session's own folder for trained heads, unpacked zips and evaluation states."""
+    if "session_folder" not in st.session_state:
+        st.session_state["session_folder"] = SessionFolder()
+    return st.session_state["session_folder"]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from pages._shared import guarded, job_status, live, model_or_stop, workspace
+from pages._shared import guarded, job_status, live, model_or_stop, session_folder, workspace
 from tame_core.baselines import list_methods
 from tame_core.errors import TameError
 from tame_core.evaluation import TABLE_COLUMNS, select_files
 from tame_core.metrics.curves import BASELINES
 from tame_core.studio.costs import evaluation_estimate, with_relative_times
 from tame_core.studio.evaluation import EvaluationRequest, can_resume, column_title, evaluation_work
+from tame_core.studio.storage import server_path
 from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
@@ -38,7 +37,7 @@ def request_form() -> EvaluationRequest | None:
     if not folder.strip() or not methods:
         st.info("Name a folder of images on the server and at least one method.")
         return None
-    path = Path(folder.strip()).expanduser()
+    path = server_path(folder, "Folder")
     if not path.is_dir():
         st.error(f"{path}: not a folder on this server")
         return None
@@ -91,12 +90,13 @@ def body() -> None:
         except TameError as error:
             st.error(str(error))
     if request is not None and count is not None:
-        state = request.state_path(model.choice)
+        states = session_folder().evaluations  # this session's: a fresh run never deletes another session's
+        state = request.state_path(model.choice, states)
         estimate = evaluation_estimate(model, request.methods, count, request.steps, dict(request.method_limits))
         start, again = st.columns(2)
         label = f"Evaluate {count} images: {estimate.text()}"
         fresh = start.button(label, type="primary", disabled=running, key="eval_start")
-        resume = can_resume(request, model.choice) and again.button(
+        resume = can_resume(request, model.choice, states) and again.button(
             "Resume the stopped run", disabled=running, key="eval_resume"
         )
         if fresh or resume:
@@ -105,7 +105,7 @@ def body() -> None:
             ws.start_job(
                 "evaluate",
                 f"Evaluating (estimated {estimate.duration})",
-                lambda context: evaluation_work(model.choice, request, context),
+                lambda context: evaluation_work(model.choice, request, context, states),
                 request,
             )
             st.rerun()

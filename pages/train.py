@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import streamlit as st
 
-from pages._shared import guarded, job_status, live, workspace
+from pages._shared import guarded, job_status, live, session_folder, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.head import VARIANTS
 from tame_core.hub import push_head
 from tame_core.studio import JobState, plots
+from tame_core.studio.storage import server_path
 from tame_core.studio.training import (
     TrainingPreview,
     can_resume,
-    extract_zip,
     layer_choices,
     loss_history,
     output_path,
     run_outcome,
     train_work,
+    unpack_upload,
 )
 from tame_core.training import SPLITS, TrainConfig
 
@@ -39,7 +39,7 @@ def training_data() -> Path | None:
         text = st.text_input("Folder (searched recursively)", key="train_folder", placeholder="/data/my-images")
         if not text.strip():
             return None
-        folder = Path(text.strip()).expanduser()
+        folder = server_path(text, "Folder")
         if not folder.is_dir():
             st.error(f"{folder}: not a folder on this server")
             return None
@@ -47,11 +47,9 @@ def training_data() -> Path | None:
     upload = st.file_uploader("Zip of images", type=["zip"], key="train_zip")
     if upload is None:
         return None
-    unpacked = st.session_state.setdefault("train_unpacked", {})
-    if upload.file_id not in unpacked:
-        with st.spinner(f"Unpacking {upload.name}…"):
-            unpacked[upload.file_id] = extract_zip(upload.getvalue(), tempfile.mkdtemp(prefix="tame-train-"), upload.name)
-    return unpacked[upload.file_id]
+    job = workspace().job("train")
+    with st.spinner(f"Unpacking {upload.name}…"):
+        return unpack_upload(upload, upload.name, upload.file_id, session_folder().uploads, keep_others=job is not None and job.running)
 
 
 def settings(data: Path | None) -> TrainConfig | None:
@@ -59,7 +57,7 @@ def settings(data: Path | None) -> TrainConfig | None:
     left, middle, right = st.columns(3)
     backbone = left.selectbox("Backbone", backbones, index=backbones.index(DEFAULT_BACKBONE), key="train_backbone")
     variant = middle.selectbox("Head variant", list(VARIANTS), key="train_variant")
-    name = right.text_input("Save as checkpoints/…", value="my_head", key="train_name")
+    name = right.text_input("Save as (head name)", value="my_head", key="train_name", help="Kept in this session's own folder.")
     layers, default_layers = usable_layers(backbone)
     chosen = st.multiselect(
         "Layers to tap (one branch each)",
@@ -81,7 +79,7 @@ def settings(data: Path | None) -> TrainConfig | None:
     model = st.session_state.get("model")  # train where the sidebar's model runs
     return TrainConfig(
         data=data,
-        out=output_path(name),
+        out=output_path(name, session_folder().heads),
         backbone=backbone,
         layers=chosen,
         variant=variant,
@@ -93,7 +91,7 @@ def settings(data: Path | None) -> TrainConfig | None:
 
 
 def start(config: TrainConfig, resume: bool) -> None:
-    config.resume = resume
+    config.resume, config.overwrite = resume, not resume  # the page warns before a new run replaces this session's head
     preview = TrainingPreview.from_folder(config)
     verb = "Resuming" if resume else "Training"
     work = lambda context: train_work(config, context, preview)  # noqa: E731

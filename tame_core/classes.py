@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 from functools import lru_cache
 from typing import Sequence
 
@@ -44,9 +45,9 @@ def class_names_for(num_classes: int, subset: str | None = None) -> tuple[str, .
 def resolve_class(query: int | str, class_names: Sequence[str]) -> int:
     """Index of ``query``: an index, an exact name (any case) or an ImageNet WordNet id."""
     count = len(class_names)
-    if isinstance(query, bool):
-        raise ClassError(f"class must be a name or an index, got {query!r}")
-    if isinstance(query, int) or (isinstance(query, str) and query.strip().lstrip("-").isdigit()):
+    if isinstance(query, bool) or not isinstance(query, (numbers.Integral, str)):
+        raise ClassError(f"class must be a name or a whole-number index, got {query!r} ({type(query).__name__})")
+    if isinstance(query, numbers.Integral) or (isinstance(query, str) and query.strip().lstrip("-").isdigit()):
         index = int(query)
         if not 0 <= index < count:
             raise ClassError(f"class index {index} is out of range: this classifier has {count} classes (0..{count - 1})")

@@ -45,3 +45,15 @@ class EvaluationError(TameError, ValueError):
 
 class TrainingError(TameError, ValueError):
     """A training option, data folder or saved training state that cannot be used."""
+
+
+class OptionError(TameError, ValueError):
+    """An option outside the values it can take (a batch size, a geometry, a limit)."""
+
+
+class OutputError(TameError, OSError):
+    """An output file or folder that cannot be written (an existing file in the way, no permission)."""
+
+
+class AccessError(TameError, PermissionError):
+    """A server path outside the folders a deployment lets app users read (``TAME_ALLOWED_ROOTS``)."""

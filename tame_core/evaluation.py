@@ -25,6 +25,7 @@ from .baselines import explain_with, get_method, list_methods
 from .baselines.base import warm_up
 from .errors import EvaluationError, ImageLoadError
 from .explainer import Explainer
+from .fingerprint import files_digest, tensors_digest
 from .images import find_images, image_to_tensor, load_image
 from .metrics import METRICS, average_drop_increase, deletion_insertion, road, spec_for
 from .metrics.base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES
@@ -52,6 +53,7 @@ class EvaluationReport:
     settings: dict[str, Any]
     methods: dict[str, dict[str, float]]
     skipped: list[str] = field(default_factory=list)
+    per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # method -> metric -> one value per image
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per method: ``method`` and each metric by name (NaN, where a metric had no value, as None)."""
@@ -150,6 +152,22 @@ class _Tally:
         }
 
 
+def bootstrap_difference(
+    a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """The mean of ``a - b`` over paired per-image values, and a ``level`` interval for it from resampling
+    the images with replacement: how much of a difference between two methods is noise."""
+    if len(a) != len(b) or not len(a):
+        raise EvaluationError(f"paired values needed: got {len(a)} and {len(b)}")
+    differences = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(differences), (resamples, len(differences)), generator=generator)
+    means = differences[picks].mean(dim=1)
+    tail = (1.0 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    return {"mean": round(float(differences.mean()), 4), "low": round(low, 4), "high": round(high, 4)}
+
+
 def select_files(
     data_dir: str | os.PathLike, split: str = "all", list_file: str | os.PathLike | None = None, limit: int | None = None
 ) -> list[Path]:
@@ -234,7 +252,9 @@ def evaluate(
     settings = {
         "backbone": backbone.name,
         "head": _head_name(explainer),
+        "head_tensors_sha256": tensors_digest(explainer.head.state_dict()),
         "data": str(data_dir),
+        "data_files_sha256": files_digest(files),
         "split": split,
         "list_file": str(list_file) if list_file else None,
         "images": len(files),
@@ -272,10 +292,11 @@ def evaluate(
             for start in range(tally.images_done, len(files), batch_size):
                 check(stop)
                 paths = files[start : start + batch_size]
-                pictures, unreadable = [], []
-                for path in paths:
+                pictures, positions, unreadable = [], [], []  # readable pictures and their indices in ``files``
+                for position, path in enumerate(paths, start):
                     try:
                         pictures.append(image_to_tensor(load_image(path)))
+                        positions.append(position)
                     except ImageLoadError as error:
                         unreadable.append(str(error))
                 outcomes = []  # applied once every method has finished the batch: a stop drops the batch whole
@@ -285,12 +306,12 @@ def evaluate(
                         logits = backbone(inputs).float()
                     classes = logits.argmax(dim=1)
                     for method in methods:
-                        keep = max(0, min(len(pictures), limits.get(method, len(files)) - start))
+                        keep = _before(positions, limits.get(method))  # a limit counts files, whatever the batch size
                         if keep == 0:
                             continue
                         span = min(len(paths), limits.get(method, len(files)) - start)
                         message = f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}"
-                        counts = {g: max(0, min(keep, group_limits.get(g, len(files)) - start)) for g in metrics}
+                        counts = {g: _before(positions[:keep], group_limits.get(g)) for g in metrics}
                         expected = keep * per_image[method] + sum(
                             n * metric_forwards([g], steps, road_percentages) for g, n in counts.items()
                         )
@@ -315,7 +336,8 @@ def evaluate(
         pass  # the batch in progress is dropped; the report covers the images done
     if progress is not None and not (stop is not None and stop.is_set()):
         progress(done, total, "done")
-    return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped))
+    per_image = {method: tally.values.get(method, {}) for method in methods}
+    return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped), per_image)
 
 
 def metric_forwards(groups: Sequence[str], steps: int, road_percentages: Sequence[int] = DEFAULT_ROAD_PERCENTAGES) -> int:
@@ -364,16 +386,35 @@ def _evaluate_method(
     return apply
 
 
+def _before(positions: Sequence[int], limit: int | None) -> int:
+    """How many of the (sorted) file positions fall within the first ``limit`` files."""
+    return len(positions) if limit is None else sum(position < limit for position in positions)
+
+
 def _load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> _Tally:
+    """The saved tally of an interrupted run with exactly these settings (same head tensors, same files)."""
     if path is None or not Path(path).exists():
         return _Tally()
     try:
         saved = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise EvaluationError(f"cannot read evaluation state {path}: {error}") from None
-    if saved.get("settings") != json.loads(json.dumps(settings, default=_plain)):
-        raise EvaluationError(f"evaluation state {path} was saved with other settings; delete it or choose another --out")
-    return _Tally(saved.get("tally"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EvaluationError(f"cannot read evaluation state {path}: {' '.join(str(error).split())}") from None
+    here = json.loads(json.dumps(settings, default=_plain))
+    before = saved.get("settings") if isinstance(saved, dict) else None
+    if not isinstance(before, dict) or not isinstance(saved.get("tally"), dict):
+        raise EvaluationError(f"evaluation state {path} is not one tame_core wrote; delete it or choose another --out")
+    different = [name for name in sorted(set(here) | set(before)) if before.get(name) != here.get(name)]
+    if different:
+        details = ", ".join(_NAMES.get(name, name) for name in different[:4])
+        raise EvaluationError(
+            f"evaluation state {path} was saved with other settings ({details} differ); "
+            "delete it or choose another --out to start afresh"
+        )
+    return _Tally(saved["tally"])
+
+
+#: How a state's settings mismatch is named for the user.
+_NAMES = {"head_tensors_sha256": "head weights", "data_files_sha256": "image files", "data": "data folder"}
 
 
 def _save_state(path: str | os.PathLike | None, settings: dict[str, Any], tally: _Tally) -> None:

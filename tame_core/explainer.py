@@ -9,6 +9,7 @@ instant in the app.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 
 from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
-from .checkpoint import HeadMetadata, check_fits, load_head
-from .errors import CheckpointError, ClassError
+from .checkpoint import HeadMetadata, check_fits, load_head, paths_for
+from .errors import CheckpointError, ClassError, ImageLoadError, LayerError, OptionError, TameError
 from .head import TAMEHead
 from .maps import minmax_normalize, resize_maps
-from .preprocessing import Geometry, as_image_tensors
+from .preprocessing import Geometry, as_image_tensors, check_geometry
 from .taps import LayerTaps
 
 #: Where the bundled heads live (committed safetensors + JSON cards).
@@ -30,6 +31,9 @@ CHECKPOINT_DIR = Path(os.environ.get("TAME_CHECKPOINTS", Path(__file__).resolve(
 
 #: The head each backbone explains with when the user names none.
 BUNDLED_HEADS = {"efficientnet_lite0": "efficientnet_lite0"}
+
+#: Values held at once while maps are made class chunk by class chunk (see ``maps_from_features``).
+CHUNK_ELEMENTS = 1 << 21
 
 ClassSpec = Any  # None | int | str | sequence of those (one per image) | (B, K) nested sequence | tensor
 
@@ -59,7 +63,7 @@ class Explanation:
     logits: torch.Tensor  # (B, num_classes)
     classes: torch.Tensor  # (B, K) long
     maps: torch.Tensor  # (B, K, H, W) in [0, 1]
-    branch_features: torch.Tensor  # (B, sum C, h, w): the head's class-independent part
+    branch_features: list[torch.Tensor]  # per branch (B, C_i, h_i, w_i) at its own size: the class-independent part
     explainer: "Explainer" = field(repr=False)
     branch_mask: tuple[bool, ...] | None = None
     geometry: str = "full"
@@ -91,7 +95,7 @@ class Explanation:
 
     def with_branches(self, branch_mask: Sequence[bool] | None) -> "Explanation":
         """The same images with some branches switched off (``False``): the fuser only."""
-        mask = None if branch_mask is None else tuple(bool(b) for b in branch_mask)
+        mask = self.explainer._checked_mask(branch_mask)
         maps = self.explainer.maps_from_features(self.branch_features, self.classes, mask, self.inputs.shape[-2:])
         return replace(self, maps=maps, branch_mask=mask)
 
@@ -100,7 +104,7 @@ class Explanation:
         head = self.explainer.head
         with torch.no_grad():
             terms = head.branch_contributions(self.branch_features, self.classes)
-        return minmax_normalize(resize_maps(terms, self.inputs.shape[-2:]))
+            return minmax_normalize(resize_maps(terms, self.inputs.shape[-2:]))
 
     def map_at_original(self, index: int = 0, k: int = 0) -> np.ndarray:
         """Map ``k`` of image ``index`` as float32 (H, W) at the original picture's size.
@@ -187,47 +191,91 @@ class Explainer:
         with torch.no_grad():
             with self._taps, autocast:
                 logits = self.backbone(inputs)
-            return logits.float(), self.head.branch_features([f.float() for f in self._taps.features])
+            return logits.float(), self.head.branch_outputs([f.float() for f in self._taps.features])
 
     def maps_from_features(
         self,
-        branch_features: torch.Tensor,
+        branch_features: Sequence[torch.Tensor],
         classes: torch.Tensor,
         branch_mask: Sequence[bool] | None,
         size: Sequence[int],
     ) -> torch.Tensor:
-        """[0, 1] maps (B, K, H, W) at ``size`` for per-image ``classes`` (B, K): fuser, resize, min-max."""
+        """[0, 1] maps (B, K, H, W) at ``size`` for per-image ``classes`` (B, K): fuser, resize, min-max.
+
+        Classes go through in chunks whose working maps hold about :data:`CHUNK_ELEMENTS` values, so
+        asking for every class costs the memory of the maps themselves and little more.
+        """
+        batch, count = classes.shape
+        step = max(1, CHUNK_ELEMENTS // max(1, batch * int(size[0]) * int(size[1])))
         with torch.no_grad():
-            raw = self.head.fuse(branch_features, classes, branch_mask)
-            return minmax_normalize(resize_maps(raw, size))
+            if count <= step:
+                return minmax_normalize(resize_maps(self.head.fuse(branch_features, classes, branch_mask), size))
+            maps = torch.empty(batch, count, int(size[0]), int(size[1]), device=classes.device)
+            for start in range(0, count, step):
+                part = classes[:, start : start + step]
+                maps[:, start : start + step] = minmax_normalize(resize_maps(self.head.fuse(branch_features, part, branch_mask), size))
+            return maps
 
     def class_tensor(self, classes: ClassSpec, logits: torch.Tensor, top_k: int = 1) -> torch.Tensor:
         """Resolve a user's class choice into a (B, K) long tensor on the device."""
-        batch = logits.shape[0]
+        batch, count = logits.shape[0], self.backbone.num_classes
         if classes is None:
-            return logits.topk(top_k, dim=1).indices
+            if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 1 <= top_k <= count:
+                raise ClassError(f"top_k must be a whole number from 1 to {count}, got {top_k!r}")
+            return logits.topk(int(top_k), dim=1).indices
+        if isinstance(classes, np.ndarray):  # integer arrays act as tensors, others (names) as lists
+            classes = torch.from_numpy(np.ascontiguousarray(classes)) if classes.dtype.kind in "iu" else classes.tolist()
         if isinstance(classes, torch.Tensor):
+            if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool or classes.ndim > 2:
+                raise ClassError(
+                    f"a class tensor holds whole-number indices, (B,) or (B, K); got {classes.dtype} of shape {tuple(classes.shape)}"
+                )
             chosen = classes.to(self.device, torch.long)
             if chosen.ndim == 0:
                 chosen = chosen.expand(batch)
-        elif isinstance(classes, (int, str, np.integer)):
+        elif not isinstance(classes, (list, tuple)):  # one class for every image; class_index refuses floats and the like
             chosen = torch.full((batch,), self.backbone.class_index(_scalar(classes)), dtype=torch.long)
         else:
             rows = list(classes)
             if len(rows) != batch:
                 raise ClassError(f"got {len(rows)} class choices for {batch} images (give one per image, or one for all)")
-            if all(isinstance(r, (int, str, np.integer)) for r in rows):
+            if not any(isinstance(r, (list, tuple, np.ndarray, torch.Tensor)) for r in rows):
                 chosen = torch.tensor([self.backbone.class_index(_scalar(r)) for r in rows])
             else:
-                chosen = torch.tensor([[self.backbone.class_index(_scalar(c)) for c in row] for row in rows])
+                picked = [[self.backbone.class_index(_scalar(c)) for c in _as_row(row)] for row in rows]
+                if len({len(row) for row in picked}) > 1:
+                    raise ClassError(f"give every image the same number of classes, got {[len(row) for row in picked]}")
+                chosen = torch.tensor(picked, dtype=torch.long)
         chosen = chosen.to(self.device)
         if chosen.ndim == 1:
             chosen = chosen[:, None]
         if chosen.shape[0] != batch:
             raise ClassError(f"class tensor has {chosen.shape[0]} rows for {batch} images")
+        if chosen.shape[1] == 0:
+            raise ClassError("no classes chosen: give at least one class per image")
         if chosen.numel() and (int(chosen.min()) < 0 or int(chosen.max()) >= self.backbone.num_classes):
             raise ClassError(f"class indices must be in 0..{self.backbone.num_classes - 1}")
         return chosen
+
+    def _checked_mask(self, branch_mask: Sequence[bool] | torch.Tensor | None) -> tuple[bool, ...] | None:
+        """``branch_mask`` as one on/off flag per branch (tapped layer), or a LayerError saying what is wrong."""
+        if branch_mask is None:
+            return None
+        if isinstance(branch_mask, (torch.Tensor, np.ndarray)):
+            flags = np.asarray(branch_mask.detach().cpu() if isinstance(branch_mask, torch.Tensor) else branch_mask).ravel().tolist()
+        elif isinstance(branch_mask, (list, tuple)):
+            flags = list(branch_mask)
+        else:
+            raise LayerError(f"branch mask must be a list of True/False flags, one per branch, got {branch_mask!r}")
+        branches = self.head.num_branches
+        if len(flags) != branches:
+            raise LayerError(
+                f"branch mask has {len(flags)} flags but the head has {branches} branches ({', '.join(self.layers)})"
+            )
+        wrong = [flag for flag in flags if not isinstance(flag, (bool, np.bool_, numbers.Integral)) or flag not in (0, 1)]
+        if wrong:
+            raise LayerError(f"branch mask flags must be True/False (or 1/0), got {wrong[0]!r}")
+        return tuple(bool(flag) for flag in flags)
 
     def explain(
         self,
@@ -256,9 +304,9 @@ class Explainer:
         branch_mask: Sequence[bool] | None = None,
     ) -> Explanation:
         """Explain model-ready raw [0, 1] inputs (B, 3, H, W) already on the device."""
+        mask = self._checked_mask(branch_mask)
         logits, branch_features = self.features(inputs)
         chosen = self.class_tensor(classes, logits, top_k)
-        mask = None if branch_mask is None else tuple(bool(b) for b in branch_mask)
         maps = self.maps_from_features(branch_features, chosen, mask, inputs.shape[-2:])
         return Explanation(inputs, logits, chosen, maps, branch_features, self, mask)
 
@@ -271,18 +319,33 @@ class Explainer:
     ) -> Iterator[tuple[int, Explanation]]:
         """Explain a stream of images in batches, grouping those whose inputs share a size.
 
-        Yields (position in the stream, one-image Explanation) as each batch completes; ``classes`` is
-        ``None`` or one choice for every image.
+        Yields (position in the stream, one-image Explanation) as each batch completes, so not always in
+        stream order; ``classes`` is ``None`` or one choice for every image. At most ``batch_size`` images
+        wait at any time: when that many are waiting, the largest same-size group is explained.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise OptionError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+        if isinstance(classes, (list, tuple, np.ndarray)) or (isinstance(classes, torch.Tensor) and classes.ndim > 0):
+            raise ClassError("explain_many takes one class for every image (an index or a name) or None for the top-1")
+        check_geometry(geometry)
         pending: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        waiting = 0
         preprocess = self.backbone.preprocess
         for position, image in enumerate(images):
-            tensor = as_image_tensors(image)[0]
-            key = preprocess.resized_size(*tensor.shape[-2:], geometry)
-            group = pending.setdefault(key, [])
-            group.append((position, tensor))
-            if len(group) >= batch_size:
-                yield from self._explain_group(pending.pop(key), classes, geometry)
+            try:
+                tensors = as_image_tensors(image)
+                if len(tensors) != 1:
+                    raise ImageLoadError(f"explain_many takes one image per item, got a batch of {len(tensors)}")
+            except TameError as error:
+                raise type(error)(f"image {position} of the stream: {error}") from None
+            key = preprocess.resized_size(*tensors[0].shape[-2:], geometry)
+            pending.setdefault(key, []).append((position, tensors[0]))
+            waiting += 1
+            if waiting >= batch_size:
+                largest = max(pending, key=lambda size: len(pending[size]))
+                group = pending.pop(largest)
+                waiting -= len(group)
+                yield from self._explain_group(group, classes, geometry)
         for group in pending.values():
             yield from self._explain_group(group, classes, geometry)
 
@@ -300,10 +363,11 @@ def locate_head(source: str | os.PathLike | None, backbone_name: str, revision: 
     if source is None or str(source) == "bundled":
         return bundled_head_path(backbone_name)
     path = Path(source)
-    if path.suffix in (".safetensors", ".json") or path.exists():
-        if not (path.exists() or path.with_suffix(".safetensors").exists()):
-            raise CheckpointError(f"no head checkpoint at {path}")
-        return path
+    tensor_path = paths_for(path)[0] if path.name else path
+    if path.suffix in (".safetensors", ".json") or path.exists() or tensor_path.exists():
+        if not tensor_path.is_file():
+            raise CheckpointError(f"no head checkpoint at {tensor_path}")
+        return tensor_path
     from .hub import is_repo_id, pull_head
 
     if is_repo_id(str(source)):
@@ -311,8 +375,17 @@ def locate_head(source: str | os.PathLike | None, backbone_name: str, revision: 
     raise CheckpointError(f"head {str(source)!r} is neither a local .safetensors file nor a Hub repo id (owner/name)")
 
 
-def _scalar(value: Any) -> int | str:
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
+        return int(value)
     return int(value) if isinstance(value, np.integer) else value
+
+
+def _as_row(row: Any) -> list[Any]:
+    """One image's classes: a list, array or tensor of them, or a single class."""
+    if isinstance(row, torch.Tensor):
+        return row.flatten().tolist() if not row.is_floating_point() else [row]
+    return list(row) if isinstance(row, (list, tuple, np.ndarray)) else [row]
 
 
 def _select(explanation: Explanation, row: int) -> Explanation:
@@ -323,6 +396,6 @@ def _select(explanation: Explanation, row: int) -> Explanation:
         logits=explanation.logits[pick],
         classes=explanation.classes[pick],
         maps=explanation.maps[pick],
-        branch_features=explanation.branch_features[pick],
+        branch_features=[output[pick] for output in explanation.branch_features],
         original_sizes=explanation.original_sizes[row : row + 1],
     )

@@ -1,18 +1,21 @@
 """Pull and push heads on the Hugging Face Hub (or any server ``HF_ENDPOINT`` points to).
 
 A head on the Hub is the checkpoint pair (``head.safetensors`` + ``head.json``) and a model card
-(``README.md``). Pulls check the tensor file against the SHA-256 recorded in the card.
+(``README.md``). Pulls check the tensor file against the SHA-256 recorded in the card. Pushes upload a
+fresh copy of the checked head whose metadata holds no local paths (an absolute ``--weights`` file, say,
+becomes its file name).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from .checkpoint import paths_for, read_metadata, sha256_of
+from .checkpoint import HeadMetadata, load_head, paths_for, read_metadata, save_head, sha256_of
 from .errors import HubError
 
 HEAD_FILENAME = "head.safetensors"
@@ -59,19 +62,20 @@ def push_head(
     revision: str | None = None,
     commit_message: str = "Upload TAME head",
 ) -> str:
-    """Upload a local head (tensors, card and a generated model card) to ``repo_id``; returns the commit URL."""
+    """Upload a local head (tensors, card and a generated model card) to ``repo_id``; returns the commit URL.
+
+    The head is loaded first (every check of :func:`~tame_core.checkpoint.load_head`), then saved afresh
+    with :func:`public_metadata`, so what is uploaded holds no local paths and carries its own digests.
+    """
     from huggingface_hub import create_repo, upload_folder
 
-    tensor_path, card_path = paths_for(path)
-    metadata = read_metadata(tensor_path)
-    if not tensor_path.is_file():
-        raise HubError(f"no head checkpoint at {tensor_path}")
-    if metadata.weights_sha256 != sha256_of(tensor_path):
-        raise HubError(f"{tensor_path} does not match the SHA-256 in {card_path.name}; re-save the head before pushing")
+    if not _REPO_ID.match(repo_id):
+        raise HubError(f"{repo_id!r} is not a Hub repo id (owner/name: letters, digits, '-', '_', '.')")
+    head, metadata = load_head(path)
+    public = public_metadata(metadata)
     with tempfile.TemporaryDirectory() as folder:
-        shutil.copyfile(tensor_path, Path(folder) / HEAD_FILENAME)
-        shutil.copyfile(card_path, Path(folder) / Path(HEAD_FILENAME).with_suffix(".json"))
-        (Path(folder) / "README.md").write_text(model_card(metadata, repo_id))
+        save_head(head, public, Path(folder) / HEAD_FILENAME)
+        (Path(folder) / "README.md").write_text(model_card(public, repo_id))
         try:
             create_repo(repo_id, token=token, private=private, exist_ok=True)
             commit = upload_folder(
@@ -80,6 +84,39 @@ def push_head(
         except Exception as error:  # noqa: BLE001
             raise _hub_error(error, repo_id, revision, HEAD_FILENAME) from None
     return str(getattr(commit, "commit_url", commit))
+
+
+def public_metadata(metadata: HeadMetadata) -> HeadMetadata:
+    """A copy of ``metadata`` fit to publish: every absolute local path in it becomes its file name."""
+    return replace(
+        metadata,
+        preprocessing=_without_local_paths(metadata.preprocessing),
+        training=_without_local_paths(metadata.training),
+        data=_without_local_paths(metadata.data),
+        metrics=_without_local_paths(metadata.metrics),
+    )
+
+
+#: A string that is a local path (POSIX, home, Windows drive or share, file URL), and a path of two or
+#: more parts inside other text; URLs (``https://...``) match neither.
+_LOCAL_PATH = re.compile(r"^(~|/|[A-Za-z]:[\\/]|\\\\|file://)")
+_PATH_IN_TEXT = re.compile(r"""(?:^|(?<=[\s"'(=,]))(?:~|[A-Za-z]:)?(?:[\\/][^\s"'(),\\/]+){2,}""")
+
+
+def _without_local_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(item) for item in value]
+    if isinstance(value, str):
+        if _LOCAL_PATH.match(value):
+            return _file_name(value)
+        return _PATH_IN_TEXT.sub(lambda found: _file_name(found.group(0)), value)
+    return value
+
+
+def _file_name(path: str) -> str:
+    return re.split(r"[\\/]", path.rstrip("\\/"))[-1] or "(local path)"
 
 
 def model_card(metadata, repo_id: str) -> str:

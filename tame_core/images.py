@@ -30,6 +30,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 #: before they are decoded, so a tiny file cannot make us allocate gigabytes.
 MAX_PIXELS = 89_478_485
 
+#: Longest side, and most elongated shape (long side / short side), accepted. Preprocessing scales the
+#: short side to the model's input size, so without them a 20000 x 1 PNG of 100 bytes would become a
+#: 224 x 4,480,000 input (GBs) before anything could refuse it.
+MAX_IMAGE_SIDE = 20_000
+MAX_ASPECT_RATIO = 10.0
+
 #: White background for transparent pixels: what a viewer shows on a light page.
 _BACKGROUND = (255, 255, 255)
 
@@ -53,6 +59,7 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int = M
                     f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
                     f"{max_pixels / 1e6:.0f}-megapixel limit; downscale it first"
                 )
+            check_image_size(height, width, label)
             if getattr(image, "is_animated", False):
                 image.seek(0)  # explain the first frame of an animation
             image.load()
@@ -71,6 +78,20 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int = M
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
         reason = " ".join(str(error).split()) or error.__class__.__name__
         raise ImageLoadError(f"{label}: corrupt or truncated image ({reason})") from None
+
+
+def check_image_size(height: int, width: int, label: str = "image") -> None:
+    """Refuse a picture with no pixels, a side over :data:`MAX_IMAGE_SIDE`, or one too thin to resize safely."""
+    if height < 1 or width < 1:
+        raise ImageLoadError(f"{label}: {width}x{height} has no pixels")
+    if max(height, width) > MAX_IMAGE_SIDE:
+        raise ImageLoadError(f"{label}: {width}x{height} has a side over the {MAX_IMAGE_SIDE}-pixel limit; downscale it first")
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ImageLoadError(
+            f"{label}: {width}x{height} is too thin to explain (aspect ratio {ratio:.0f}:1, over the "
+            f"{MAX_ASPECT_RATIO:g}:1 limit); crop it first"
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -115,17 +136,46 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     )
 
 
+def collect_images(sources: str | os.PathLike | list[str | os.PathLike] | tuple) -> list[Path]:
+    """The image files of several sources, in the order given: each a folder (:func:`find_images`) or a
+    list file (``.txt``: one path per line, relative to the list file's folder; ``#`` starts a comment)."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    files: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files.extend(find_images(source))
+        elif source.is_file() and source.suffix.lower() == ".txt":
+            lines = (line.split("#", 1)[0].strip() for line in source.read_text().splitlines())
+            listed = [source.parent / line for line in lines if line]
+            missing = [str(path) for path in listed if not path.is_file()]
+            if missing:
+                raise ImageLoadError(f"{source}: {len(missing)} listed files do not exist (first: {missing[0]})")
+            files.extend(listed)
+        else:
+            raise ImageLoadError(f"{source}: not a folder or a .txt list of image files")
+    return files
+
+
 def _read_bytes(source: ImageSource, label: str) -> bytes:
-    if isinstance(source, bytes):
-        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.exists():
-            raise ImageLoadError(f"{label}: no such file")
-        if path.is_dir():
-            raise ImageLoadError(f"{label}: is a folder, not an image")
         try:
+            if not path.exists():
+                raise ImageLoadError(f"{label}: no such file")
+            if path.is_dir():
+                raise ImageLoadError(f"{label}: is a folder, not an image")
             return path.read_bytes()
-        except OSError as error:
-            raise ImageLoadError(f"{label}: cannot read ({error.strerror or error})") from None
-    return source.read()
+        except ImageLoadError:
+            raise
+        except (OSError, ValueError) as error:  # no permission, a name too long, a NUL byte in the name
+            reason = getattr(error, "strerror", None) or " ".join(str(error).split())
+            raise ImageLoadError(f"{label}: cannot read ({reason})") from None
+    if not callable(getattr(source, "read", None)):
+        raise ImageLoadError(f"{label}: expected a file path, bytes or a binary file, got {type(source).__name__}")
+    data = source.read()
+    if not isinstance(data, (bytes, bytearray)):
+        raise ImageLoadError(f"{label}: the file gives {type(data).__name__}, not bytes; open it in binary mode ('rb')")
+    return bytes(data)

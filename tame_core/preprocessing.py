@@ -24,8 +24,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import ImageLoadError
-from .images import image_to_tensor, to_rgb
+from .errors import ImageLoadError, OptionError
+from .images import check_image_size, image_to_tensor, to_rgb
 
 Geometry = Literal["crop", "full"]
 GEOMETRIES: tuple[str, ...] = ("crop", "full")
@@ -69,7 +69,7 @@ class Preprocess:
     # --- geometry ------------------------------------------------------------------------------
     def resized_size(self, height: int, width: int, geometry: Geometry) -> tuple[int, int]:
         """Size (H, W) of the model input made from an image of ``height`` x ``width``."""
-        _check_geometry(geometry)
+        check_geometry(geometry)
         if geometry == "crop" or self.fixed_input_size:
             return self.input_size
         short = min(self.input_size)
@@ -79,7 +79,7 @@ class Preprocess:
     def to_input(self, image: torch.Tensor, geometry: Geometry = "full") -> torch.Tensor:
         """One image (3, H, W), ``uint8`` or float in [0, 1], to a float [0, 1] model input."""
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+            raise ImageLoadError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
         height, width = image.shape[-2:]
         mode = _INTERPOLATIONS[self.interpolation]
         if geometry == "crop":
@@ -101,7 +101,7 @@ class Preprocess:
         inputs = [self.to_input(image.to(device) if device is not None else image, geometry) for image in images]
         shapes = {tuple(x.shape) for x in inputs}
         if len(shapes) > 1:
-            raise ValueError(
+            raise OptionError(
                 f"images of different aspect ratios give inputs of different sizes {sorted(shapes)} in "
                 f"'{geometry}' geometry; explain them in separate batches or use geometry='crop'"
             )
@@ -126,11 +126,14 @@ def as_image_tensors(images: Any) -> list[torch.Tensor]:
     """Normalise what users pass (PIL, numpy, tensors; one or many) to a list of (3, H, W) tensors.
 
     numpy arrays are HxW, HxWx1, HxWx3 or HxWx4 (``uint8``, or floats in [0, 1]); tensors are
-    (3, H, W) or (B, 3, H, W), ``uint8`` or floats in [0, 1].
+    (3, H, W) or (B, 3, H, W), ``uint8`` or floats in [0, 1]. Anything else, an empty list, NaN values
+    or a picture too thin to resize safely is an :class:`~tame_core.errors.ImageLoadError`.
     """
     if isinstance(images, torch.Tensor):
         if images.ndim == 4:
-            _tensor_image(images[0])  # shape check; the range check below covers the whole batch once
+            if not len(images):
+                raise ImageLoadError("no images given (a batch tensor of 0 images)")
+            _tensor_image(images[0])  # shape and size check; the range check below covers the whole batch once
             _check_range(images)
             return list(images.unbind(0))
         return [_tensor_image(images)]
@@ -138,19 +141,20 @@ def as_image_tensors(images: Any) -> list[torch.Tensor]:
         return [_one(images)]
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError("no images given")
+            raise ImageLoadError("no images given")
         return [_one(image) for image in images]
-    raise TypeError(f"images must be PIL images, numpy arrays or tensors, got {type(images).__name__}")
+    raise ImageLoadError(f"images must be PIL images, numpy arrays or tensors, got {type(images).__name__}")
 
 
 def _one(image: Any) -> torch.Tensor:
     if isinstance(image, Image.Image):
+        check_image_size(image.height, image.width)
         return image_to_tensor(to_rgb(image))
     if isinstance(image, np.ndarray):
         return _numpy_image(image)
     if isinstance(image, torch.Tensor):
         return _tensor_image(image)
-    raise TypeError(f"images must be PIL images, numpy arrays or tensors, got {type(image).__name__}")
+    raise ImageLoadError(f"images must be PIL images, numpy arrays or tensors, got {type(image).__name__}")
 
 
 def _numpy_image(array: np.ndarray) -> torch.Tensor:
@@ -158,6 +162,9 @@ def _numpy_image(array: np.ndarray) -> torch.Tensor:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ImageLoadError(f"numpy image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+    if array.dtype != np.uint8 and array.dtype.kind not in "fb":
+        raise ImageLoadError(f"numpy image of dtype {array.dtype}: give uint8 (0..255) or floats in [0, 1]")
+    check_image_size(array.shape[0], array.shape[1])
     if array.shape[2] == 4:
         return image_to_tensor(to_rgb(Image.fromarray(_as_uint8(array), mode="RGBA")))
     if array.shape[2] == 1:
@@ -171,6 +178,9 @@ def _numpy_image(array: np.ndarray) -> torch.Tensor:
 def _tensor_image(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
         raise ImageLoadError(f"tensor image must be (3, H, W) or (B, 3, H, W), got shape {tuple(tensor.shape)}")
+    if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
+        raise ImageLoadError(f"tensor image of dtype {tensor.dtype}: give uint8 (0..255) or floats in [0, 1]")
+    check_image_size(tensor.shape[-2], tensor.shape[-1])
     if tensor.shape[0] == 1:
         tensor = tensor.expand(3, -1, -1)
     _check_range(tensor)
@@ -180,6 +190,8 @@ def _tensor_image(tensor: torch.Tensor) -> torch.Tensor:
 def _check_range(tensor: torch.Tensor) -> None:
     if tensor.dtype == torch.uint8 or not tensor.numel():
         return
+    if not bool(torch.isfinite(tensor).all()):
+        raise ImageLoadError("image holds NaN or infinite values")
     low, high = torch.aminmax(tensor.detach())
     if float(low) < -1e-3 or float(high) > 1 + 1e-3:
         raise ImageLoadError("float image tensors must hold values in [0, 1] (raw, not normalised)")
@@ -191,6 +203,6 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(array.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _check_geometry(geometry: str) -> None:
+def check_geometry(geometry: str) -> None:
     if geometry not in GEOMETRIES:
-        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+        raise OptionError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")

@@ -24,6 +24,8 @@ FAKE_HUB_PORT = _free_port()
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{FAKE_HUB_PORT}"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="tame-test-hf-")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["TAME_STUDIO_DIR"] = tempfile.mkdtemp(prefix="tame-test-studio-")  # the app's session folders, never the real ones
+os.environ.pop("TAME_ALLOWED_ROOTS", None)
 os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
 

@@ -326,10 +326,7 @@ def test_two_sessions_never_share_images_or_results(monkeypatch, random_head_pat
 
 
 @pytest.mark.slow
-def test_train_page_trains_a_head_and_pushes_it(app, tmp_path, sample_images, monkeypatch, fake_hub):
-    from tame_core.studio import training
-
-    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+def test_train_page_trains_a_head_and_pushes_it(app, tmp_path, sample_images, fake_hub):
     data = tmp_path / "images"
     data.mkdir()
     for name in ("chelsea", "coffee"):
@@ -345,7 +342,7 @@ def test_train_page_trains_a_head_and_pushes_it(app, tmp_path, sample_images, mo
     job = app.session_state["workspace"].jobs["train"]
     assert job.wait(600) and job.state is JobState.DONE, job.error
     ok(app.run())
-    assert job.result == tmp_path / "checkpoints" / "tiny.safetensors" and job.result.is_file()
+    assert job.result == app.session_state["session_folder"].heads / "tiny.safetensors" and job.result.is_file()
     assert app.success[0].value.startswith(f"Saved {job.result}")
     assert len(app.get("plotly_chart")) == 1
     app.text_input(key="push_repo").input("team/trained-in-app").run()

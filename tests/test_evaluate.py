@@ -155,3 +155,134 @@ def test_cli_errors_are_one_line(random_head_path, photo_dir, tmp_path, capsys):
     assert "unknown method 'gradcan'; did you mean gradcam" in capsys.readouterr().err
     assert main([*base, "--data", str(tmp_path / "nowhere")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_bootstrap_difference_of_paired_values():
+    from tame_core.evaluation import bootstrap_difference
+
+    constant = bootstrap_difference([3.0, 5.0, 7.0], [1.0, 3.0, 5.0])
+    assert constant == {"mean": 2.0, "low": 2.0, "high": 2.0}  # the same difference on every image: no noise
+    spread = bootstrap_difference([0.0, 10.0, 0.0, 10.0], [0.0, 0.0, 0.0, 0.0], resamples=4000)
+    assert spread["mean"] == 5.0 and 0.0 <= spread["low"] < 5.0 < spread["high"] <= 10.0
+    assert bootstrap_difference([0.0, 10.0, 0.0, 10.0], [0.0] * 4, seed=1) == bootstrap_difference([0.0, 10.0, 0.0, 10.0], [0.0] * 4, seed=1)
+    with pytest.raises(EvaluationError, match="paired values needed: got 2 and 3"):
+        bootstrap_difference([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+# --- batches, bad files and resume --------------------------------------------------------------------
+def noise_folder(folder, count: int, bad_at: int | None = None, seed: int = 0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        path = folder / f"img{index}.png"
+        if index == bad_at:
+            path.write_bytes(b"this is not a png")
+        else:
+            Image.fromarray((rng.random((72, 96, 3)) * 255).astype(np.uint8)).save(path)
+    return folder
+
+
+def test_batches_that_do_not_divide_the_images_with_a_bad_file_in_the_middle(explainer, tmp_path):
+    """8 files, the 4th unreadable: batches of 3 give what one batch of 8 gives, and the bad file one line."""
+    folder = noise_folder(tmp_path / "images", 8, bad_at=3)
+    settings = dict(metrics=("adic", "curves"), steps=2, baseline="zeros")
+    batched = evaluate(explainer, folder, ["tame"], batch_size=3, **settings)
+    whole = evaluate(explainer, folder, ["tame"], batch_size=8, **settings)
+    row = batched.methods["tame"]
+    assert (row["images"], row["images_adic"], row["images_curves"]) == (7, 7, 7)
+    assert batched.skipped == [f"{folder / 'img3.png'}: not an image (or a format Pillow cannot read)"]
+    for name in ("AD100", "IC100", "AD15", "deletion_auc", "insertion_auc"):
+        assert row[name] == pytest.approx(whole.methods["tame"][name], abs=1e-4), name
+
+
+def test_limits_count_files_whatever_the_batch_size(explainer, tmp_path):
+    """A limit of 4 files over a bad 2nd file is 3 images at every batch size (batch 3 took 4 before)."""
+    folder = noise_folder(tmp_path / "images", 7, bad_at=1)
+    counts = set()
+    for batch_size in (1, 3, 7):
+        report = evaluate(explainer, folder, ["tame", "gradcam"], metrics=("adic",), batch_size=batch_size,
+                          method_limits={"gradcam": 4}, metric_limits={"adic": 2})
+        counts.add((report.methods["tame"]["images"], report.methods["gradcam"]["images"],
+                    report.methods["tame"]["images_adic"], report.methods["gradcam"]["images_adic"]))
+    assert counts == {(6, 3, 1, 1)}
+
+
+def test_resume_refuses_another_head_or_changed_images(explainer, tmp_path):
+    from tame_core import Explainer, TAMEHead
+
+    folder = noise_folder(tmp_path / "images", 4)
+    state = tmp_path / "state.json"
+    stop = threading.Event()
+    settings = dict(metrics=("adic",), batch_size=2, state_path=state)
+    evaluate(explainer, folder, ["tame"], stop=stop, progress=lambda *_: stop.set(), **settings)  # stops after the 1st batch
+    saved = state.read_text()
+    assert json.loads(saved)["tally"]["images_done"] == 2
+
+    import torch
+    torch.manual_seed(7)
+    other_head = TAMEHead(explainer.head.channels, explainer.head.num_classes)  # same layers, other weights
+    other = Explainer(explainer.backbone, other_head, explainer.layers, explainer.metadata)
+    with pytest.raises(EvaluationError, match=r"was saved with other settings \(head weights differ\); delete it or choose another --out"):
+        evaluate(other, folder, ["tame"], **settings)
+
+    picture = np.asarray(Image.open(folder / "img3.png")).copy()
+    picture[5, 5] ^= 0xFF  # same names, same count, one pixel
+    Image.fromarray(picture).save(folder / "img3.png")
+    with pytest.raises(EvaluationError, match=r"\(image files differ\)"):
+        evaluate(explainer, folder, ["tame"], **settings)
+    assert state.read_text() == saved  # a refused resume leaves the state as it was
+
+
+@pytest.mark.slow
+def test_a_killed_evaluation_resumes_with_the_same_arguments_only(explainer, random_head_path, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from tame_core import TAMEHead, save_head
+    from tame_core.checkpoint import metadata_for
+
+    folder = noise_folder(tmp_path / "images", 12)
+    torch.manual_seed(7)
+    other_head = TAMEHead(explainer.head.channels, explainer.head.num_classes).eval()  # same layers, other weights
+    other_path = tmp_path / "other.safetensors"
+    save_head(other_head, metadata_for(other_head, explainer.backbone, explainer.layers), other_path)
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "tame_core", "evaluate", "--head", str(random_head_path), "--device", "cpu",
+               "--data", str(folder), "--methods", "tame", "--metrics", "adic,curves", "--steps", "10", "--baseline", "zeros",
+               "--batch-size", "2", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    state = out / "evaluation_state.json"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["tally"]["images_done"] >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = state.read_text()
+    done = json.loads(saved)["tally"]["images_done"]
+    assert 2 <= done < 12
+
+    def tame(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*command, *arguments], env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    other = tame("--resume", "--head", str(other_path))
+    assert other.returncode == 2 and other.stderr.strip().splitlines() == [
+        f"error: evaluation state {state} was saved with other settings (head weights differ); "
+        "delete it or choose another --out to start afresh"
+    ]
+    assert state.read_text() == saved
+    resumed = tame("--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    row = json.loads((out / "results.json").read_text())["results"][0]
+    whole = evaluate(explainer, folder, ["tame"], metrics=("adic", "curves"), steps=10, baseline="zeros", batch_size=2)
+    assert row["images"] == 12
+    for name in ("AD100", "IC50", "deletion_auc", "insertion_auc"):
+        assert row[name] == pytest.approx(whole.methods["tame"][name], abs=1e-4), name

@@ -67,6 +67,22 @@ def test_sigkill_loses_at_most_checkpoint_every_steps_and_resume_finishes(tmp_pa
     saved = load_state(out.with_suffix(".state.pt"))["step"]
     assert saved % every == 0 and 0 <= last_step - saved <= every
 
+    # other arguments after the crash: refused with one line, and the state and log stay as they were
+    state_bytes, log_text = out.with_suffix(".state.pt").read_bytes(), log.read_text()
+    other = make_folder(tmp_path / "other", 40)  # the same names and sizes...
+    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(other / "img007.png")  # ...but one image differs
+    tries = {
+        "other data": ([*command, "--resume"], "different run (data: other image files"),
+        "other recipe": ([*command, "--resume", "--lr", "0.5"], "different run (lr: saved 0.001, now 0.5)"),
+        "no --resume": (command, "an earlier run's files are there"),
+    }
+    tries["other data"][0][tries["other data"][0].index(str(data))] = str(other)
+    for name, (arguments, message) in tries.items():
+        refused = subprocess.run(arguments, env=child_env(), capture_output=True, text=True, timeout=600, check=False)
+        assert refused.returncode == 2 and message in refused.stderr, (name, refused.stderr[-2000:])
+        assert len(refused.stderr.strip().splitlines()) == 1, (name, refused.stderr)
+    assert out.with_suffix(".state.pt").read_bytes() == state_bytes and log.read_text() == log_text
+
     resumed = subprocess.run([*command, "--resume"], env=child_env(), capture_output=True, text=True, timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr
     steps = [r["step"] for r in step_records(log)]

@@ -156,3 +156,123 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "h"), "--backbone", TINY, "--weights",
                  "random", "--layers", "blocks.9", "--no-progress"]) == 2
     assert "unknown layer 'blocks.9'" in capsys.readouterr().err
+
+
+# --- resume never mixes runs; a new run never silently replaces an old one --------------------------
+def stopped_run(folder: Path, out: Path, at: int = 2, **overrides) -> TrainConfig:
+    """A run stopped after step ``at``: its state is resumable."""
+    stop = threading.Event()
+    config = tiny_config(folder, out, **overrides)
+    train_head(config, callback=lambda r: "loss" in r and r["step"] == at and stop.set(), stop=stop)
+    return config
+
+
+def copy_folder(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_resume_refuses_other_images_even_as_many_with_the_same_names(tiny_folder, tmp_path):
+    config = stopped_run(tiny_folder, tmp_path / "head")
+    state_before = config.state_path.read_bytes()
+    log_before = config.log_path.read_text()
+    other = copy_folder(tiny_folder, tmp_path / "other")
+    victim = sorted(other.glob("*.png"))[0]
+    pixels = np.asarray(Image.open(victim)).copy()
+    pixels[0, 0] ^= 0xFF  # one pixel of one image: same names, same count
+    Image.fromarray(pixels).save(victim)
+    with pytest.raises(TrainingError, match=r"is from a different run \(data: other image files \(saved: 10 files, digest [0-9a-f]{12}; now: 10 files, digest [0-9a-f]{12}\)\)$"):
+        train_head(tiny_config(other, tmp_path / "head", resume=True))
+    assert config.state_path.read_bytes() == state_before and config.log_path.read_text() == log_before  # untouched
+
+    moved = copy_folder(tiny_folder, tmp_path / "moved" / "copy")  # the same images elsewhere: the same data
+    records = []
+    train_head(tiny_config(moved, tmp_path / "head", resume=True), callback=records.append)
+    assert records[0]["event"] == "resume" and records[0]["step"] == 2
+    assert load_head(config.out)[1].data["files_sha256"] == load_state_key(config)["data"]["files_sha256"]
+
+
+def load_state_key(config: TrainConfig) -> dict:
+    from tame_core.training.state import load_state
+
+    return load_state(config.state_path)["key"]
+
+
+def test_a_new_run_never_replaces_an_earlier_one_without_overwrite(tiny_folder, tmp_path):
+    config = stopped_run(tiny_folder, tmp_path / "head")
+    saved = {path: path.read_bytes() for path in (config.state_path, config.log_path, config.out, config.out.with_suffix(".json"))}
+    with pytest.raises(TrainingError, match=(
+        r"^--out .*head\.safetensors: an earlier run's files are there \(head\.state\.pt, head\.log\.jsonl, head\.safetensors, "
+        r"head\.json\); add --resume to continue it, --overwrite to start over, or choose another --out$"
+    )):
+        train_head(tiny_config(tiny_folder, tmp_path / "head"))
+    assert {path: path.read_bytes() for path in saved} == saved  # nothing truncated or replaced
+
+    records = []
+    train_head(tiny_config(tiny_folder, tmp_path / "head", overwrite=True), callback=records.append)
+    assert records[0]["event"] == "start" and read_log(config.log_path)[0]["event"] == "start"
+    assert [r["step"] for r in read_log(config.log_path) if "loss" in r] == list(range(1, 7))  # a fresh log, steps 1..6
+    with pytest.raises(TrainingError, match="resume and overwrite exclude each other"):
+        tiny_config(tiny_folder, tmp_path / "head", resume=True, overwrite=True)
+
+
+def test_cli_new_run_is_refused_then_overwrite_starts_over(tiny_folder, tmp_path, capsys):
+    command = ["train", "--data", str(tiny_folder), "--out", str(tmp_path / "h"), "--backbone", TINY, "--weights", "random",
+               "--epochs", "1", "--batch-size", "5", "--no-progress"]
+    assert main(command) == 0
+    log = (tmp_path / "h.log.jsonl").read_text()
+    capsys.readouterr()
+    assert main(command) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --out") and "add --resume to continue it, --overwrite to start over" in error and "\n" not in error
+    assert (tmp_path / "h.log.jsonl").read_text() == log
+    assert main([*command, "--overwrite"]) == 0
+    assert [r["step"] for r in read_log(tmp_path / "h.log.jsonl") if "loss" in r] == [1, 2]
+
+
+def test_a_state_that_does_not_fit_is_refused_and_loses_nothing(tiny_folder, tmp_path):
+    from tame_core.training.state import load_state, save_state
+
+    config = stopped_run(tiny_folder, tmp_path / "head")
+    state = load_state(config.state_path)
+    state["head"]["fuser.weight"] = state["head"]["fuser.weight"][:10]
+    save_state(config.state_path, state)
+    log_before = config.log_path.read_text()
+    with pytest.raises(TrainingError, match=r"does not fit this run's head: fuser\.weight is \(10, "):
+        train_head(tiny_config(tiny_folder, tmp_path / "head", resume=True))
+    state.pop("optimizer")
+    save_state(config.state_path, state)
+    with pytest.raises(TrainingError, match=r"is incomplete: no optimizer$"):
+        train_head(tiny_config(tiny_folder, tmp_path / "head", resume=True))
+    assert config.log_path.read_text() == log_before
+
+
+def test_batches_that_do_not_divide_the_images_with_a_bad_file_in_the_middle(tmp_path):
+    """8 files, the 4th unreadable: 7 images at batch 3 give steps of 3, 3 and 1 images each epoch."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        if i == 3:
+            (folder / f"img{i}.png").write_bytes(b"not a png at all")
+        else:
+            Image.fromarray((rng.random((36, 44, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    records = []
+    out = train_head(tiny_config(folder, tmp_path / "head", batch_size=3), callback=records.append)
+    steps = [r for r in records if "loss" in r]
+    assert [(r["step"], r["epoch"], r["images"]) for r in steps] == [(1, 0, 3), (2, 0, 3), (3, 0, 1), (4, 1, 3), (5, 1, 3), (6, 1, 1)]
+    _, card = load_head(out)
+    assert card.data["images"] == 7 and card.data["skipped_unreadable"] == 1 and card.training["finished"] is True
+
+    stop = threading.Event()  # stopped inside the second epoch's short batch boundary, then resumed: the same head
+    split = tmp_path / "split"
+    train_head(tiny_config(folder, split, batch_size=3), callback=lambda r: "loss" in r and r["step"] == 4 and stop.set(), stop=stop)
+    resumed = []
+    train_head(tiny_config(folder, split, batch_size=3, resume=True), callback=resumed.append)
+    assert [(r["step"], r["images"]) for r in resumed if "loss" in r] == [(5, 3), (6, 1)]
+    whole, _ = load_head(out)
+    parts, _ = load_head(split)
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, parts.state_dict()[name]), name

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
+import tempfile
+from pathlib import Path
 
 import torch
 
+from ..errors import OutputError
 from ..explainer import Explainer, auto_device
 
 
@@ -28,3 +32,79 @@ def explainer_from(args: argparse.Namespace) -> Explainer:
     return Explainer.load(
         args.head, args.backbone, device=device_from(args), revision=args.revision, amp=args.amp, weights=args.weights
     )
+
+
+# --- argument types: argparse turns their refusals into one usage line and exit 2 -------------------
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (batch sizes, counts)."""
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number of at least 0 (seeds, limits)."""
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1] (opacities)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number of at least 0 (loss weights, weight decay)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (learning rates)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+# --- outputs ----------------------------------------------------------------------------------------
+def writable_folder(path: Path, flag: str = "--out") -> Path:
+    """Create ``path`` if needed and prove a file can be written in it, before any slow work starts."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tame-write-check-"):
+            pass
+    except OSError as error:
+        raise OutputError(f"{flag} {path}: cannot write there ({error.strerror or error})") from None
+    return path

@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..errors import EvaluationError
-from .common import add_model_options, explainer_from
+from .common import add_model_options, explainer_from, positive_int, writable_folder
 
 STATE_FILE = "evaluation_state.json"
 
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--split", choices=("all", "train", "heldout"), default="all",
                       help="heldout: only ImageNet classes i with i %% 5 == 4 (by the WordNet id in the file name)")
     data.add_argument("--list", dest="list_file", type=Path, help="file naming the images to use, one path per line (relative to --data)")
-    data.add_argument("--limit", type=int, help="only the first N images")
+    data.add_argument("--limit", type=positive_int, help="only the first N images")
     run = parser.add_argument_group("methods and metrics")
     run.add_argument("--methods", default=",".join(list_methods()), help=f"comma-separated (default: all: {','.join(list_methods())})")
     run.add_argument("--metrics", default=",".join(METRIC_GROUPS), help=f"comma-separated groups (default: {','.join(METRIC_GROUPS)})")
@@ -44,10 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="run a slow method on the first N images only, e.g. scorecam=50 (repeatable)")
     run.add_argument("--metric-limit", action="append", default=[], metavar="GROUP=N",
                      help="compute a metric group on the first N images only, e.g. road=50 (repeatable)")
-    run.add_argument("--steps", type=int, default=50, help="deletion/insertion steps (default 50)")
+    run.add_argument("--steps", type=positive_int, default=50, help="deletion/insertion steps (default 50)")
     run.add_argument("--baseline", choices=BASELINES, default="blur", help="what deleted pixels become (default blur)")
-    run.add_argument("--batch-size", type=int, default=8, help="images explained per batch")
-    run.add_argument("--metric-batch-size", type=int, help="perturbed images per forward (default: 32 on CPU, 256 on GPU)")
+    run.add_argument("--batch-size", type=positive_int, default=8, help="images explained per batch")
+    run.add_argument("--metric-batch-size", type=positive_int, help="perturbed images per forward (default: 32 on CPU, 256 on GPU)")
     run.add_argument("--seed", type=int, default=0, help="seed of the ROAD noise")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("."), help="folder for results.json and results.csv (default: .)")
@@ -64,6 +64,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
     limits = _limits(args.method_limit, "--method-limit")
     metric_limits = _limits(args.metric_limit, "--metric-limit")
+    writable_folder(args.out)  # now, not after the run: results and the resumable state go there
     state = args.out / STATE_FILE
     if state.exists() and not args.resume:
         state.unlink()  # a fresh run; --resume keeps it

@@ -1,11 +1,18 @@
-"""``tame explain IMAGE... --out DIR``: maps (.npy) and overlays (.png) for each image, top-5 printed."""
+"""``tame explain IMAGE... --out DIR``: maps (.npy) and overlays (.png) for each image, top-5 printed.
+
+Each input gets ``<stem>.npy`` and ``<stem>_overlay.png``; inputs that share a stem get ``<stem>-2``,
+``<stem>-3``... (never another input's own stem). A file that cannot be read or written gets one
+``error:`` line and the rest go on; the exit code is 1 when any failed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,7 +22,9 @@ from ..errors import ImageLoadError
 from ..images import load_image
 from ..maps import COLORMAPS, overlay
 from ..preprocessing import GEOMETRIES
-from .common import add_model_options, explainer_from
+from .common import add_model_options, explainer_from, fraction, positive_int, writable_folder
+
+OVERLAY_SUFFIX = "_overlay.png"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,57 +33,101 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--class", dest="target", help="class to explain (name, WordNet id or index; default: top-1)")
     parser.add_argument("--out", required=True, type=Path, help="folder for <stem>.npy and <stem>_overlay.png")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--geometry", choices=GEOMETRIES, default="full", help="full: whole image (default); crop: the classifier's centre crop")
     parser.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the heatmap")
-    parser.add_argument("--top", type=int, default=5, help="how many predictions to print")
+    parser.add_argument("--alpha", type=fraction, default=0.5, help="overlay opacity of the heatmap, 0..1")
+    parser.add_argument("--top", type=positive_int, default=5, help="how many predictions to print")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    out = writable_folder(args.out)  # before the model loads: a bad --out fails at once
     explainer = explainer_from(args)
     target = None if args.target is None else explainer.backbone.class_index(args.target)  # fail before any work
-    args.out.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(args.images)
-    loaded: dict[int, np.ndarray] = {}
+    stems = unique_stems(args.images, out)
+    names = explainer.backbone.class_names
+    positions: list[int] = []  # stream index -> position in args.images
+    pictures: dict[int, np.ndarray] = {}  # by stream index, until its map is written
     failures = 0
+    bar = tqdm(total=len(args.images), unit="img", desc="explain", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+
+    def fail(message: str) -> None:
+        nonlocal failures
+        failures += 1
+        bar.update()
+        tqdm.write(f"error: {message}", file=sys.stderr)
 
     def readable() -> Iterator[np.ndarray]:
-        nonlocal failures
         for position, path in enumerate(args.images):
             try:
                 picture = np.asarray(load_image(path))
             except ImageLoadError as error:
-                failures += 1
-                tqdm.write(f"error: {error}", file=sys.stderr)
+                fail(str(error))
                 continue
-            loaded[len(loaded)] = picture
-            order.append(position)
+            pictures[len(positions)] = picture
+            positions.append(position)
             yield picture
 
-    order: list[int] = []
     results = explainer.explain_many(readable(), classes=target, batch_size=args.batch_size, geometry=args.geometry)
-    for index, explanation in tqdm(results, total=len(args.images), unit="img", desc="explain", file=sys.stderr):
-        position = order[index]
-        picture = loaded.pop(index)
+    for index, explanation in results:
+        position, picture = positions[index], pictures.pop(index)
         saliency = explanation.map_at_original(0, 0)
-        stem = stems[position]
-        np.save(args.out / f"{stem}.npy", saliency.astype(np.float32))
-        Image.fromarray(overlay(picture, saliency, args.alpha, args.colormap)).save(args.out / f"{stem}_overlay.png")
+        try:
+            _write(out, stems[position], picture, saliency, args.alpha, args.colormap)
+        except OSError as error:
+            fail(f"{args.images[position]}: cannot write its map into {out} ({error.strerror or error})")
+            continue
+        bar.update()
         explained = int(explanation.classes[0, 0])
-        names = explainer.backbone.class_names
         predictions = ", ".join(f"{name} {prob:.1%}" for _, name, prob in explanation.top_k(args.top)[0])
         tqdm.write(f"{args.images[position]}: explained '{names[explained]}' | top-{args.top}: {predictions}")
+    bar.close()
     return 1 if failures else 0
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    """File stems, with ``-2``, ``-3``... added where two inputs share one."""
-    seen: dict[str, int] = {}
+def _write(out: Path, stem: str, picture: np.ndarray, saliency: np.ndarray, alpha: float, colormap: str) -> None:
+    """Both outputs of one image, or neither (a half-written pair is removed before the error goes up)."""
+    npy, png = out / f"{stem}.npy", out / f"{stem}{OVERLAY_SUFFIX}"
+    try:
+        np.save(npy, saliency.astype(np.float32))
+        Image.fromarray(overlay(picture, saliency, alpha, colormap)).save(png)
+    except OSError:
+        for path in (npy, png):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise
+
+
+def unique_stems(paths: Sequence[Path], out: Path) -> list[str]:
+    """One output stem per input, never shared, so no map overwrites another.
+
+    An input keeps its own stem unless an earlier input took it; then it gets ``-2``, ``-3``... skipping
+    any stem another input has (``same-2.jpg`` beside two ``same.jpg``). Stems are compared without case
+    (macOS and Windows disks ignore it), and a stem whose outputs would replace one of the inputs is skipped.
+    """
+    own = {path.stem.casefold() for path in paths}
+    inputs = {_identity(path) for path in paths}
+    taken: set[str] = set()
     stems = []
     for path in paths:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+        stem, count = path.stem, 1
+        while (
+            stem.casefold() in taken
+            or (count > 1 and stem.casefold() in own)
+            or any(_identity(out / name) in inputs for name in (f"{stem}.npy", f"{stem}{OVERLAY_SUFFIX}"))
+        ):
+            count += 1
+            stem = f"{path.stem}-{count}"
+        taken.add(stem.casefold())
+        stems.append(stem)
     return stems
+
+
+def _identity(path: Path) -> str:
+    """A comparable name for ``path`` (resolved, case-folded), whether or not it exists."""
+    try:
+        return os.path.normcase(str(path.resolve())).casefold()
+    except (OSError, RuntimeError):
+        return os.path.normcase(os.path.abspath(path)).casefold()

@@ -14,38 +14,45 @@ import threading
 from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
-from ..head import VARIANTS
+from ..head import FUSERS, VARIANTS
+from .common import fraction, non_negative_float, non_negative_int, positive_float, positive_int, writable_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..training import AUGMENTATIONS, INITS, MASK_ORDERS, SPLITS, LossWeights
 
     parser = subparsers.add_parser("train", help="train a head on a folder of images", description=__doc__)
-    parser.add_argument("--data", required=True, type=Path, help="folder of images (recursive; jpg, png, webp, ...)")
+    parser.add_argument("--data", required=True, type=Path, nargs="+", metavar="SOURCE",
+                        help="folders of images (recursive; jpg, png, webp, ...) and/or .txt lists of image files")
     parser.add_argument("--out", required=True, type=Path, help="head checkpoint to write (.safetensors + .json card)")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default: {DEFAULT_BACKBONE})")
     model.add_argument("--weights", default="pretrained", help="backbone weights: pretrained, random or a file")
     model.add_argument("--layers", nargs="+", help="layers to tap (default: the backbone's; see `tame layers`)")
     model.add_argument("--variant", choices=sorted(VARIANTS), default="tame", help="head variant")
+    model.add_argument("--fuser", choices=FUSERS, default="class",
+                       help="class: one learned fuser row per class (the papers'); tied: the classifier's rows times a "
+                            "projection shared by all classes, so every image trains every class; tied_residual: plus a per-class residual")
     data = parser.add_argument_group("data")
     data.add_argument("--split", choices=SPLITS, default="all",
                       help="train/heldout: the project's ImageNet split by WordNet id (class i held out when i %% 5 == 4)")
-    data.add_argument("--limit", type=int, help="use only the first N images")
+    data.add_argument("--limit", type=positive_int, help="use only the first N images")
+    data.add_argument("--exclude-targets", choices=("heldout",),
+                      help="heldout: drop images whose target is one of the project's 200 held-out ImageNet classes")
     data.add_argument("--augment", choices=AUGMENTATIONS, default="standard", help="augmentation (default: standard = resize, random crop, flip)")
-    data.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, 4 on GPU)")
+    data.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: 0 on CPU, 4 on GPU)")
     recipe = parser.add_argument_group("recipe (defaults: the papers')")
-    recipe.add_argument("--epochs", type=int, default=8)
-    recipe.add_argument("--batch-size", type=int, default=32, help="per process")
-    recipe.add_argument("--lr", type=float, default=1e-3, help="OneCycleLR max learning rate")
-    recipe.add_argument("--momentum", type=float, default=0.9)
-    recipe.add_argument("--weight-decay", type=float, default=5e-4)
+    recipe.add_argument("--epochs", type=positive_int, default=8)
+    recipe.add_argument("--batch-size", type=positive_int, default=32, help="per process")
+    recipe.add_argument("--lr", type=positive_float, default=1e-3, help="OneCycleLR max learning rate")
+    recipe.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum, 0..1")
+    recipe.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
     recipe.add_argument("--seed", type=int, default=0)
     recipe.add_argument("--init", choices=INITS, default="random", help="cam: start every class from its class activation map")
     recipe.add_argument("--freeze-fuser", action="store_true",
                         help="train only the branches (with --init cam, every class keeps reading its classifier weights)")
-    recipe.add_argument("--top-k", type=int, default=1, help="train the maps of each image's top-k predicted classes")
-    recipe.add_argument("--classes-per-image", type=int,
+    recipe.add_argument("--top-k", type=positive_int, default=1, help="train the maps of each image's top-k predicted classes")
+    recipe.add_argument("--classes-per-image", type=positive_int,
                         help="train only this many of the top-k per image and step, drawn at random (default: all k)")
     recipe.add_argument("--mask-order", choices=MASK_ORDERS, default="raw", help="normalized: T-TAME's order for ViTs")
     defaults = LossWeights()
@@ -58,12 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("tv_border", "--tv-border", "TV border-value factor"),
     ):
         default = getattr(defaults, name)
-        recipe.add_argument(flag, dest=f"loss_{name}", type=float, default=default, help=f"{text} (default {default})")
+        recipe.add_argument(flag, dest=f"loss_{name}", type=non_negative_float, default=default, help=f"{text} (default {default})")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda when available)")
     run_group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
-    run_group.add_argument("--checkpoint-every", type=int, default=50, help="save the resumable state every N steps")
+    run_group.add_argument("--checkpoint-every", type=positive_int, default=50, help="save the resumable state every N steps")
     run_group.add_argument("--resume", action="store_true", help="continue from the saved state")
+    run_group.add_argument("--overwrite", action="store_true",
+                           help="start afresh where an earlier run left its state, log or head (without it, such a run is refused)")
     run_group.add_argument("--state", type=Path, help="training state file (default: <out>.state.pt)")
     run_group.add_argument("--log", type=Path, help="JSON-lines log (default: <out>.log.jsonl)")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -76,10 +85,10 @@ def config_from(args: argparse.Namespace):
     loss = LossWeights(**{key[5:]: value for key, value in vars(args).items() if key.startswith("loss_")})
     return TrainConfig(
         data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
-        variant=args.variant, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
+        variant=args.variant, fuser=args.fuser, exclude_targets=args.exclude_targets, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
         init=args.init, freeze_fuser=args.freeze_fuser, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, device=args.device, amp=args.amp,
-        workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, state=args.state,
+        workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite, state=args.state,
         log=args.log, progress=not args.no_progress,
     )
 
@@ -88,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training import train_head
 
     config = config_from(args)
+    for path, flag in ((config.out, "--out"), (config.state_path, "--state"), (config.log_path, "--log")):
+        writable_folder(path.parent, flag)  # now, not when the first checkpoint is due
     _log_warnings_to_stderr()
     stop = threading.Event()
     previous = {sig: signal.signal(sig, _stopper(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}

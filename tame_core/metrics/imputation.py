@@ -4,9 +4,13 @@ Each removed pixel takes the weighted mean of its 8 neighbours (1/6 for the 4 di
 the diagonals; neighbours outside the image are dropped), kept pixels being fixed boundary values:
 one sparse linear system per image, shared by its channels. pytorch-grad-cam solves it per image on
 the CPU with scipy. Here the system matrix is applied with shifted sums (no matrix is built) and all
-images and channels are solved at once by preconditioned conjugate gradients (the matrix is symmetric
-positive definite whenever some pixel is kept), warm-started from the same problem solved on a grid
-half the size, recursively. Then ``noise`` times standard normal noise is added to imputed pixels.
+images and channels are solved at once by conjugate gradients preconditioned with one multigrid
+V-cycle (the matrix is symmetric positive definite whenever some pixel is kept): the removed pixels
+are coarsened level by level (a coarse cell is unknown when any pixel under it is), with damped
+Jacobi smoothing and bilinear transfer whose restriction is the prolongation's transpose, so the
+preconditioner is symmetric too. A dozen or so iterations reach the tolerance at any image size,
+where plain CG needs a number that grows with the size of the holes.
+Then ``noise`` times standard normal noise is added to imputed pixels.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from ..errors import EvaluationError
 
 #: The weight of each of the 8 neighbours, as the ROAD paper's imputer sets them.
 DIRECT_WEIGHT, DIAGONAL_WEIGHT = 1 / 6, 1 / 12
-#: Below this size (shorter side) a grid is solved from scratch rather than from a coarser one.
-COARSEST_SIDE = 16
+#: Grids whose shorter side is at most this are the V-cycle's coarsest level (smoothed, not coarsened).
+COARSEST_SIDE = 8
+#: Damped Jacobi: the damping, and the sweeps on the coarsest level (before and after, symmetric).
+JACOBI_DAMPING, COARSEST_SWEEPS = 0.8, 8
 #: Convergence is checked every this many iterations (each check syncs with the device).
-CHECK_EVERY = 8
+CHECK_EVERY = 4
 #: Images solved together on a CPU: one at a time keeps the solver's working set in cache (measured
 #: 4x faster per image than 16 at a time at 224 px); accelerators take the whole batch at once.
 CPU_CHUNK = 1
@@ -69,35 +75,56 @@ def neighbour_sum(z: torch.Tensor) -> torch.Tensor:
     return (block - 4 * z) * DIAGONAL_WEIGHT
 
 
+class _Level:
+    """One grid of the V-cycle: its removed pixels, the stencil's row sums, and the next coarser grid."""
+
+    def __init__(self, missing: torch.Tensor) -> None:
+        self.missing = missing
+        self.size = tuple(missing.shape[-2:])
+        self.diagonal = neighbour_sum(torch.ones_like(missing[:1, :1]))  # the row sums: fewer at the border
+        self.smoother = missing * JACOBI_DAMPING / self.diagonal
+        coarse = (F.max_pool2d(missing, 2, ceil_mode=True) > 0).to(missing.dtype) if min(self.size) > COARSEST_SIDE else None
+        self.coarser = _Level(coarse) if coarse is not None else None
+
+    def apply(self, z: torch.Tensor) -> torch.Tensor:
+        """The system matrix on the removed pixels (``z`` is zero elsewhere)."""
+        return self.missing * (self.diagonal * z - neighbour_sum(z))
+
+    def restrict(self, r: torch.Tensor) -> torch.Tensor:
+        """The transpose of :meth:`prolong`: residuals summed onto the coarse grid with bilinear weights."""
+        coarse = self.coarser
+        full = [r.shape[0], r.shape[1], *coarse.size]
+        return coarse.missing * torch.ops.aten.upsample_bilinear2d_backward(r, list(self.size), full, False, None, None)
+
+    def prolong(self, e: torch.Tensor) -> torch.Tensor:
+        return self.missing * F.interpolate(e, size=self.size, mode="bilinear", align_corners=False)
+
+    def vcycle(self, r: torch.Tensor) -> torch.Tensor:
+        """An approximate solve of ``apply(x) = r``: symmetric, so it can precondition CG."""
+        x = self.smoother * r
+        if self.coarser is None:
+            for _ in range(2 * COARSEST_SWEEPS - 1):
+                x = x + self.smoother * (r - self.apply(x))
+            return x
+        x = x + self.prolong(self.coarser.vcycle(self.restrict(r - self.apply(x))))
+        return x + self.smoother * (r - self.apply(x))
+
+
 def _solve(known: torch.Tensor, kept: torch.Tensor, tolerance: float, max_iterations: int) -> torch.Tensor:
-    """Kept values plus the imputed ones, from a warm start solved on a half-size grid."""
-    height, width = kept.shape[-2:]
-    if min(height, width) > COARSEST_SIDE:
-        weight = F.avg_pool2d(kept, 2, ceil_mode=True)
-        coarse_kept = (weight > 0).to(kept.dtype)
-        coarse_known = F.avg_pool2d(known, 2, ceil_mode=True) / weight.clamp_min(1e-12) * coarse_kept
-        coarse = _solve(coarse_known, coarse_kept, max(tolerance, 1e-3), max_iterations)
-        start = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    else:
-        start = torch.zeros_like(known)
-    missing = 1 - kept
-    weight_sum = neighbour_sum(torch.ones_like(kept[:1]))
-
-    def operator(z: torch.Tensor) -> torch.Tensor:  # the system matrix on the missing pixels
-        return missing * (weight_sum * z - neighbour_sum(z))
-
-    rhs = missing * neighbour_sum(known)
-    return known + _conjugate_gradients(operator, rhs, missing / weight_sum, start * missing, tolerance, max_iterations)
+    """Kept values plus the imputed ones."""
+    level = _Level(1 - kept)
+    rhs = level.missing * neighbour_sum(known)
+    return known + _conjugate_gradients(level.apply, rhs, level.vcycle, torch.zeros_like(rhs), tolerance, max_iterations)
 
 
 def _conjugate_gradients(operator, rhs, preconditioner, x, tolerance, max_iterations) -> torch.Tensor:
-    """Jacobi-preconditioned CG on many independent systems at once (one per leading (B, C) index)."""
+    """Preconditioned CG on many independent systems at once (one per leading (B, C) index)."""
 
     def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a * b).sum(dim=(-2, -1), keepdim=True)
 
     r = rhs - operator(x)
-    z = preconditioner * r
+    z = preconditioner(r)
     p = z
     rz = dot(r, z)
     limit = tolerance * dot(rhs, rhs).sqrt()
@@ -108,7 +135,7 @@ def _conjugate_gradients(operator, rhs, preconditioner, x, tolerance, max_iterat
         alpha = rz / dot(p, q).clamp_min(1e-30)
         x = x + alpha * p
         r = r - alpha * q
-        z = preconditioner * r
+        z = preconditioner(r)
         rz_next = dot(r, z)
         p = z + rz_next / rz.clamp_min(1e-30) * p
         rz = rz_next

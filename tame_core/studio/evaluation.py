@@ -2,14 +2,15 @@
 
 An evaluation runs for minutes, so it gets its own copy of the model instead of holding the shared one
 (which would stall every other session's explanations). Its per-image results are saved after every
-batch to a state file named by the settings, so a stopped run resumes where it stopped.
+batch to a state file named by the settings, in a folder of the session's own
+(:class:`~tame_core.studio.storage.SessionFolder`), so a stopped run resumes where it stopped and no
+session starts over, or resumes, another's run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,14 +32,13 @@ class EvaluationRequest:
     baseline: str = "blur"
     method_limits: tuple[tuple[str, int], ...] = field(default_factory=tuple)
 
-    def state_path(self, choice: ModelChoice, folder: str | Path | None = None) -> Path:
-        """Where this request's partial results live (one file per model and settings)."""
+    def state_path(self, choice: ModelChoice, folder: str | Path) -> Path:
+        """Where this request's partial results live in ``folder`` (one file per model and settings)."""
         key = json.dumps({"model": repr(choice), **asdict(self)}, sort_keys=True)
-        root = Path(folder) if folder is not None else Path(tempfile.gettempdir()) / "tame-studio-evaluations"
-        return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+        return Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def can_resume(request: EvaluationRequest, choice: ModelChoice, state_folder: str | Path | None = None) -> bool:
+def can_resume(request: EvaluationRequest, choice: ModelChoice, state_folder: str | Path) -> bool:
     """Whether a stopped run of this request left images still to do."""
     try:
         saved = json.loads(request.state_path(choice, state_folder).read_text())
@@ -48,7 +48,7 @@ def can_resume(request: EvaluationRequest, choice: ModelChoice, state_folder: st
 
 
 def evaluation_work(
-    choice: ModelChoice, request: EvaluationRequest, context: JobContext, state_folder: str | Path | None = None
+    choice: ModelChoice, request: EvaluationRequest, context: JobContext, state_folder: str | Path
 ) -> EvaluationReport:
     """Run the evaluation (resuming its saved state, if any) with progress and stop wired to the job."""
     context.progress(0.0, "Loading a copy of the model")

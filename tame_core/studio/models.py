@@ -26,6 +26,7 @@ from ..checkpoint import read_metadata
 from ..errors import CheckpointError
 from ..explainer import Explainer, Explanation, locate_head
 from ..hub import is_repo_id
+from .storage import studio_dir
 
 #: Environment variable naming a head to use instead of the bundled one (tests, quick experiments).
 HEAD_ENV = "TAME_HEAD"
@@ -138,13 +139,13 @@ def store_uploaded_head(name: str, data: bytes, folder: str | os.PathLike | None
         raise CheckpointError(f"{name}: empty file (0 bytes)")
     if len(data) > MAX_HEAD_UPLOAD_MB * 2**20:
         raise CheckpointError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_HEAD_UPLOAD_MB} MB head upload limit")
-    root = Path(folder) if folder is not None else Path(tempfile.gettempdir()) / "tame-studio-heads"
+    root = Path(folder) if folder is not None else studio_dir() / "uploaded-heads"
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{hashlib.sha256(data).hexdigest()[:20]}.safetensors"
-    if not path.exists():
-        temporary = path.with_suffix(".part")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+    if not path.exists():  # a temporary file of its own: two sessions uploading the same head never mix writes
+        with tempfile.NamedTemporaryFile(dir=root, suffix=".part", delete=False) as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
     try:
         read_metadata(path)
     except CheckpointError as error:

@@ -6,12 +6,17 @@ The run itself is :func:`tame_core.training.train_head`; this module only feeds 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import re
+import shutil
+import tempfile
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
@@ -19,17 +24,21 @@ from ..backbones import Backbone, load_backbone
 from ..checkpoint import read_metadata
 from ..errors import TameError
 from ..explainer import BUNDLED_HEADS, CHECKPOINT_DIR, Explainer
-from ..head import TAMEHead
-from ..images import IMAGE_SUFFIXES, find_images, load_image
+from ..images import IMAGE_SUFFIXES, collect_images, load_image
 from ..maps import overlay
 from ..taps import check_layers, list_layers
 from ..training import TrainConfig, TrainingError, train_head
+from ..training.init import new_head
 from ..training.state import load_state
 from .jobs import JobContext
 
-#: Refuse zips that would unpack to more than this many bytes or members (zip bombs, wrong uploads).
-MAX_UNZIPPED_BYTES = 4 * 2**30
+#: Refuse zips that would unpack to more than this many bytes or members, or hold a member larger than
+#: MAX_MEMBER_BYTES (zip bombs, wrong uploads). Every limit is checked on the sizes the zip declares before
+#: anything is written, and again on the bytes actually unpacked, which are streamed to disk in chunks.
+MAX_UNZIPPED_BYTES = 2 * 2**30
+MAX_MEMBER_BYTES = 128 * 2**20
 MAX_ZIP_MEMBERS = 50_000
+_CHUNK = 1 << 20
 
 #: Pictures from the training folder shown with their current maps while a head trains.
 PREVIEW_IMAGES = 3
@@ -37,35 +46,92 @@ PREVIEW_IMAGES = 3
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def extract_zip(data: bytes, folder: str | Path, name: str = "upload.zip") -> Path:
-    """Unpack an uploaded zip of images into ``folder`` (safely) and return it."""
+def extract_zip(data: bytes | BinaryIO, folder: str | Path, name: str = "upload.zip") -> Path:
+    """Unpack the images of an uploaded zip into the new folder ``folder`` and return it (resolved).
+
+    Members are streamed to disk with size, count and path checks; a refused zip leaves nothing behind.
+    """
+    target = Path(folder).resolve()
+    if target.exists():
+        raise FileExistsError(f"{target} exists: unpack each zip into a new folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".unzip-", dir=target.parent))
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+        _unpack_images(data, staging, name)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _unpack_images(data: bytes | BinaryIO, root: Path, name: str) -> None:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError):
         raise TrainingError(f"{name}: not a zip file") from None
     with archive:
         members = [info for info in archive.infolist() if not info.is_dir()]
         if len(members) > MAX_ZIP_MEMBERS:
             raise TrainingError(f"{name}: {len(members)} files is over the limit of {MAX_ZIP_MEMBERS}")
-        if sum(info.file_size for info in members) > MAX_UNZIPPED_BYTES:
-            raise TrainingError(f"{name}: unpacks to over {MAX_UNZIPPED_BYTES / 2**30:.0f} GB")
-        root = Path(folder).resolve()
         images = [info for info in members if Path(info.filename).suffix.lower() in IMAGE_SUFFIXES]
         if not images:
             raise TrainingError(f"{name}: no images inside (looked for {', '.join(IMAGE_SUFFIXES)})")
-        for info in images:
-            target = (root / info.filename).resolve()
-            if root not in target.parents:
+        targets: dict[Path, zipfile.ZipInfo] = {}
+        for info in images:  # everything the zip declares is checked before the first byte is written
+            path = (root / info.filename).resolve()
+            if root not in path.parents:
                 raise TrainingError(f"{name}: member {info.filename!r} would unpack outside its folder")
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise TrainingError(f"{name}: member {info.filename!r} unpacks to {_size(info.file_size)}, over the {_size(MAX_MEMBER_BYTES)} limit per file")
+            if path in targets:
+                raise TrainingError(f"{name}: member {info.filename!r} appears twice")
             if Path(info.filename).name.startswith(".") or "__MACOSX" in Path(info.filename).parts:
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(archive.read(info))
-    return root
+            targets[path] = info
+        if sum(info.file_size for info in targets.values()) > MAX_UNZIPPED_BYTES:
+            raise TrainingError(f"{name}: unpacks to over {_size(MAX_UNZIPPED_BYTES)}")
+        written = 0
+        for path, info in targets.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with archive.open(info) as source, open(path, "xb") as sink:
+                    while chunk := source.read(_CHUNK):
+                        written += len(chunk)
+                        if sink.tell() + len(chunk) > min(info.file_size, MAX_MEMBER_BYTES) or written > MAX_UNZIPPED_BYTES:
+                            raise TrainingError(f"{name}: member {info.filename!r} unpacks to more than it declares")
+                        sink.write(chunk)
+            except TrainingError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError, OSError) as error:
+                reason = " ".join(str(error).split()) or type(error).__name__
+                raise TrainingError(f"{name}: member {info.filename!r} cannot be unpacked ({reason})") from None
+
+
+def unpack_upload(data: bytes | BinaryIO, name: str, key: str, folder: str | Path, keep_others: bool = False) -> Path:
+    """Unpack an uploaded zip once per upload ``key`` into a session's uploads ``folder``.
+
+    A new upload replaces the session's earlier unpacked zips (unless ``keep_others``: a running job may
+    still read one), so a session holds one unpacked zip at a time.
+    """
+    folder = Path(folder)
+    target = folder / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if not target.is_dir():
+        if not keep_others:
+            for earlier in folder.iterdir():
+                if earlier.is_dir():
+                    shutil.rmtree(earlier, ignore_errors=True)
+        extract_zip(data, target, name)
+    return target
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.0f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
 
 
 def output_path(name: str, folder: str | Path | None = None) -> Path:
-    """``checkpoints/<name>.safetensors`` for a user's name; the bundled heads' names are refused."""
+    """``<folder>/<name>.safetensors`` for a user's name (the app passes its session's folder; default
+    ``checkpoints/``); the bundled heads' names are refused."""
     stem = name.strip().removesuffix(".safetensors")
     if not _NAME.match(stem):
         raise TrainingError(f"head name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
@@ -89,7 +155,7 @@ class TrainingPreview:
     @classmethod
     def from_folder(cls, config: TrainConfig, count: int = PREVIEW_IMAGES) -> "TrainingPreview":
         pictures = []
-        for path in find_images(config.data):
+        for path in collect_images(config.data):
             try:
                 pictures.append(np.asarray(load_image(path)))
             except TameError:
@@ -106,7 +172,7 @@ class TrainingPreview:
             self._backbone = load_backbone(self.config.backbone, self.config.weights)
         layers = list(self.config.layers or self._backbone.default_layers)
         channels = [info.channels for info in check_layers(self._backbone, layers)]
-        head = TAMEHead(channels, self._backbone.num_classes, self.config.variant)
+        head = new_head(channels, self._backbone, self.config.variant, self.config.fuser)
         head.load_state_dict(load_state(self.config.state_path)["head"])
         explanation = Explainer(self._backbone, head, layers).explain(self.pictures, geometry="crop")
         crops = (explanation.inputs.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -20,7 +20,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from ..classes import imagenet_wnids
 from ..errors import ImageLoadError, TrainingError
-from ..images import find_images, image_to_tensor, load_image
+from ..images import collect_images, image_to_tensor, load_image
 from ..preprocessing import Preprocess
 
 log = logging.getLogger("tame_core.training")
@@ -136,14 +136,15 @@ class EpochSampler(Sampler):
 
 
 def readable_images(
-    folder: str | Path, split: str = "all", limit: int | None = None, rank: int = 0, world: int = 1
+    sources: str | Path | Sequence[str | Path], split: str = "all", limit: int | None = None, rank: int = 0, world: int = 1
 ) -> tuple[list[Path], list[str]]:
-    """The images below ``folder`` that load, and one message per file that does not (logged as a warning).
+    """The images of ``sources`` (folders or list files) that load, and one message per file that does not
+    (logged as a warning).
 
     With several ranks each checks its share and the caller merges the results (see ``distributed``).
     """
     try:
-        files = split_files(find_images(folder), split)
+        files = split_files(collect_images(sources), split)
     except ImageLoadError as error:
         raise TrainingError(f"--data {error}") from None
     if limit is not None:

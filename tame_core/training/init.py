@@ -17,7 +17,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..errors import TrainingError
-from ..head import TAMEHead
+from ..head import TAMEHead, TiedFuser, TiedTAMEHead
 from ..taps import LayerTaps
 
 INITS = ("random", "cam")
@@ -28,13 +28,27 @@ def classifier_of(backbone: Backbone) -> nn.Linear:
     net = backbone.net
     layer = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "fc", None)
     if not isinstance(layer, nn.Linear):
-        raise TrainingError(f"--init cam needs a classifier that ends in global pooling + one linear layer; {backbone.name} does not")
+        raise TrainingError(
+            f"--init cam and --fuser tied need a classifier that ends in global pooling + one linear layer; {backbone.name} does not"
+        )
     return layer
+
+
+def new_head(channels: Sequence[int], backbone: Backbone, variant: str = "tame", fuser: str = "class") -> TAMEHead:
+    """An untrained head for ``backbone``: the papers' per-class fuser, or one tied to its classifier's rows."""
+    if fuser == "class":
+        return TAMEHead(channels, backbone.num_classes, variant)
+    classifier = classifier_of(backbone)
+    return TiedTAMEHead(channels, classifier.weight, classifier.bias, variant, residual=fuser == "tied_residual")
 
 
 @torch.no_grad()
 def init_from_cam(head: TAMEHead, backbone: Backbone, layers: Sequence[str], inputs01: torch.Tensor) -> None:
-    """Initialise ``head`` so each class's map is its CAM, scaled using the batch ``inputs01``."""
+    """Initialise ``head`` so each class's map is its CAM, scaled using the batch ``inputs01``.
+
+    A tied fuser (:class:`~tame_core.head.TiedFuser`) must hold this classifier's rows; its projection
+    then starts as a scaled identity on the last branch and zero on the others.
+    """
     if head.variant != "tame":
         raise TrainingError(f"--init cam needs the 'tame' head variant (a skip connection and ReLU), not {head.variant!r}")
     classifier = classifier_of(backbone)
@@ -57,6 +71,17 @@ def init_from_cam(head: TAMEHead, backbone: Backbone, layers: Sequence[str], inp
     last = head.branches[-1]
     last.bn.weight.zero_()
     last.bn.bias.zero_()
-    head.fuser.weight.zero_()
-    head.fuser.weight[:, head.slices[-1], 0, 0] = scale * weight.to(head.fuser.weight.device)
-    head.fuser.bias.copy_(scale * (bias - offset))
+    fuser = head.fuser
+    if isinstance(fuser, TiedFuser):  # rows = classifier rows x projection: the projection starts as scale x identity
+        fuser.projection.zero_()
+        identity = torch.eye(weight.shape[1], device=fuser.projection.device)
+        fuser.projection[:, head.slices[-1]] = scale * fuser.class_scale * identity  # rows: (W / class_scale) @ P
+        fuser.offset.zero_()
+        fuser.bias_scale.fill_(scale)
+        fuser.shift.fill_(-scale * offset)
+        if fuser.residual is not None:
+            fuser.residual.zero_()
+        return
+    fuser.weight.zero_()
+    fuser.weight[:, head.slices[-1], 0, 0] = scale * weight.to(fuser.weight.device)
+    fuser.bias.copy_(scale * (bias - offset))

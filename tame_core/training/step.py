@@ -51,13 +51,16 @@ def batch_loss(
     autocast: contextlib.AbstractContextManager | None = None,
     per_image: int | None = None,
     generator: torch.Generator | None = None,
-) -> LossTerms:
+    excluded: torch.Tensor | None = None,
+) -> LossTerms | None:
     """The loss of a batch of raw [0, 1] images (B, 3, H, W); targets are the classifier's top-``top_k``.
 
     With ``per_image`` = n < k, each image trains n of its top-k classes drawn at random (``generator``):
     as many classes' maps learn as with top-k, at the cost of n masked forwards per image.
     ``head`` is called as ``head(features, classes)`` (so a DDP-wrapped head syncs its gradients) and
     gives (B, B*n, h, w) pre-sigmoid maps: every image's map for every class targeted in the batch.
+    ``excluded`` (num_classes,) bool: images with a target among these classes leave the batch, so no
+    map of such a class is ever trained (``None`` when every image left it).
     """
     autocast = autocast or contextlib.nullcontext()
     batch, size = inputs01.shape[0], inputs01.shape[-2:]
@@ -65,6 +68,13 @@ def batch_loss(
         logits = backbone(inputs01)
     features = [f.float() for f in taps.features]
     chosen = choose_targets(logits.float().topk(top_k, dim=1).indices, per_image, generator)
+    if excluded is not None:
+        keep = ~excluded.to(chosen.device)[chosen].any(dim=1)
+        if not bool(keep.all()):
+            if not bool(keep.any()):
+                return None
+            inputs01, chosen, features = inputs01[keep], chosen[keep], [f[keep] for f in features]
+            batch = inputs01.shape[0]
     count = chosen.shape[1]
     targets = chosen.flatten()  # (B*n,): image i's n classes, in a row
     with autocast:

@@ -14,15 +14,17 @@ import threading
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
-from ..checkpoint import metadata_for, save_head
+from ..checkpoint import metadata_for, paths_for, save_head
+from ..classes import imagenet_wnids
 from ..errors import TrainingError
-from ..head import TAMEHead
+from ..fingerprint import file_digest, files_digest
+from ..head import TAMEHead, TiedTAMEHead
 from ..stopping import check
 from ..taps import LayerTaps, check_layers
 from .config import TrainConfig
@@ -30,22 +32,28 @@ from .data import (
     HELDOUT_EVERY,
     HELDOUT_REMAINDER,
     EpochSampler,
+    is_heldout_class,
     ImageFiles,
     build_transform,
     readable_images,
 )
 from .distributed import Distributed
-from .init import init_from_cam
+from .init import init_from_cam, new_head
 from .progress import Callback, RunReporter
-from .state import load_state, rng_state, save_state, set_rng_state
+from .losses import LossTerms
+from .state import check_state, load_state, rng_state, save_state, set_rng_state
 from .step import batch_loss
+
+
+#: Parameters without weight decay: biases, and the tied fuser's offsets and scalars.
+NO_DECAY = ("bias", "offset", "bias_scale", "shift")
 
 
 def parameter_groups(head: TAMEHead, weight_decay: float) -> list[dict]:
     """Weight decay on weights, none on biases (the papers' SGD setting)."""
     trainable = [(name, p) for name, p in head.named_parameters() if p.requires_grad]
-    decay = [p for name, p in trainable if not name.endswith("bias")]
-    no_decay = [p for name, p in trainable if name.endswith("bias")]
+    decay = [p for name, p in trainable if not name.endswith(NO_DECAY)]
+    no_decay = [p for name, p in trainable if name.endswith(NO_DECAY)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -95,6 +103,7 @@ class _Run:
             if on_phase is not None and dist.is_main:
                 on_phase(text)
 
+        self._on_every_rank(self._claim_outputs)  # before any slow work: a refused run fails at once
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         phase(f"loading the backbone ({config.backbone})")
@@ -108,12 +117,15 @@ class _Run:
         self.files = [path for path in files if str(path) not in skipped]
         self.skipped = len(skipped)
         if not self.files:
-            raise TrainingError(f"--data {config.data}: no readable images (split {config.split!r})")
+            sources = ", ".join(map(str, config.data))
+            raise TrainingError(f"--data {sources}: no readable images (split {config.split!r})")
+        mine = [(index, file_digest(path)) for index, path in enumerate(self.files) if index % dist.world == dist.rank]
+        self.data_digest = files_digest(self.files, [content for _, content in sorted(dist.gather(mine))])
         self.dataset = ImageFiles(self.files, build_transform(self.backbone.preprocess, config.augment))
         self.sampler = EpochSampler(self.dataset, config.seed, dist.rank, dist.world)
         self.steps_per_epoch = math.ceil(len(self.sampler.base) / config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.head = TAMEHead(channels, self.backbone.num_classes, config.variant).to(dist.device)
+        self.head = new_head(channels, self.backbone, config.variant, config.fuser).to(dist.device)
         if config.init == "cam":
             phase("starting every class from its class activation map")
             init_from_cam(self.head, self.backbone, self.layers, self._first_batch())
@@ -127,6 +139,7 @@ class _Run:
         self.autocast, amp_dtype = _autocast(dist.device, config.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.targets_rng = torch.Generator().manual_seed(config.seed)  # draws classes when classes_per_image < top_k
+        self.excluded = self._excluded_targets()
         self.step = 0
         self.seconds = 0.0  # training time over all sessions of this run
         self.images = 0  # images trained on (all ranks), likewise
@@ -144,6 +157,15 @@ class _Run:
             progress=config.progress and dist.is_main,
         )
 
+    def _excluded_targets(self) -> torch.Tensor | None:
+        """Classes no step may target (``exclude_targets="heldout"``: the project's 200 held-out classes)."""
+        if self.config.exclude_targets is None:
+            return None
+        if self.backbone.num_classes != len(imagenet_wnids()):
+            raise TrainingError("exclude_targets='heldout' needs an ImageNet-1k classifier")
+        flags = [is_heldout_class(index) for index in range(self.backbone.num_classes)]
+        return torch.tensor(flags, device=self.dist.device)
+
     # --- state --------------------------------------------------------------------------------
     def _first_batch(self) -> torch.Tensor:
         self.sampler.set_epoch(0)
@@ -151,21 +173,57 @@ class _Run:
         return torch.stack([self.dataset[item] for item in items]).to(self.dist.device)
 
     def _key(self) -> dict:
-        return {**self.config.schedule_key(), "layers": self.layers, "images": len(self.files), "world": self.dist.world}
+        """What a resumed run must share with the saved one: the schedule, the layers, the exact image files."""
+        data = {"images": len(self.files), "files_sha256": self.data_digest}
+        return {**self.config.schedule_key(), "layers": self.layers, "data": data, "world": self.dist.world}
+
+    def _on_every_rank(self, check) -> Any:
+        """Run ``check`` on rank 0 only (it reads or removes files) and raise its TrainingError on every rank."""
+        outcome: Any = None
+        if self.dist.is_main:
+            try:
+                outcome = check()
+            except TrainingError as error:
+                outcome = error
+        outcome = self.dist.broadcast(outcome)
+        if isinstance(outcome, TrainingError):
+            raise outcome
+        return outcome
+
+    def _claim_outputs(self) -> None:
+        """A new run never silently replaces an earlier run's state, log or head: it needs --overwrite."""
+        config = self.config
+        if config.resume:
+            return
+        head, card = paths_for(config.out)
+        found = [path for path in (config.state_path, config.log_path, head, card) if path.exists()]
+        if found and not config.overwrite:
+            names = ", ".join(path.name for path in found)
+            raise TrainingError(
+                f"--out {config.out}: an earlier run's files are there ({names}); add --resume to continue it, "
+                "--overwrite to start over, or choose another --out"
+            )
+        config.state_path.unlink(missing_ok=True)  # a crash before the first checkpoint must not resume the old run
 
     def _restore(self) -> None:
-        state = self.dist.broadcast(load_state(self.config.state_path) if self.dist.is_main else None)
+        path = self.config.state_path
+        state = self._on_every_rank(lambda: load_state(path))
         saved, here = state["key"], self._key()
         different = [name for name in here if saved.get(name) != here[name]]
         if different:
-            details = "; ".join(f"{name}: saved {saved.get(name)!r}, now {here[name]!r}" for name in different[:3])
-            raise TrainingError(f"--resume: {self.config.state_path} is from a different run ({details})")
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.targets_rng.set_state(state["targets_rng"])
+            details = "; ".join(_difference(name, saved.get(name), here[name]) for name in different[:3])
+            raise TrainingError(f"--resume: {path} is from a different run ({details})")
+        check_state(state, self.head, self.optimizer, path)
+        try:
+            self.head.load_state_dict(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.targets_rng.set_state(state["targets_rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
+            reason = " ".join(str(error).split())[:160]
+            raise TrainingError(f"--resume: {path} cannot be restored ({type(error).__name__}: {reason})") from None
         self.step, self.seconds, self.images = int(state["step"]), float(state["seconds"]), int(state["images"])
         self.resumed_from = self.step
         self.saved_step = self.step
@@ -193,7 +251,7 @@ class _Run:
         config = self.config
         finished = self.step >= self.total_steps
         training = {
-            "recipe": {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "state", "log", "resume", "progress", "workers", "device")},
+            "recipe": {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device")},
             "steps": self.step,
             "total_steps": self.total_steps,
             "finished": finished,
@@ -204,17 +262,20 @@ class _Run:
             "torch": torch.__version__,
         }
         data = {
-            "folder": config.data.name,
+            "folders": [source.name for source in config.data],
             "images": len(self.files),
+            "files_sha256": self.data_digest,
             "skipped_unreadable": self.skipped,
             "split": config.split,
             "split_rule": f"ImageNet class index i (sorted WordNet ids) held out when i % {HELDOUT_EVERY} == {HELDOUT_REMAINDER}"
             if config.split != "all" else None,
             "limit": config.limit,
             "seed": config.seed,
+            "excluded_targets": config.exclude_targets,
         }
-        metadata = metadata_for(self.head.eval(), self.backbone, self.layers, training=training, data=data)
-        save_head(self.head, metadata, config.out)
+        head = self.head.materialize() if isinstance(self.head, TiedTAMEHead) else self.head
+        metadata = metadata_for(head.eval(), self.backbone, self.layers, training=training, data=data)
+        save_head(head, metadata, config.out)
         self.head.train()
 
     # --- the loop -------------------------------------------------------------------------------
@@ -261,8 +322,11 @@ class _Run:
         inputs = images.to(dist.device, non_blocking=True)
         terms = batch_loss(
             self.backbone, taps, model, inputs, config.loss, config.mask_order, config.top_k, self.autocast,
-            config.classes_per_image, self.targets_rng,
+            config.classes_per_image, self.targets_rng, self.excluded,
         )
+        if terms is None:  # every image targeted an excluded class: an empty step keeps the schedule (and DDP) in step
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            terms = LossTerms(zero, zero.detach(), zero.detach(), zero.detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
         self.scaler.step(self.optimizer)
@@ -281,3 +345,12 @@ class _Run:
         if stopping or self.step % config.checkpoint_every == 0:
             self._save_state()
         return stopping
+
+
+def _difference(name: str, saved: Any, now: Any) -> str:
+    if name == "data" and isinstance(saved, dict) and isinstance(now, dict):
+        return (
+            f"data: other image files (saved: {saved.get('images')} files, digest {str(saved.get('files_sha256'))[:12]}; "
+            f"now: {now['images']} files, digest {now['files_sha256'][:12]})"
+        )
+    return f"{name}: saved {saved!r}, now {now!r}"

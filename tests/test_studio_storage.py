@@ -1,0 +1,189 @@
+"""The app's files: per-session folders, zips streamed with limits, allowed server roots, uploaded heads."""
+
+from __future__ import annotations
+
+import gc
+import io
+import struct
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tame_core.errors import AccessError
+from tame_core.studio import ModelChoice, store_uploaded_head
+from tame_core.studio import training
+from tame_core.studio.evaluation import EvaluationRequest
+from tame_core.studio.storage import ALLOWED_ROOTS_ENV, SessionFolder, server_path, studio_dir
+from tame_core.studio.training import extract_zip, output_path, unpack_upload
+from tame_core.training import TrainingError
+
+
+def png(seed: int, size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zipped(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def declare_size(data: bytes, size: int) -> bytes:
+    """The zip with every member's uncompressed size rewritten to ``size``, in the local and central headers."""
+    raw = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = raw.find(signature)
+        while start != -1:
+            raw[start + offset : start + offset + 4] = struct.pack("<I", size)
+            start = raw.find(signature, start + 4)
+    return bytes(raw)
+
+
+def nothing_left(parent: Path, target: Path) -> bool:
+    return not target.exists() and not any(path.name.startswith(".unzip-") for path in parent.iterdir())
+
+
+# --- zips -------------------------------------------------------------------------------------------
+def test_a_zip_declaring_a_2_gib_member_is_refused_before_anything_is_read(tmp_path):
+    bomb = declare_size(zipped({"good.png": png(0)}, zipfile.ZIP_STORED), 2 * 2**30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TrainingError, match=r"^bomb\.zip: member 'good\.png' unpacks to 2 GB, over the 128 MB limit per file$"):
+            extract_zip(bomb, tmp_path / "out", "bomb.zip")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20 and nothing_left(tmp_path, tmp_path / "out")
+
+
+def test_members_stream_to_disk_in_chunks(tmp_path):
+    """A 48 MB member (a 50 KB zip) unpacks with a few MB of memory: it used to be read whole."""
+    data = zipped({"big.png": bytes(48 * 2**20), "small.png": png(1)})
+    assert len(data) < 200_000
+    tracemalloc.start()
+    try:
+        folder = extract_zip(data, tmp_path / "out", "big.zip")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (folder / "big.png").stat().st_size == 48 * 2**20 and (folder / "small.png").read_bytes() == png(1)
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MB"
+
+
+def test_a_member_that_lies_about_its_size_is_refused_and_leaves_nothing(tmp_path):
+    liar = declare_size(zipped({"a.png": png(0, 64)}), 100)  # says 100 bytes, holds more: its CRC cannot match
+    with pytest.raises(TrainingError, match=r"^liar\.zip: member 'a\.png' cannot be unpacked \(Bad CRC-32 for file 'a\.png'\)$"):
+        extract_zip(liar, tmp_path / "out", "liar.zip")
+    assert nothing_left(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ({"a.png": png(0), "b.png": png(1), "../../evil.png": png(2)}, r"member '\.\./\.\./evil\.png' would unpack outside its folder"),
+        ({"a.png": png(0), "/tmp/absolute.png": png(1)}, r"member '/tmp/absolute\.png' would unpack outside its folder"),
+        ({"a.png": png(0), "x/../a.png": png(1)}, r"member 'x/\.\./a\.png' appears twice"),
+        ({"notes.txt": b"hello"}, r"no images inside"),
+    ],
+)
+def test_refused_zips_leave_nothing_behind(tmp_path, members, message):
+    """The good members before a bad one used to stay on disk."""
+    with pytest.raises(TrainingError, match=message):
+        extract_zip(zipped(members), tmp_path / "out", "up.zip")
+    assert nothing_left(tmp_path, tmp_path / "out")
+    assert not Path("/tmp/absolute.png").exists() and not (tmp_path.parent / "evil.png").exists()
+
+
+def test_count_and_total_size_limits(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "MAX_ZIP_MEMBERS", 3)
+    with pytest.raises(TrainingError, match=r"^up\.zip: 4 files is over the limit of 3$"):
+        extract_zip(zipped({f"{i}.png": png(i) for i in range(4)}), tmp_path / "many", "up.zip")
+    monkeypatch.setattr(training, "MAX_UNZIPPED_BYTES", 3 * 2**20)
+    with pytest.raises(TrainingError, match=r"^up\.zip: unpacks to over 3 MB$"):
+        extract_zip(zipped({"a.png": bytes(2 * 2**20), "b.png": bytes(2 * 2**20)}), tmp_path / "big", "up.zip")
+    assert nothing_left(tmp_path, tmp_path / "many") and nothing_left(tmp_path, tmp_path / "big")
+
+
+def test_a_zip_unpacks_its_images_only_and_from_a_file_object(tmp_path):
+    data = zipped({"a/one.png": png(0), "two.PNG": png(1), "notes.txt": b"x", "__MACOSX/a/._one.png": b"junk", ".hidden.png": b"x"})
+    folder = extract_zip(io.BytesIO(data), tmp_path / "ok")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["a/one.png", "two.PNG"]
+    with pytest.raises(FileExistsError):
+        extract_zip(data, folder)
+
+
+def test_a_new_upload_replaces_the_sessions_earlier_one(tmp_path):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    first = unpack_upload(zipped({"a.png": png(0)}), "first.zip", "file-1", uploads)
+    assert unpack_upload(b"not read again", "first.zip", "file-1", uploads) == first  # once per upload
+    second = unpack_upload(zipped({"b.png": png(1)}), "second.zip", "file-2", uploads)
+    assert not first.exists() and (second / "b.png").is_file()
+    third = unpack_upload(zipped({"c.png": png(2)}), "third.zip", "file-3", uploads, keep_others=True)  # a job reads second
+    assert second.exists() and third.exists()
+    with pytest.raises(TrainingError, match="not a zip file"):
+        unpack_upload(b"junk", "junk.zip", "file-4", uploads)  # replaces the others too, and leaves nothing itself
+    assert list(uploads.iterdir()) == []
+
+
+# --- per-session folders ----------------------------------------------------------------------------
+def test_sessions_get_folders_of_their_own_and_scratch_goes_with_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAME_STUDIO_DIR", str(tmp_path / "studio"))
+    assert studio_dir() == tmp_path / "studio"
+    first, second = SessionFolder(), SessionFolder()
+    assert first.path != second.path and first.path.parent == second.path.parent == tmp_path / "studio" / "sessions"
+    assert output_path("my_head", first.heads) != output_path("my_head", second.heads)
+    request, choice = EvaluationRequest(data="/data/x", methods=("tame",)), ModelChoice()
+    assert request.state_path(choice, first.evaluations) != request.state_path(choice, second.evaluations)
+    request.state_path(choice, second.evaluations).write_text("{}")
+    request.state_path(choice, first.evaluations).unlink(missing_ok=True)  # what a fresh Evaluate does
+    assert request.state_path(choice, second.evaluations).read_text() == "{}"
+
+    head = first.heads / "mine.safetensors"
+    head.write_bytes(b"kept")
+    (first.uploads / "x").mkdir()
+    path = first.path
+    del first
+    gc.collect()  # the session ends: its scratch goes, its trained heads stay
+    assert head.read_bytes() == b"kept" and not (path / "uploads").exists() and not (path / "evaluations").exists()
+    second.cleanup()
+    assert not (second.path / "evaluations").exists()
+
+
+# --- allowed roots ----------------------------------------------------------------------------------
+def test_typed_paths_are_confined_to_the_allowed_roots(tmp_path, monkeypatch):
+    data, heads, outside = tmp_path / "data", tmp_path / "heads", tmp_path / "secret"
+    for folder in (data / "sub", heads, outside):
+        folder.mkdir(parents=True)
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    assert server_path(str(outside), "Folder") == outside  # unset: a single user's own machine
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, f" {data} {__import__('os').pathsep}{heads}")
+    assert server_path(f" {data / 'sub'} ", "Folder") == data / "sub"
+    assert server_path(str(heads / "h.safetensors"), "Head") == heads / "h.safetensors"
+    (data / "link").symlink_to(outside)
+    refusals = [str(outside), "/etc", f"{data}/../secret", str(data / "link"), str(tmp_path / "data-other"), "relative/path"]
+    for typed in refusals:
+        with pytest.raises(AccessError) as error:
+            server_path(typed, "Folder")
+        assert str(error.value) == f"Folder {typed}: outside the folders this server lets the app read (see {ALLOWED_ROOTS_ENV})"
+    assert server_path(str(outside / "h.safetensors"), "Head", also=[outside]) == outside / "h.safetensors"
+
+
+# --- uploaded heads ---------------------------------------------------------------------------------
+def test_an_uploaded_head_never_writes_through_another_sessions_temporary_file(tmp_path, random_head_path):
+    import hashlib
+
+    data = random_head_path.read_bytes()
+    busy = tmp_path / f"{hashlib.sha256(data).hexdigest()[:20]}.part"  # another session half-way through the same upload
+    busy.write_bytes(b"another session is writing this")
+    path = store_uploaded_head("mine.safetensors", data, tmp_path)
+    assert path.read_bytes() == data and busy.read_bytes() == b"another session is writing this"
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".part"] == [busy.name]
