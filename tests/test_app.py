@@ -357,10 +357,7 @@ def loss_steps(at: AppTest) -> list[int]:
 
 
 @pytest.mark.slow
-def test_train_page_stop_and_resume_keep_the_loss_history_and_say_what_happened(app, tmp_path, monkeypatch):
-    from tame_core.studio import training
-
-    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+def test_train_page_stop_and_resume_keep_the_loss_history_and_say_what_happened(app, tmp_path):
     data = tmp_path / "images"
     data.mkdir()
     for index in range(8):
@@ -393,7 +390,8 @@ def test_train_page_stop_and_resume_keep_the_loss_history_and_say_what_happened(
     assert resumed is not job and resumed.wait(300) and resumed.state is JobState.DONE, resumed.error
     ok(app.run())
     assert loss_steps(app) == [1, 2, 3, 4, 5, 6]  # steps 1..n kept across the resume
-    assert app.success[0].value.startswith(f"Saved {tmp_path / 'checkpoints' / 'resumable.safetensors'}")
+    saved = app.session_state["session_folder"].heads / "resumable.safetensors"
+    assert app.success[0].value.startswith(f"Saved {saved}") and saved.is_file()
 
 
 def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_images):

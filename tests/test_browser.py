@@ -333,7 +333,7 @@ def test_stop_and_resume_keep_the_whole_loss_history_in_a_real_browser(server, p
         nav(page, "Train")
         page.get_by_role("heading", name="Train a head").wait_for(timeout=LONG)
         page.get_by_label("Folder (searched recursively)").fill(str(data))
-        page.get_by_label("Save as checkpoints/…").fill(name)
+        page.get_by_role("textbox", name="Save as (head name)").fill(name)
         page.get_by_label("Epochs").fill("20")
         page.get_by_label("Epochs").press("Enter")
         batch = page.locator('[data-testid="stSlider"]').filter(has_text="Batch size").get_by_role("slider")

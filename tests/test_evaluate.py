@@ -214,7 +214,7 @@ def test_resume_refuses_another_head_or_changed_images(explainer, tmp_path):
     state = tmp_path / "state.json"
     stop = threading.Event()
     settings = dict(metrics=("adic",), batch_size=2, state_path=state)
-    evaluate(explainer, folder, ["tame"], stop=stop, progress=lambda *_: stop.set(), **settings)  # stops after the 1st batch
+    evaluate(explainer, folder, ["tame"], stop=stop, progress=lambda _, __, message: "images 3-4" in message and stop.set(), **settings)  # in batch 2
     saved = state.read_text()
     assert json.loads(saved)["tally"]["images_done"] == 2
 
