@@ -133,6 +133,8 @@ def hub_panel(path: Path) -> None:
         repo = st.text_input("Repo id", placeholder="owner/name", key="push_repo")
         token = st.text_input("Token (write access)", type="password", key="push_token")
         private = st.checkbox("Private repo", key="push_private")
+        if not private:
+            st.caption("Without **Private repo** the repo is public: anyone can download the head and its card.")
         if st.button("Push", key="push", disabled=not repo.strip()):
             with st.spinner(f"Pushing to {repo}…"):
                 url = push_head(path, repo.strip(), token=token or None, private=private)

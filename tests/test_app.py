@@ -346,6 +346,10 @@ def test_train_page_trains_a_head_and_pushes_it(app, tmp_path, sample_images, fa
     assert app.success[0].value.startswith(f"Saved {job.result}")
     assert len(app.get("plotly_chart")) == 1
     app.text_input(key="push_repo").input("team/trained-in-app").run()
+    assert any("the repo is public" in c.value for c in app.caption)  # said before anything is uploaded
+    app.checkbox(key="push_private").check().run()
+    assert not any("the repo is public" in c.value for c in app.caption)
+    app.checkbox(key="push_private").uncheck().run()
     ok(app.button(key="push").click().run())
     assert "team/trained-in-app" in app.success[1].value
     assert set(fake_hub.resolve("team/trained-in-app", "main")[1]) == {"head.safetensors", "head.json", "README.md"}
@@ -423,6 +427,10 @@ def test_heads_from_an_upload_or_the_hub(app, fake_hub, random_head_path):
     app.file_uploader(key="head_upload").set_value(("junk.safetensors", b"junk", "application/octet-stream")).run()
     assert not app.exception and app.sidebar.error[0].value.startswith("junk.safetensors: not a readable safetensors file")
     head = random_head_path.read_bytes()
+    tampered = bytearray(head)
+    tampered[-64:] = bytes(b ^ 0xFF for b in tampered[-64:])  # 64 flipped bytes in the last tensor's data
+    app.file_uploader(key="head_upload").set_value(("tampered.safetensors", bytes(tampered), "application/octet-stream")).run()
+    assert not app.exception and "do not match the SHA-256 recorded inside it" in app.sidebar.error[0].value
     ok(app.file_uploader(key="head_upload").set_value(("mine.safetensors", head, "application/octet-stream")).run())
     assert app.session_state["model"].choice.head.endswith(".safetensors")
 
