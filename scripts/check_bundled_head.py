@@ -1,0 +1,39 @@
+"""Retrain the bundled head's recipe from scratch and check that its tensors equal the shipped ones, bit for bit.
+
+    .venv/bin/python scripts/check_bundled_head.py [--work runs/bundled]
+
+Uses the file list that ``scripts/train_bundled_head.py`` wrote into ``--work`` (run that first) and
+trains into ``--work/check`` (replacing an earlier check), then compares the cards' ``tensors_sha256``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from train_bundled_head import ROOT, SHIPPED
+
+from tame_core.training import TrainConfig, train_head
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bundled")
+    parser.add_argument("--bundled", type=Path, default=ROOT / "checkpoints" / "efficientnet_lite0.json")
+    args = parser.parse_args()
+    files = args.work / "train_files.txt"
+    if not files.is_file():
+        print(f"error: {files} is missing: run scripts/train_bundled_head.py first", file=sys.stderr)
+        return 2
+    out = args.work / "check" / "shipped.safetensors"
+    train_head(TrainConfig(data=[files], out=out, overwrite=True, **SHIPPED))
+    retrained = json.loads(out.with_suffix(".json").read_text())["tensors_sha256"]
+    bundled = json.loads(args.bundled.read_text())["tensors_sha256"]
+    print(f"retrained {retrained}\nbundled   {bundled}\nidentical: {retrained == bundled}")
+    return 0 if retrained == bundled else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
