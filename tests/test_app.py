@@ -13,6 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from tame_core.studio import JobState
+from noise_images import noise_folder
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = ("explain", "branches", "curves", "compare", "train", "evaluate", "demo")
@@ -362,11 +363,7 @@ def loss_steps(at: AppTest) -> list[int]:
 
 @pytest.mark.slow
 def test_train_page_stop_and_resume_keep_the_loss_history_and_say_what_happened(app, tmp_path):
-    data = tmp_path / "images"
-    data.mkdir()
-    for index in range(8):
-        pixels = np.random.default_rng(index).integers(0, 256, (96, 96, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(data / f"{index}.png")
+    data = noise_folder(tmp_path / "images", 8)
     open_page(app, "train")
     app.text_input(key="train_folder").input(str(data)).run()
     app.text_input(key="train_name").input("resumable").run()

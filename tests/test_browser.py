@@ -16,9 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
+from noise_images import noise_folder
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -322,11 +322,7 @@ def test_demo_mode_shows_each_curated_sample_predicted_as_stated(server, page):
 
 def test_stop_and_resume_keep_the_whole_loss_history_in_a_real_browser(server, page, tmp_path):
     url, _ = server
-    data = tmp_path / "images"
-    data.mkdir()
-    for index in range(8):
-        pixels = np.random.default_rng(index).integers(0, 256, (96, 96, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(data / f"{index}.png")
+    data = noise_folder(tmp_path / "images", 8)
     name = f"browser-resume-{os.getpid()}"
     try:
         page.goto(url)

@@ -16,6 +16,7 @@ from tame_core.errors import EvaluationError
 from tame_core.evaluation import evaluate, select_files
 from tame_core.images import image_to_tensor, load_image
 from tame_core.metrics import average_drop_increase
+from noise_images import noise_folder
 
 FAST = dict(steps=4, road_percentages=(20, 80), batch_size=2, method_options={"rise": {"masks": 8}})
 PAPER_KEYS = {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc", "ms_per_image", "forward_passes"}
@@ -170,18 +171,6 @@ def test_bootstrap_difference_of_paired_values():
 
 
 # --- batches, bad files and resume --------------------------------------------------------------------
-def noise_folder(folder, count: int, bad_at: int | None = None, seed: int = 0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        path = folder / f"img{index}.png"
-        if index == bad_at:
-            path.write_bytes(b"this is not a png")
-        else:
-            Image.fromarray((rng.random((72, 96, 3)) * 255).astype(np.uint8)).save(path)
-    return folder
-
-
 def test_batches_that_do_not_divide_the_images_with_a_bad_file_in_the_middle(explainer, tmp_path):
     """8 files, the 4th unreadable: batches of 3 give what one batch of 8 gives, and the bad file one line."""
     folder = noise_folder(tmp_path / "images", 8, bad_at=3)

@@ -25,6 +25,7 @@ from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace,
 from tame_core.studio import jobs as jobs_module
 from tame_core.studio.evaluation import EvaluationRequest, evaluation_work
 from tame_core.studio.methods import ResultCache, compare_methods, curve_points
+from noise_images import noise_folder
 
 LATENCY_LIMIT_S = 2.0
 LATENCIES = Path(__file__).resolve().parents[1] / "test-artifacts" / "stop-latencies.json"
@@ -203,11 +204,7 @@ def test_curves_stop_within_two_seconds(subject):
 
 
 def test_an_evaluation_stops_within_two_seconds_and_keeps_whole_batches(tmp_path, random_head_path):
-    data = tmp_path / "images"
-    data.mkdir()
-    for index in range(4):
-        pixels = np.random.default_rng(index).integers(0, 256, (96, 96, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(data / f"{index}.png")
+    data = noise_folder(tmp_path / "images", 4)
     choice = ModelChoice(head=str(random_head_path))
     request = EvaluationRequest(data=str(data), methods=("scorecam",), steps=10)
     job = Job("evaluate", lambda context: evaluation_work(choice, request, context, tmp_path / "state")).start()
