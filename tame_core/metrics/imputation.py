@@ -6,10 +6,10 @@ one sparse linear system per image, shared by its channels. pytorch-grad-cam sol
 the CPU with scipy. Here the system matrix is applied with shifted sums (no matrix is built) and all
 images and channels are solved at once by conjugate gradients preconditioned with one multigrid
 V-cycle (the matrix is symmetric positive definite whenever some pixel is kept): the removed pixels
-are coarsened level by level (a coarse cell is unknown when any pixel under it is), with damped
-Jacobi smoothing and bilinear transfer whose restriction is the prolongation's transpose, so the
-preconditioner is symmetric too. A dozen or so iterations reach the tolerance at any image size,
-where plain CG needs a number that grows with the size of the holes.
+are coarsened level by level (a coarse cell is unknown when every pixel under it is), with damped
+Jacobi smoothing, bilinear transfer whose restriction is the prolongation's transpose, and an exact
+dense solve on the coarsest grid, so the preconditioner is symmetric too. About ten iterations reach
+the tolerance at any image size, where plain CG needs a number that grows with the size of the holes.
 Then ``noise`` times standard normal noise is added to imputed pixels.
 """
 
@@ -22,12 +22,17 @@ from ..errors import EvaluationError
 
 #: The weight of each of the 8 neighbours, as the ROAD paper's imputer sets them.
 DIRECT_WEIGHT, DIAGONAL_WEIGHT = 1 / 6, 1 / 12
-#: Grids whose shorter side is at most this are the V-cycle's coarsest level (smoothed, not coarsened).
-COARSEST_SIDE = 8
+#: Grids whose shorter side is at most this are the V-cycle's coarsest level (not coarsened further).
+COARSEST_SIDE = 16
+#: A coarsest level with at most this many pixels is solved exactly (a dense pseudo-inverse, one
+#: matrix product per cycle); a larger one (a long thin image) is smoothed instead.
+DENSE_PIXELS = 400
 #: Damped Jacobi: the damping, and the sweeps on the coarsest level (before and after, symmetric).
 JACOBI_DAMPING, COARSEST_SWEEPS = 0.8, 8
-#: Convergence is checked every this many iterations (each check syncs with the device).
-CHECK_EVERY = 4
+#: Convergence is checked every this many iterations: each check syncs an accelerator with the host,
+#: while on a CPU it costs nothing and saves the iterations past convergence.
+CHECK_EVERY = {"cpu": 1}
+CHECK_EVERY_ACCELERATOR = 4
 #: Images solved together on a CPU: one at a time keeps the solver's working set in cache (measured
 #: 4x faster per image than 16 at a time at 224 px); accelerators take the whole batch at once.
 CPU_CHUNK = 1
@@ -75,6 +80,17 @@ def neighbour_sum(z: torch.Tensor) -> torch.Tensor:
     return (block - 4 * z) * DIAGONAL_WEIGHT
 
 
+def restrict_halving(r: torch.Tensor) -> torch.Tensor:
+    """The transpose of 2x bilinear upsampling (``align_corners=False``) for even sides, by strided sums:
+    coarse cell i gathers 3/4 of fine pixels 2i and 2i+1 and 1/4 of 2i-1 and 2i+2 (edges repeated).
+    Same result as ``aten.upsample_bilinear2d_backward``, 4x faster at 224 px on a CPU."""
+    padded = F.pad(r, (1, 1, 1, 1), mode="replicate")
+    near, far = padded[..., 1:-1:2, :] + padded[..., 2::2, :], padded[..., 0:-2:2, :] + padded[..., 3::2, :]
+    rows = 0.75 * near + 0.25 * far
+    near, far = rows[..., 1:-1:2] + rows[..., 2::2], rows[..., 0:-2:2] + rows[..., 3::2]
+    return 0.75 * near + 0.25 * far
+
+
 class _Level:
     """One grid of the V-cycle: its removed pixels, the stencil's row sums, and the next coarser grid."""
 
@@ -83,8 +99,21 @@ class _Level:
         self.size = tuple(missing.shape[-2:])
         self.diagonal = neighbour_sum(torch.ones_like(missing[:1, :1]))  # the row sums: fewer at the border
         self.smoother = missing * JACOBI_DAMPING / self.diagonal
-        coarse = (F.max_pool2d(missing, 2, ceil_mode=True) > 0).to(missing.dtype) if min(self.size) > COARSEST_SIDE else None
+        # A coarse cell is unknown only when every pixel under it is: scattered small holes then stay on
+        # the fine grids, where smoothing alone solves them (an "any" rule needed 2-4x the iterations).
+        coarse = 1 - F.max_pool2d(1 - missing, 2, ceil_mode=True) if min(self.size) > COARSEST_SIDE else None
         self.coarser = _Level(coarse) if coarse is not None else None
+        pixels = self.size[0] * self.size[1]
+        self.inverse = self._dense_inverse() if self.coarser is None and pixels <= DENSE_PIXELS else None
+
+    def _dense_inverse(self) -> torch.Tensor:
+        """(B, n, n): the pseudo-inverse of the system on this grid (singular only when no pixel is kept)."""
+        pixels = self.size[0] * self.size[1]
+        basis = torch.eye(pixels, dtype=self.missing.dtype, device=self.missing.device).reshape(pixels, 1, *self.size)
+        stencil = (self.diagonal * basis - neighbour_sum(basis)).reshape(pixels, pixels)
+        missing = self.missing.reshape(-1, 1, pixels)  # one system per image
+        system = missing.transpose(1, 2) * stencil * missing + torch.diag_embed(1 - missing[:, 0])
+        return missing.transpose(1, 2) * torch.linalg.pinv(system, hermitian=True) * missing
 
     def apply(self, z: torch.Tensor) -> torch.Tensor:
         """The system matrix on the removed pixels (``z`` is zero elsewhere)."""
@@ -93,6 +122,8 @@ class _Level:
     def restrict(self, r: torch.Tensor) -> torch.Tensor:
         """The transpose of :meth:`prolong`: residuals summed onto the coarse grid with bilinear weights."""
         coarse = self.coarser
+        if self.size[0] % 2 == 0 and self.size[1] % 2 == 0:
+            return coarse.missing * restrict_halving(r)
         full = [r.shape[0], r.shape[1], *coarse.size]
         return coarse.missing * torch.ops.aten.upsample_bilinear2d_backward(r, list(self.size), full, False, None, None)
 
@@ -101,6 +132,8 @@ class _Level:
 
     def vcycle(self, r: torch.Tensor) -> torch.Tensor:
         """An approximate solve of ``apply(x) = r``: symmetric, so it can precondition CG."""
+        if self.inverse is not None:
+            return torch.matmul(r.flatten(2), self.inverse).reshape(r.shape)
         x = self.smoother * r
         if self.coarser is None:
             for _ in range(2 * COARSEST_SWEEPS - 1):
@@ -123,13 +156,14 @@ def _conjugate_gradients(operator, rhs, preconditioner, x, tolerance, max_iterat
     def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a * b).sum(dim=(-2, -1), keepdim=True)
 
+    check_every = CHECK_EVERY.get(rhs.device.type, CHECK_EVERY_ACCELERATOR)
     r = rhs - operator(x)
     z = preconditioner(r)
     p = z
     rz = dot(r, z)
     limit = tolerance * dot(rhs, rhs).sqrt()
     for iteration in range(max_iterations):
-        if iteration % CHECK_EVERY == 0 and bool((dot(r, r).sqrt() <= limit).all()):
+        if iteration % check_every == 0 and bool((dot(r, r).sqrt() <= limit).all()):
             break
         q = operator(p)
         alpha = rz / dot(p, q).clamp_min(1e-30)
