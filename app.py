@@ -12,7 +12,7 @@ from streamlit import runtime
 
 from pages._shared import guarded, keep_jobs_alive, resolve_model, session_folder, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
-from tame_core.explainer import CHECKPOINT_DIR, bundled_head_path
+from tame_core.checkpoint import CHECKPOINT_DIR, bundled_head_path
 from tame_core.studio import HEAD_ENV, MAX_UPLOAD_MB, ModelChoice, default_choice, store_uploaded_head
 from tame_core.studio.jobs import share_cpu_between_threads
 from tame_core.studio.models import MAX_HEAD_UPLOAD_MB, available_devices

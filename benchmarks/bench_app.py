@@ -108,7 +108,7 @@ def main() -> int:
 
     from PIL import Image
 
-    from tame_core.explainer import bundled_head_path
+    from tame_core.checkpoint import bundled_head_path
     from tame_core.images import load_image
     from tame_core.studio.images import active_image
     from tame_core.studio.render import png_bytes

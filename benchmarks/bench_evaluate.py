@@ -17,6 +17,7 @@ import importlib
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from PIL import Image
 from timing import sync
 
 from tame_core import Explainer
-from tame_core.evaluation import evaluate
+from tame_core.evaluation import EvaluationConfig, evaluate
 road_module = importlib.import_module("tame_core.metrics.road")  # the module (the package re-exports its function)
 
 
@@ -114,11 +115,12 @@ def write_images(folder: Path, count: int) -> None:
 
 def run(explainer: Explainer, folder: Path, args: argparse.Namespace, metrics: list[str]) -> None:
     totals = {"imputation": 0.0}
-    evaluate(explainer, folder, args.methods, metrics=metrics, steps=args.steps, batch_size=args.batch_size, limit=4)  # warm-up
+    config = EvaluationConfig(folder, tuple(args.methods), metrics=tuple(metrics), steps=args.steps, batch_size=args.batch_size)
+    evaluate(explainer, replace(config, limit=4))  # warm-up
     with PassRecorder(explainer.backbone.net, explainer.device) as recorder, timed_imputation(totals):
         sync(explainer.device)
         started = time.perf_counter()
-        evaluate(explainer, folder, args.methods, metrics=metrics, steps=args.steps, batch_size=args.batch_size, limit=args.count)
+        evaluate(explainer, replace(config, limit=args.count))
         sync(explainer.device)
         total = time.perf_counter() - started
     alone = replay(explainer, recorder.calls)

@@ -4,7 +4,8 @@
 
 Part 1 times, side by side in one run on the same inputs (in turns, medians), (a) a plain backbone
 forward and (b) a full explanation (forward with taps + head + top-1 map at input size), and prints
-their ratio; also a class switch and a branch toggle (head only, on the cached branch outputs).
+their ratio; also a class switch and a branch toggle (head only, on the cached branch outputs), and
+the branches' 1x1 convolutions alone: the least any explanation with this head must add to a forward.
 
 Part 2 prints the memory an explanation keeps per image to answer another class or branch mask: the
 branch outputs at their native sizes (what the head fuses from), against what the papers' order
@@ -38,7 +39,7 @@ def speed(args: argparse.Namespace) -> None:
     branches = explainer.head.num_branches
     for batch in (1, 32):
         inputs = torch.rand(batch, 3, 224, 224, device=args.device)
-        cached = explainer.explain_inputs(inputs)
+        cached = explainer.explain(inputs, geometry="input")
         second = cached.logits.topk(2, 1).indices[:, 1]
         mask = [index != 1 for index in range(branches)]
 
@@ -46,23 +47,34 @@ def speed(args: argparse.Namespace) -> None:
             with torch.no_grad():
                 explainer.backbone(inputs)
 
+        def branch_convs() -> None:
+            """The papers' head cannot cost less than its branches' 1x1 convolutions (the rest is small)."""
+            with torch.no_grad():
+                for branch, features in zip(explainer.head.branches, cached.branch_features):
+                    branch.conv(features)
+
         times = in_turns({
             "forward": forward,
-            "explain": lambda: explainer.explain_inputs(inputs),
+            "explain": lambda: explainer.explain(inputs, geometry="input"),
             "switch": lambda: cached.with_classes(second),
             "toggle": lambda: cached.with_branches(mask),
+            "convs": branch_convs,
         }, args.repeats, args.device)
         print(
             f"batch {batch:>2} on {args.device}: backbone forward {times['forward'] * 1e3:8.2f} ms | explanation "
             f"{times['explain'] * 1e3:8.2f} ms (x{times['explain'] / times['forward']:.3f} of the forward) | class switch "
             f"{times['switch'] * 1e3:6.2f} ms | branch toggle {times['toggle'] * 1e3:6.2f} ms  (medians of {args.repeats}, in turns)"
         )
+        print(
+            f"          the branches' 1x1 convolutions alone {times['convs'] * 1e3:8.2f} ms: no explanation with this head "
+            f"can cost under x{1 + times['convs'] / times['forward']:.3f} of the forward"
+        )
 
 
 def held(args: argparse.Namespace) -> None:
     explainer = _explainer(args.head, args.device)
     inputs = torch.rand(1, 3, 224, 224, device=args.device)
-    explanation = explainer.explain_inputs(inputs)
+    explanation = explainer.explain(inputs, geometry="input")
     native = sum(o.numel() * o.element_size() for o in explanation.branch_features)
     height, width = explainer.head.resolution(explanation.branch_features[0].shape[-2:])
     upsampled = sum(explainer.head.channels) * height * width * 4
@@ -80,8 +92,8 @@ def memory_child(mode: str, head: str | None, device: str) -> None:
     every = torch.arange(explainer.backbone.num_classes, device=device).expand(inputs.shape[0], -1)
     steps = {
         "forward": lambda: explainer.backbone(inputs),
-        "top1": lambda: explainer.explain_inputs(inputs),
-        "all_classes": lambda: explainer.explain_inputs(inputs, classes=every),
+        "top1": lambda: explainer.explain(inputs, geometry="input"),
+        "all_classes": lambda: explainer.explain(inputs, classes=every, geometry="input"),
     }
     with torch.no_grad():
         result = steps[mode]()  # warm up kernels and the allocator

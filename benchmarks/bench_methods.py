@@ -62,7 +62,7 @@ def load_batch(args: argparse.Namespace, explainer) -> torch.Tensor:
 def bench_methods(args, explainer, inputs, classes) -> dict[str, torch.Tensor]:
     """Times of a plain forward and of each method. The quick ones are timed in turns (forward, TAME,
     Grad-CAM, ..., forward, TAME, ...), so a change in machine load hits them alike; the slow ones once."""
-    from tame_core.baselines import explain_with
+    from tame_core.methods import explain_with
 
     device, backbone, batch = explainer.device, explainer.backbone, inputs.shape[0]
     slow = {"scorecam", "ablationcam", "rise"} if device.type == "cpu" else set()
@@ -76,7 +76,7 @@ def bench_methods(args, explainer, inputs, classes) -> dict[str, torch.Tensor]:
                 with torch.no_grad():
                     backbone(inputs)
             else:
-                results[method] = explain_with(method, explainer, inputs, classes, **options)
+                results[method] = explain_with(explainer, inputs, classes, method, **options)
 
         return run
 
@@ -104,7 +104,7 @@ def bench_methods(args, explainer, inputs, classes) -> dict[str, torch.Tensor]:
 
 def bench_curves(args, explainer, inputs, classes, saliency) -> None:
     from tame_core.metrics import deletion_insertion
-    from tame_core.metrics.base import check_batch_size
+    from tame_core.batching import check_batch_size
 
     device, backbone, batch = explainer.device, explainer.backbone, inputs.shape[0]
     size = check_batch_size(args.metric_batch_size, device)
@@ -132,7 +132,8 @@ def bench_road(args, explainer, inputs, classes, saliency) -> None:
 
     from tame_core.maps import minmax_normalize
     from tame_core.metrics import road
-    from tame_core.metrics.base import DEFAULT_ROAD_PERCENTAGES, check_batch_size
+    from tame_core.batching import check_batch_size
+    from tame_core.metrics.base import DEFAULT_ROAD_PERCENTAGES
 
     device, backbone, batch = explainer.device, explainer.backbone, inputs.shape[0]
     size = check_batch_size(args.metric_batch_size, device)
@@ -178,7 +179,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: methods, curves, road")
     args = parser.parse_args()
 
-    from tame_core.baselines import list_methods
+    from tame_core.methods import list_methods
 
     args.methods = args.methods.split(",") if args.methods else list_methods()
     if "tame" in args.methods:
@@ -193,7 +194,7 @@ def main() -> None:
     maps = {} if "methods" in skip else bench_methods(args, explainer, inputs, classes)
     saliency = maps.get("tame")
     if saliency is None:
-        saliency = explainer.explain_inputs(inputs, classes[:, None]).maps[:, 0]
+        saliency = explainer.explain(inputs, classes[:, None], geometry="input").maps[:, 0]
     if "curves" not in skip:
         bench_curves(args, explainer, inputs, classes, saliency)
     if "road" not in skip:

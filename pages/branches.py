@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import class_picker, colour_scale, guarded, image_or_stop, job_status, live, model_or_stop, workspace
-from tame_core.metrics import METRICS
+from tame_core.metrics import METRICS, spec_for
 from tame_core.studio import ActiveImage, LoadedModel, render
 from tame_core.studio.ablation import (
     MAX_COMBINATIONS_BRANCHES,
@@ -119,8 +119,8 @@ def single_image_note(row: AblationRow) -> None:
         hide_index=True,
         column_config={
             "P(class)": st.column_config.NumberColumn(format="percent"),
-            "AD": st.column_config.NumberColumn("AD ↓", format="%.1f %%"),
-            "IC": st.column_config.NumberColumn("IC ↑", format="%.0f %%"),
+            "AD": st.column_config.NumberColumn(f"AD {spec_for('AD100').arrow}", format="%.1f %%"),
+            "IC": st.column_config.NumberColumn(f"IC {spec_for('IC100').arrow}", format="%.0f %%"),
         },
     )
 

@@ -1,4 +1,4 @@
-"""Compare: TAME and chosen baselines side by side on one picture, with what each costs."""
+"""Compare: TAME and chosen comparison methods side by side on one picture, with what each costs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pages._shared import (
     start_when_ready,
     workspace,
 )
-from tame_core.baselines import get_method, list_methods
+from tame_core.methods import get_method, list_methods
+from tame_core.metrics import spec_for
 from tame_core.studio import render
 from tame_core.studio.methods import (
     compare_estimate,
@@ -36,7 +37,7 @@ def body() -> None:
     ws = workspace()
     class_index = class_picker(model, image)
     available = list_methods()
-    baselines = st.multiselect(
+    others = st.multiselect(
         "Baselines",
         available[1:],
         default=[m for m in DEFAULT_BASELINES if m in available],
@@ -45,7 +46,7 @@ def body() -> None:
         help="Each runs on the same model input as TAME. Score-CAM, Ablation-CAM and RISE need hundreds to "
         "thousands of forward passes: the button says how long before they start.",
     )
-    methods = ["tame", *baselines]
+    methods = ["tame", *others]
     subject = ws.subject(model, image, class_index)
     job = ws.job_for("compare", subject.key())
     running = job is not None and job.running
@@ -85,9 +86,9 @@ def body() -> None:
             cost_rows(done),
             hide_index=True,
             column_config={
-                "ms": st.column_config.NumberColumn("ms ↓", format="%.1f"),
-                "forward passes": st.column_config.NumberColumn("forward passes ↓", format="%d"),
-                "backward passes": st.column_config.NumberColumn("backward passes ↓", format="%d"),
+                "ms": st.column_config.NumberColumn(f"ms {spec_for('ms_per_image').arrow}", format="%.1f"),
+                "forward passes": st.column_config.NumberColumn(f"forward passes {spec_for('forward_passes').arrow}", format="%d"),
+                "backward passes": st.column_config.NumberColumn(f"backward passes {spec_for('backward_passes').arrow}", format="%d"),
                 "× TAME time": st.column_config.NumberColumn(format="%.1f×"),
             },
         )

@@ -14,11 +14,10 @@ from pages._shared import (
     start_when_ready,
     workspace,
 )
-from tame_core.baselines import list_methods
-from tame_core.metrics.curves import BASELINES, MODES
+from tame_core.methods import list_methods
+from tame_core.metrics.curves import BASELINES, DEFAULT_STEPS, MODES
 from tame_core.studio import plots
 from tame_core.studio.methods import (
-    DEFAULT_STEPS,
     auc_direction,
     auc_rows,
     curve_points,
@@ -44,12 +43,12 @@ def body() -> None:
     class_index = class_picker(model, image)
     available = list_methods()
     settings = st.columns([3, 1, 1])
-    baselines = settings[0].multiselect(
+    others = settings[0].multiselect(
         "Baselines to compare with TAME", available[1:], key="curve_methods", help="Score-CAM, Ablation-CAM and RISE take longer."
     )
     steps = settings[1].select_slider("Steps", [10, 20, 25, 50, 100], value=DEFAULT_STEPS, key="curve_steps")
     baseline = settings[2].selectbox("Changed pixels become", BASELINES, key="curve_baseline")
-    methods = ["tame", *baselines]
+    methods = ["tame", *others]
     subject = ws.subject(model, image, class_index)
     tag = (subject.key(), steps, baseline)
     job = ws.job_for("curves", tag)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import guarded, job_status, live, model_or_stop, session_folder, workspace
-from tame_core.baselines import list_methods
 from tame_core.errors import TameError
-from tame_core.evaluation import TABLE_COLUMNS, select_files
-from tame_core.metrics.curves import BASELINES
+from tame_core.evaluation import TABLE_COLUMNS, EvaluationConfig, select_files
+from tame_core.methods import list_methods
+from tame_core.metrics.curves import BASELINES, DEFAULT_STEPS
 from tame_core.studio.costs import evaluation_estimate, with_relative_times
-from tame_core.studio.evaluation import EvaluationRequest, can_resume, column_title, evaluation_work
+from tame_core.studio.evaluation import can_resume, column_title, evaluation_work, state_path
 from tame_core.studio.storage import server_path
 from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
 
 
-def request_form() -> EvaluationRequest | None:
+def config_form() -> EvaluationConfig | None:
     folder = st.text_input("Folder of images (searched recursively)", key="eval_folder", placeholder="/data/imagenet-samples")
     available = list_methods()
     methods = st.multiselect(
@@ -31,7 +31,7 @@ def request_form() -> EvaluationRequest | None:
     values = {
         "split": split.selectbox("Split", SPLITS, key="eval_split", help="train / heldout: the project's ImageNet split"),
         "limit": limit.number_input("Images (0 = all)", 0, 100_000, 20, key="eval_limit") or None,
-        "steps": steps.select_slider("Curve steps", [10, 20, 25, 50, 100], value=50, key="eval_steps"),
+        "steps": steps.select_slider("Curve steps", [10, 20, 25, 50, 100], value=DEFAULT_STEPS, key="eval_steps"),
         "baseline": baseline.selectbox("Deleted pixels become", BASELINES, key="eval_baseline"),
     }
     if not folder.strip() or not methods:
@@ -41,7 +41,7 @@ def request_form() -> EvaluationRequest | None:
     if not path.is_dir():
         st.error(f"{path}: not a folder on this server")
         return None
-    return EvaluationRequest(data=str(path), methods=tuple(methods), **values)
+    return EvaluationConfig(data=str(path), methods=tuple(methods), **values)
 
 
 def results(job) -> None:
@@ -80,23 +80,23 @@ def body() -> None:
     )
     model = model_or_stop()
     ws = workspace()
-    request = request_form()
+    config = config_form()
     job = ws.job("evaluate")
     running = job is not None and job.running
     count = None
-    if request is not None:
+    if config is not None:
         try:
-            count = len(select_files(request.data, request.split, limit=request.limit))
+            count = len(select_files(config.data, config.split, limit=config.limit))
         except TameError as error:
             st.error(str(error))
-    if request is not None and count is not None:
+    if config is not None and count is not None:
         states = session_folder().evaluations  # this session's: a fresh run never deletes another session's
-        state = request.state_path(model.choice, states)
-        estimate = evaluation_estimate(model, request.methods, count, request.steps, dict(request.method_limits))
+        state = state_path(config, model.choice, states)
+        estimate = evaluation_estimate(model, config.methods, count, config.steps, dict(config.method_limits))
         start, again = st.columns(2)
         label = f"Evaluate {count} images: {estimate.text()}"
         fresh = start.button(label, type="primary", disabled=running, key="eval_start")
-        resume = can_resume(request, model.choice, states) and again.button(
+        resume = can_resume(config, model.choice, states) and again.button(
             "Resume the stopped run", disabled=running, key="eval_resume"
         )
         if fresh or resume:
@@ -105,8 +105,8 @@ def body() -> None:
             ws.start_job(
                 "evaluate",
                 f"Evaluating (estimated {estimate.duration})",
-                lambda context: evaluation_work(model.choice, request, context, states),
-                request,
+                lambda context: evaluation_work(model.choice, config, context, states),
+                config,
             )
             st.rerun()
     if job is None:

@@ -27,7 +27,7 @@ import torch
 
 from tame_core import Explainer, load_backbone, load_head, save_head
 from tame_core.checkpoint import metadata_for
-from tame_core.evaluation import bootstrap_difference, evaluate
+from tame_core.evaluation import EvaluationConfig, bootstrap_difference, evaluate
 from tame_core.images import find_images, image_to_tensor, load_image
 from tame_core.taps import check_layers
 from tame_core.training import TrainConfig, init_from_cam, split_files, train_head
@@ -65,8 +65,8 @@ def training_files(root: Path) -> list[Path]:
 
 def heldout_sets(root: Path, nips17_images: int | None) -> dict[str, dict]:
     return {
-        "heldout_classes": {"data_dir": root / "imagenet-samples", "split": "heldout"},
-        "nips17": {"data_dir": root / "photos" / "nips17", "limit": nips17_images},
+        "heldout_classes": {"data": root / "imagenet-samples", "split": "heldout"},
+        "nips17": {"data": root / "photos" / "nips17", "limit": nips17_images},
     }
 
 
@@ -101,10 +101,8 @@ def scores(
     results = {}
     for name, where in sets.items():
         state = work / f"eval_{tag}_{name}.json"
-        report = evaluate(
-            explainer, methods=methods, batch_size=16, steps=steps, metrics=metrics, state_path=state,
-            method_options=options, **where,
-        )
+        config = EvaluationConfig(methods=tuple(methods), batch_size=16, steps=steps, metrics=tuple(metrics), method_options=options, **where)
+        report = evaluate(explainer, config, state_path=state)
         results[name] = report
     return results
 

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Iterable, Sequence
 
 import torch
 
+from .atomic import atomic_path, write_atomically
 from .errors import CheckpointError, OutputError
 from .head import VARIANTS, TAMEHead
 
@@ -157,6 +158,39 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+#: Where the bundled heads live (committed safetensors + JSON cards).
+CHECKPOINT_DIR = Path(os.environ.get("TAME_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
+
+#: The head each backbone explains with when the user names none.
+BUNDLED_HEADS = {"efficientnet_lite0": "efficientnet_lite0"}
+
+
+def bundled_head_path(backbone_name: str) -> Path:
+    if backbone_name not in BUNDLED_HEADS:
+        raise CheckpointError(
+            f"no bundled head for backbone {backbone_name!r}; pass a head (.safetensors path or Hub repo id), "
+            "or train one with `tame train`"
+        )
+    return CHECKPOINT_DIR / f"{BUNDLED_HEADS[backbone_name]}.safetensors"
+
+
+def locate_head(source: str | os.PathLike | None, backbone_name: str, revision: str | None = None) -> Path:
+    """A local path for ``source``: bundled (None or "bundled"), an existing file, or a Hub repo id."""
+    if source is None or str(source) == "bundled":
+        return bundled_head_path(backbone_name)
+    path = Path(source)
+    tensor_path = paths_for(path)[0] if path.name else path
+    if path.suffix in (".safetensors", ".json") or path.exists() or tensor_path.exists():
+        if not tensor_path.is_file():
+            raise CheckpointError(f"no head checkpoint at {tensor_path}")
+        return tensor_path
+    from .hub import is_repo_id, pull_head
+
+    if is_repo_id(str(source)):
+        return pull_head(str(source), revision=revision)
+    raise CheckpointError(f"head {str(source)!r} is neither a local .safetensors file nor a Hub repo id (owner/name)")
+
+
 def metadata_for(head: TAMEHead, backbone: Any, layers: Sequence[str], **extra: Any) -> HeadMetadata:
     """Metadata describing ``head`` trained on ``backbone``'s ``layers``; ``extra`` fills the rest."""
     return HeadMetadata(
@@ -221,14 +255,10 @@ def save_head(head: TAMEHead, metadata: HeadMetadata, path: str | os.PathLike) -
     metadata.weights_sha256 = None  # a file cannot hold its own digest; the card gets it below
     metadata.tensors_sha256 = _state_digest(state)
     try:
-        tensor_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = tensor_path.with_name(tensor_path.name + ".tmp")
-        save_file(state, str(temporary), metadata={_HEADER_KEY: metadata.to_json()})
-        os.replace(temporary, tensor_path)
+        with atomic_path(tensor_path) as temporary:
+            save_file(state, str(temporary), metadata={_HEADER_KEY: metadata.to_json()})
         metadata.weights_sha256 = sha256_of(tensor_path)
-        temporary_card = card_path.with_name(card_path.name + ".tmp")
-        temporary_card.write_text(metadata.to_json() + "\n")
-        os.replace(temporary_card, card_path)
+        write_atomically(card_path, metadata.to_json() + "\n")
     except OSError as error:
         raise OutputError(f"{tensor_path}: cannot write the head ({error.strerror or error})") from None
     return tensor_path, card_path

@@ -5,9 +5,18 @@ from __future__ import annotations
 import difflib
 import numbers
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
 
 from .errors import ClassError
+
+#: One class: an index, or a name / WordNet id / index as text ("tabby", "n02123045", "281").
+ClassName = Union[int, str]
+#: What ``explain`` takes for ``classes``: ``None`` (the top predictions), one class for every image, one
+#: per image, a list of lists (B x K), or an integer tensor / array of indices, (B,) or (B, K).
+ClassChoice = Union[None, ClassName, Sequence[ClassName], Sequence[Sequence[ClassName]], torch.Tensor, np.ndarray]
 
 
 @lru_cache(maxsize=1)
@@ -61,3 +70,62 @@ def resolve_class(query: int | str, class_names: Sequence[str]) -> int:
     close = difflib.get_close_matches(text.lower(), lowered, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(class_names[lowered.index(c)]) for c in close)}?" if close else ""
     raise ClassError(f"unknown class {text!r}{hint}")
+
+
+def class_matrix(
+    classes: ClassChoice, logits: torch.Tensor, class_index: Callable[[Any], int], top_k: int = 1
+) -> torch.Tensor:
+    """A user's class choice as a (B, K) long tensor on ``logits``' device: ``None`` for the ``top_k``
+    predictions, one class (index or name) for all images, one per image, or a list of lists (B x K).
+    ``class_index`` turns one index or name into an index (:meth:`Backbone.class_index`)."""
+    batch, count = logits.shape[0], logits.shape[1]
+    if classes is None:
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 1 <= top_k <= count:
+            raise ClassError(f"top_k must be a whole number from 1 to {count}, got {top_k!r}")
+        return logits.topk(int(top_k), dim=1).indices
+    if isinstance(classes, np.ndarray):  # integer arrays act as tensors, others (names) as lists
+        classes = torch.from_numpy(np.ascontiguousarray(classes)) if classes.dtype.kind in "iu" else classes.tolist()
+    if isinstance(classes, torch.Tensor):
+        if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool or classes.ndim > 2:
+            raise ClassError(
+                f"a class tensor holds whole-number indices, (B,) or (B, K); got {classes.dtype} of shape {tuple(classes.shape)}"
+            )
+        chosen = classes.to(logits.device, torch.long)
+        if chosen.ndim == 0:
+            chosen = chosen.expand(batch)
+    elif not isinstance(classes, (list, tuple)):  # one class for every image; class_index refuses floats and the like
+        chosen = torch.full((batch,), class_index(_scalar(classes)), dtype=torch.long)
+    else:
+        rows = list(classes)
+        if len(rows) != batch:
+            raise ClassError(f"got {len(rows)} class choices for {batch} images (give one per image, or one for all)")
+        if not any(isinstance(r, (list, tuple, np.ndarray, torch.Tensor)) for r in rows):
+            chosen = torch.tensor([class_index(_scalar(r)) for r in rows])
+        else:
+            picked = [[class_index(_scalar(c)) for c in _as_row(row)] for row in rows]
+            if len({len(row) for row in picked}) > 1:
+                raise ClassError(f"give every image the same number of classes, got {[len(row) for row in picked]}")
+            chosen = torch.tensor(picked, dtype=torch.long)
+    chosen = chosen.to(logits.device)
+    if chosen.ndim == 1:
+        chosen = chosen[:, None]
+    if chosen.shape[0] != batch:
+        raise ClassError(f"class tensor has {chosen.shape[0]} rows for {batch} images")
+    if chosen.shape[1] == 0:
+        raise ClassError("no classes chosen: give at least one class per image")
+    if chosen.numel() and (int(chosen.min()) < 0 or int(chosen.max()) >= count):
+        raise ClassError(f"class indices must be in 0..{count - 1}")
+    return chosen
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
+        return int(value)
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def _as_row(row: Any) -> list[Any]:
+    """One image's classes: a list, array or tensor of them, or a single class."""
+    if isinstance(row, torch.Tensor):
+        return row.flatten().tolist() if not row.is_floating_point() else [row]
+    return list(row) if isinstance(row, (list, tuple, np.ndarray)) else [row]

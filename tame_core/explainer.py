@@ -8,47 +8,26 @@ instant in the app.
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
-from .checkpoint import HeadMetadata, check_fits, load_head, paths_for
-from .errors import CheckpointError, ClassError, ImageLoadError, LayerError, OptionError, TameError
+from .checkpoint import HeadMetadata, check_fits, load_head, locate_head
+from .classes import ClassChoice, class_matrix
+from .devices import auto_device, autocast
+from .errors import CheckpointError, LayerError
 from .head import TAMEHead
 from .maps import minmax_normalize, resize_maps
-from .preprocessing import Geometry, as_image_tensors, check_geometry
+from .preprocessing import INPUT, Geometry, as_image_tensors, check_geometry, model_inputs
 from .taps import LayerTaps
-
-#: Where the bundled heads live (committed safetensors + JSON cards).
-CHECKPOINT_DIR = Path(os.environ.get("TAME_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
-
-#: The head each backbone explains with when the user names none.
-BUNDLED_HEADS = {"efficientnet_lite0": "efficientnet_lite0"}
 
 #: Values held at once while maps are made class chunk by class chunk (see ``maps_from_features``).
 CHUNK_ELEMENTS = 1 << 21
-
-ClassSpec = Any  # None | int | str | sequence of those (one per image) | (B, K) nested sequence | tensor
-
-
-def bundled_head_path(backbone_name: str) -> Path:
-    if backbone_name not in BUNDLED_HEADS:
-        raise CheckpointError(
-            f"no bundled head for backbone {backbone_name!r}; pass a head (.safetensors path or Hub repo id), "
-            "or train one with `tame train`"
-        )
-    return CHECKPOINT_DIR / f"{BUNDLED_HEADS[backbone_name]}.safetensors"
-
-
-def auto_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -87,9 +66,9 @@ class Explanation:
             for row_i, row_p in zip(indices.cpu(), values.cpu())
         ]
 
-    def with_classes(self, classes: ClassSpec) -> "Explanation":
+    def with_classes(self, classes: ClassChoice) -> "Explanation":
         """The same images explained for other classes: the head's fuser only, no backbone forward."""
-        chosen = self.explainer.class_tensor(classes, self.logits)
+        chosen = class_matrix(classes, self.logits, self.explainer.backbone.class_index)
         maps = self.explainer.maps_from_features(self.branch_features, chosen, self.branch_mask, self.inputs.shape[-2:])
         return replace(self, classes=chosen, maps=maps)
 
@@ -107,25 +86,13 @@ class Explanation:
             return minmax_normalize(resize_maps(terms, self.inputs.shape[-2:]))
 
     def map_at_original(self, index: int = 0, k: int = 0) -> np.ndarray:
-        """Map ``k`` of image ``index`` as float32 (H, W) at the original picture's size.
-
-        In ``"full"`` geometry the map covers the whole picture; in ``"crop"`` it covers the centre
-        crop the classifier saw, and the rest of the picture is 0.
-        """
+        """Map ``k`` of image ``index`` as float32 (H, W) at the original picture's size (see
+        :meth:`~tame_core.preprocessing.Preprocess.map_on_picture`); the model input's size for inputs."""
         saliency = self.maps[index, k]
         if not self.original_sizes:
             return saliency.float().cpu().numpy()
         height, width = self.original_sizes[index]
-        if self.geometry == "full":
-            return resize_maps(saliency, (height, width)).clamp_(0, 1).float().cpu().numpy()
-        preprocess = self.explainer.backbone.preprocess
-        top, left, bottom, right = preprocess.crop_box(height, width, "crop")
-        canvas = np.zeros((height, width), dtype=np.float32)
-        y0, x0 = max(0, round(top)), max(0, round(left))
-        y1, x1 = min(height, round(bottom)), min(width, round(right))
-        patch = resize_maps(saliency, (round(bottom) - round(top), round(right) - round(left))).float().cpu().numpy()
-        canvas[y0:y1, x0:x1] = patch[y0 - round(top) : y1 - round(top), x0 - round(left) : x1 - round(left)]
-        return np.clip(canvas, 0, 1)
+        return self.explainer.backbone.preprocess.map_on_picture(saliency, height, width, self.geometry)
 
 
 class Explainer:
@@ -183,13 +150,8 @@ class Explainer:
     # --- the pipeline -----------------------------------------------------------------------------
     def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone forward: (logits, head branch features). ``inputs`` are raw [0, 1] images."""
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
-            if self.amp
-            else contextlib.nullcontext()
-        )
         with torch.no_grad():
-            with self._taps, autocast:
+            with self._taps, autocast(self.device, self.amp):
                 logits = self.backbone(inputs)
             return logits.float(), self.head.branch_outputs([f.float() for f in self._taps.features])
 
@@ -216,47 +178,6 @@ class Explainer:
                 maps[:, start : start + step] = minmax_normalize(resize_maps(self.head.fuse(branch_features, part, branch_mask), size))
             return maps
 
-    def class_tensor(self, classes: ClassSpec, logits: torch.Tensor, top_k: int = 1) -> torch.Tensor:
-        """Resolve a user's class choice into a (B, K) long tensor on the device."""
-        batch, count = logits.shape[0], self.backbone.num_classes
-        if classes is None:
-            if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 1 <= top_k <= count:
-                raise ClassError(f"top_k must be a whole number from 1 to {count}, got {top_k!r}")
-            return logits.topk(int(top_k), dim=1).indices
-        if isinstance(classes, np.ndarray):  # integer arrays act as tensors, others (names) as lists
-            classes = torch.from_numpy(np.ascontiguousarray(classes)) if classes.dtype.kind in "iu" else classes.tolist()
-        if isinstance(classes, torch.Tensor):
-            if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool or classes.ndim > 2:
-                raise ClassError(
-                    f"a class tensor holds whole-number indices, (B,) or (B, K); got {classes.dtype} of shape {tuple(classes.shape)}"
-                )
-            chosen = classes.to(self.device, torch.long)
-            if chosen.ndim == 0:
-                chosen = chosen.expand(batch)
-        elif not isinstance(classes, (list, tuple)):  # one class for every image; class_index refuses floats and the like
-            chosen = torch.full((batch,), self.backbone.class_index(_scalar(classes)), dtype=torch.long)
-        else:
-            rows = list(classes)
-            if len(rows) != batch:
-                raise ClassError(f"got {len(rows)} class choices for {batch} images (give one per image, or one for all)")
-            if not any(isinstance(r, (list, tuple, np.ndarray, torch.Tensor)) for r in rows):
-                chosen = torch.tensor([self.backbone.class_index(_scalar(r)) for r in rows])
-            else:
-                picked = [[self.backbone.class_index(_scalar(c)) for c in _as_row(row)] for row in rows]
-                if len({len(row) for row in picked}) > 1:
-                    raise ClassError(f"give every image the same number of classes, got {[len(row) for row in picked]}")
-                chosen = torch.tensor(picked, dtype=torch.long)
-        chosen = chosen.to(self.device)
-        if chosen.ndim == 1:
-            chosen = chosen[:, None]
-        if chosen.shape[0] != batch:
-            raise ClassError(f"class tensor has {chosen.shape[0]} rows for {batch} images")
-        if chosen.shape[1] == 0:
-            raise ClassError("no classes chosen: give at least one class per image")
-        if chosen.numel() and (int(chosen.min()) < 0 or int(chosen.max()) >= self.backbone.num_classes):
-            raise ClassError(f"class indices must be in 0..{self.backbone.num_classes - 1}")
-        return chosen
-
     def _checked_mask(self, branch_mask: Sequence[bool] | torch.Tensor | None) -> tuple[bool, ...] | None:
         """``branch_mask`` as one on/off flag per branch (tapped layer), or a LayerError saying what is wrong."""
         if branch_mask is None:
@@ -280,122 +201,36 @@ class Explainer:
     def explain(
         self,
         images: Any,
-        classes: ClassSpec = None,
+        classes: ClassChoice = None,
+        *,
         top_k: int = 1,
         branch_mask: Sequence[bool] | None = None,
-        geometry: Geometry = "full",
+        geometry: Geometry | str = "full",
     ) -> Explanation:
-        """Explain a batch: PIL images, numpy arrays or tensors (one or many; uint8 or [0, 1] floats).
+        """Explain a batch in one backbone forward: maps for the chosen classes, and what re-derives others.
 
-        ``classes``: ``None`` for the top ``top_k`` predictions, one class (index or name) for all
-        images, one per image, or a list of lists (B x K).
+        ``images``: PIL images, numpy arrays or tensors (one or many; uint8 or [0, 1] floats), brought
+        to the model's input by ``geometry`` ("full" or "crop"); with ``geometry="input"`` they are model
+        inputs already, a (B, 3, H, W) float tensor in [0, 1]. ``classes``: ``None`` for the top ``top_k``
+        predictions, one class (index or name) for all images, one per image, or a list of lists (B x K).
+        ``branch_mask`` switches branches off (``False``), one flag per tapped layer.
+
+        Example:
+            >>> explainer = Explainer.load()  # the bundled EfficientNet-Lite0 head
+            >>> explanation = explainer.explain(Image.open("cat.jpg"), classes="tabby")
+            >>> explanation.maps.shape  # (images, classes, height, width), in [0, 1]
+            torch.Size([1, 1, 224, 224])
+            >>> overlay_map = explanation.map_at_original()  # over the whole picture
         """
-        tensors = as_image_tensors(images)
-        originals = [tuple(t.shape[-2:]) for t in tensors]
-        inputs = self.backbone.preprocess.batch(tensors, geometry, self.device)
-        explanation = self.explain_inputs(inputs, classes, top_k, branch_mask)
-        return replace(explanation, geometry=geometry, original_sizes=originals)
-
-    def explain_inputs(
-        self,
-        inputs: torch.Tensor,
-        classes: ClassSpec = None,
-        top_k: int = 1,
-        branch_mask: Sequence[bool] | None = None,
-    ) -> Explanation:
-        """Explain model-ready raw [0, 1] inputs (B, 3, H, W) already on the device."""
         mask = self._checked_mask(branch_mask)
+        if geometry == INPUT:
+            inputs, originals, geometry = model_inputs(images, self.device), [], "full"
+        else:
+            check_geometry(geometry)
+            tensors = as_image_tensors(images)
+            originals = [tuple(t.shape[-2:]) for t in tensors]
+            inputs = self.backbone.preprocess.batch(tensors, geometry, self.device)
         logits, branch_features = self.features(inputs)
-        chosen = self.class_tensor(classes, logits, top_k)
+        chosen = class_matrix(classes, logits, self.backbone.class_index, top_k)
         maps = self.maps_from_features(branch_features, chosen, mask, inputs.shape[-2:])
-        return Explanation(inputs, logits, chosen, maps, branch_features, self, mask)
-
-    def explain_many(
-        self,
-        images: Iterable[Any],
-        classes: ClassSpec = None,
-        batch_size: int = 16,
-        geometry: Geometry = "full",
-    ) -> Iterator[tuple[int, Explanation]]:
-        """Explain a stream of images in batches, grouping those whose inputs share a size.
-
-        Yields (position in the stream, one-image Explanation) as each batch completes, so not always in
-        stream order; ``classes`` is ``None`` or one choice for every image. At most ``batch_size`` images
-        wait at any time: when that many are waiting, the largest same-size group is explained.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise OptionError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
-        if isinstance(classes, (list, tuple, np.ndarray)) or (isinstance(classes, torch.Tensor) and classes.ndim > 0):
-            raise ClassError("explain_many takes one class for every image (an index or a name) or None for the top-1")
-        check_geometry(geometry)
-        pending: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-        waiting = 0
-        preprocess = self.backbone.preprocess
-        for position, image in enumerate(images):
-            try:
-                tensors = as_image_tensors(image)
-                if len(tensors) != 1:
-                    raise ImageLoadError(f"explain_many takes one image per item, got a batch of {len(tensors)}")
-            except TameError as error:
-                raise type(error)(f"image {position} of the stream: {error}") from None
-            key = preprocess.resized_size(*tensors[0].shape[-2:], geometry)
-            pending.setdefault(key, []).append((position, tensors[0]))
-            waiting += 1
-            if waiting >= batch_size:
-                largest = max(pending, key=lambda size: len(pending[size]))
-                group = pending.pop(largest)
-                waiting -= len(group)
-                yield from self._explain_group(group, classes, geometry)
-        for group in pending.values():
-            yield from self._explain_group(group, classes, geometry)
-
-    def _explain_group(
-        self, group: list[tuple[int, torch.Tensor]], classes: ClassSpec, geometry: Geometry
-    ) -> Iterator[tuple[int, Explanation]]:
-        positions = [position for position, _ in group]
-        batch = self.explain([tensor for _, tensor in group], classes=classes, geometry=geometry)
-        for row, position in enumerate(positions):
-            yield position, _select(batch, row)
-
-
-def locate_head(source: str | os.PathLike | None, backbone_name: str, revision: str | None = None) -> Path:
-    """A local path for ``source``: bundled (None or "bundled"), an existing file, or a Hub repo id."""
-    if source is None or str(source) == "bundled":
-        return bundled_head_path(backbone_name)
-    path = Path(source)
-    tensor_path = paths_for(path)[0] if path.name else path
-    if path.suffix in (".safetensors", ".json") or path.exists() or tensor_path.exists():
-        if not tensor_path.is_file():
-            raise CheckpointError(f"no head checkpoint at {tensor_path}")
-        return tensor_path
-    from .hub import is_repo_id, pull_head
-
-    if is_repo_id(str(source)):
-        return pull_head(str(source), revision=revision)
-    raise CheckpointError(f"head {str(source)!r} is neither a local .safetensors file nor a Hub repo id (owner/name)")
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
-        return int(value)
-    return int(value) if isinstance(value, np.integer) else value
-
-
-def _as_row(row: Any) -> list[Any]:
-    """One image's classes: a list, array or tensor of them, or a single class."""
-    if isinstance(row, torch.Tensor):
-        return row.flatten().tolist() if not row.is_floating_point() else [row]
-    return list(row) if isinstance(row, (list, tuple, np.ndarray)) else [row]
-
-
-def _select(explanation: Explanation, row: int) -> Explanation:
-    pick = slice(row, row + 1)
-    return replace(
-        explanation,
-        inputs=explanation.inputs[pick],
-        logits=explanation.logits[pick],
-        classes=explanation.classes[pick],
-        maps=explanation.maps[pick],
-        branch_features=[output[pick] for output in explanation.branch_features],
-        original_sizes=explanation.original_sizes[row : row + 1],
-    )
+        return Explanation(inputs, logits, chosen, maps, branch_features, self, mask, geometry, originals)

@@ -124,6 +124,12 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
+def tensor_to_pixels(images01: torch.Tensor) -> np.ndarray:
+    """Raw [0, 1] images, (3, H, W) or (B, 3, H, W) on any device, as RGB ``uint8`` (H, W, 3) or
+    (B, H, W, 3) on the host: what overlays and the app draw."""
+    return (images01.clamp(0, 1) * 255 + 0.5).byte().movedim(-3, -1).cpu().numpy()
+
+
 def find_images(folder: str | os.PathLike) -> list[Path]:
     """All image files below ``folder`` (recursive, sorted, hidden files skipped)."""
     root = Path(folder)

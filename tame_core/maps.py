@@ -1,4 +1,4 @@
-"""Saliency-map plumbing shared by TAME, the baselines, the metrics, the CLI and the app.
+"""Saliency-map plumbing shared by TAME, the comparison methods, the metrics, the CLI and the app.
 
 Every method's maps take one shape: (B, H, W) floats in [0, 1] (TAME adds a class axis, (B, K, H, W)).
 """

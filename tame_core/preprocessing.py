@@ -26,9 +26,13 @@ from torchvision.transforms.v2 import functional as TF
 
 from .errors import ImageLoadError, OptionError
 from .images import check_image_size, image_to_tensor, to_rgb
+from .maps import resize_maps
 
 Geometry = Literal["crop", "full"]
 GEOMETRIES: tuple[str, ...] = ("crop", "full")
+#: What :meth:`~tame_core.explainer.Explainer.explain` also takes as ``geometry``: the images are model
+#: inputs already ((B, 3, H, W) floats in [0, 1], as metrics and training previews hold them).
+INPUT = "input"
 
 _INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -107,11 +111,6 @@ class Preprocess:
             )
         return torch.stack(inputs)
 
-    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-        return (x01 - mean) / std
-
     def crop_box(self, height: int, width: int, geometry: Geometry) -> tuple[float, float, float, float]:
         """The region (top, left, bottom, right) of the original image that the model input shows."""
         if geometry == "full":
@@ -120,6 +119,34 @@ class Preprocess:
         crop_h, crop_w = self.input_size[0] / scale, self.input_size[1] / scale
         top, left = (height - crop_h) / 2, (width - crop_w) / 2
         return top, left, top + crop_h, left + crop_w
+
+
+    def map_on_picture(self, saliency: torch.Tensor, height: int, width: int, geometry: Geometry) -> np.ndarray:
+        """A map (h, w) of a model input, as float32 (``height``, ``width``) over the original picture.
+
+        In ``"full"`` geometry the map covers the whole picture; in ``"crop"`` it covers the centre crop
+        the classifier saw, and the rest of the picture is 0.
+        """
+        if geometry == "full":
+            return resize_maps(saliency, (height, width)).clamp_(0, 1).float().cpu().numpy()
+        top, left, bottom, right = self.crop_box(height, width, "crop")
+        canvas = np.zeros((height, width), dtype=np.float32)
+        y0, x0 = max(0, round(top)), max(0, round(left))
+        y1, x1 = min(height, round(bottom)), min(width, round(right))
+        patch = resize_maps(saliency, (round(bottom) - round(top), round(right) - round(left))).float().cpu().numpy()
+        canvas[y0:y1, x0:x1] = patch[y0 - round(top) : y1 - round(top), x0 - round(left) : x1 - round(left)]
+        return np.clip(canvas, 0, 1)
+
+
+def model_inputs(images: Any, device: torch.device) -> torch.Tensor:
+    """Images that are model inputs already, on ``device``: a (B, 3, H, W) float tensor in [0, 1] (its
+    values are not scanned, so a batch on the GPU stays there without a sync)."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ImageLoadError(f"geometry '{INPUT}' takes model inputs: a (B, 3, H, W) float tensor in [0, 1], got {shape}")
+    if not len(images):
+        raise ImageLoadError("no images given (a batch tensor of 0 images)")
+    return images.to(device)
 
 
 def as_image_tensors(images: Any) -> list[torch.Tensor]:

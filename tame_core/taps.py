@@ -91,15 +91,22 @@ def output_to_map(output: object, net: nn.Module, input_hw: tuple[int, int], mod
     raise LayerError(f"its output has shape ({shape}): no spatial layout (need (B, C, H, W) maps or (B, N, C) tokens)")
 
 
-def find_module(net: nn.Module, name: str, aliases: dict[str, str] | None = None) -> nn.Module:
-    """The submodule called ``name`` (after ``aliases``), or a LayerError that suggests close names."""
-    modules = dict(net.named_modules())
-    resolved = (aliases or {}).get(name, name)
-    if resolved and resolved in modules:
-        return modules[resolved]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.6)
+def module_name(backbone: nn.Module, layer: str) -> str:
+    """The module name ``layer`` stands for: a :class:`~tame_core.backbones.Backbone` follows its aliases
+    (:meth:`~tame_core.backbones.Backbone.resolve_layer`); a bare network has none."""
+    resolve = getattr(backbone, "resolve_layer", None)
+    return resolve(layer) if resolve is not None else layer
+
+
+def find_module(backbone: nn.Module, layer: str) -> nn.Module:
+    """The submodule ``layer`` names in a backbone or a bare network, or a LayerError that suggests close names."""
+    modules = dict(getattr(backbone, "net", backbone).named_modules())
+    name = module_name(backbone, layer)
+    if name and name in modules:
+        return modules[name]
+    close = difflib.get_close_matches(layer, [n for n in modules if n], n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise LayerError(f"unknown layer {name!r}{hint} (list the layers with `tame layers`)")
+    raise LayerError(f"unknown layer {layer!r}{hint} (list the layers with `tame layers`)")
 
 
 class LayerTaps:
@@ -118,9 +125,8 @@ class LayerTaps:
         if len(set(layers)) != len(layers):
             raise LayerError(f"layers are repeated: {list(layers)}")
         self.net: nn.Module = getattr(backbone, "net", backbone)
-        aliases = getattr(backbone, "layer_aliases", {})
         self.layers = list(layers)
-        self.modules = [find_module(self.net, layer, aliases) for layer in self.layers]
+        self.modules = [find_module(backbone, layer) for layer in self.layers]
         self._outputs: list[torch.Tensor | None] = [None] * len(self.layers)
         self._input_hw: tuple[int, int] = (0, 0)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -223,14 +229,12 @@ def list_layers(backbone: nn.Module, input_size: tuple[int, int] | None = None) 
 
 def check_layers(backbone: nn.Module, layers: Sequence[str]) -> list[LayerInfo]:
     """The :class:`LayerInfo` of each of ``layers``, raising a LayerError for any that cannot be tapped."""
-    aliases = getattr(backbone, "layer_aliases", {})
-    net = getattr(backbone, "net", backbone)
     for layer in layers:
-        find_module(net, layer, aliases)
+        find_module(backbone, layer)
     infos = {info.name: info for info in list_layers(backbone)}
     result = []
     for layer in layers:
-        info = infos[aliases.get(layer, layer)]
+        info = infos[module_name(backbone, layer)]
         if not info.usable:
             raise LayerError(f"layer {layer!r} cannot be tapped: {info.reason}")
         result.append(info)

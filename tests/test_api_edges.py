@@ -11,6 +11,7 @@ from PIL import Image
 
 from tame_core import load_image
 from tame_core.errors import ClassError, ImageLoadError, LayerError, OptionError, TameError
+from tame_core.streams import explain_stream
 
 
 # --- images -----------------------------------------------------------------------------------------
@@ -163,11 +164,11 @@ def test_bad_options(explainer, sample_images):
     with pytest.raises(OptionError, match="explain them in separate batches or use geometry='crop'"):
         explainer.explain([picture, picture[:100]])
     with pytest.raises(OptionError, match="^batch_size must be a whole number of at least 1, got 0$"):
-        list(explainer.explain_many([picture], batch_size=0))
-    with pytest.raises(ClassError, match="^explain_many takes one class for every image"):
-        list(explainer.explain_many([picture, picture], classes=[1, 2]))
-    with pytest.raises(ImageLoadError, match="^image 1 of the stream: explain_many takes one image per item, got a batch of 2$"):
-        list(explainer.explain_many([picture, torch.rand(2, 3, 64, 64)]))
+        list(explain_stream(explainer, [picture], batch_size=0))
+    with pytest.raises(ClassError, match="^explain_stream takes one class for every image"):
+        list(explain_stream(explainer, [picture, picture], classes=[1, 2]))
+    with pytest.raises(ImageLoadError, match="^image 1 of the stream: explain_stream takes one image per item, got a batch of 2$"):
+        list(explain_stream(explainer, [picture, torch.rand(2, 3, 64, 64)]))
     assert all(issubclass(kind, TameError) for kind in (OptionError, ClassError, LayerError, ImageLoadError))
 
 
@@ -178,14 +179,14 @@ def _stream(pictures, pulled):
         yield picture
 
 
-def test_explain_many_over_several_batches_with_mixed_sizes(explainer, sample_images):
+def test_explain_stream_over_several_batches_with_mixed_sizes(explainer, sample_images):
     """7 pictures of 3 sizes, batch_size 3: every position once, each map the single-image map, few waiting."""
     chelsea, coffee, rocket = (sample_images[k] for k in ("chelsea", "coffee", "rocket"))
     pictures = [chelsea[:200, :260], coffee[:240, :300], rocket[:200, :260], rocket[:300, :200],
                 chelsea[50:250, 100:360], coffee[:200, :260], coffee[100:340, 200:500]]
     pulled: list[int] = []
     seen = []
-    for position, explanation in explainer.explain_many(_stream(pictures, pulled), batch_size=3):
+    for position, explanation in explain_stream(explainer, _stream(pictures, pulled), batch_size=3):
         assert len(pulled) - len(seen) <= 3  # never more than one batch of pictures waiting
         seen.append(position)
         assert explanation.original_sizes == [pictures[position].shape[:2]]
@@ -196,9 +197,9 @@ def test_explain_many_over_several_batches_with_mixed_sizes(explainer, sample_im
     assert sorted(seen) == list(range(7))
 
 
-def test_explain_many_keeps_stream_order_for_same_sizes(explainer, sample_images):
+def test_explain_stream_keeps_stream_order_for_same_sizes(explainer, sample_images):
     pictures = [np.ascontiguousarray(sample_images["astronaut"][i * 40 : i * 40 + 224, :224]) for i in range(7)]
-    results = list(explainer.explain_many(pictures, classes="tabby", batch_size=3, geometry="crop"))
+    results = list(explain_stream(explainer, pictures, classes="tabby", batch_size=3, geometry="crop"))
     assert [position for position, _ in results] == list(range(7))
     assert all(explanation.classes.tolist() == [[281]] for _, explanation in results)
     batch = explainer.explain(pictures, classes="tabby", geometry="crop")

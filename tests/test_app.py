@@ -221,7 +221,7 @@ def test_compare_shows_each_method_with_time_and_passes(app):
 def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_within_two_seconds(app):
     pick_sample(app)
     open_page(app, "compare")
-    finish_jobs(app)  # the quick default baselines start by themselves
+    finish_jobs(app)  # the quick default comparison methods start by themselves
     ok(app.multiselect(key="compare_methods").set_value(["rise"]).run())
     start = app.button(key="compare_start")
     assert start.label.startswith("Run rise: ≈ ") and start.label.endswith("(4,000 forward passes)")

@@ -27,7 +27,7 @@ def saved(tmp_path, lite0):
 def test_round_trip(saved):
     head, path = saved
     tensors, card = paths_for(path)
-    assert tensors.is_file() and card.is_file() and not list(tensors.parent.glob("*.tmp"))
+    assert tensors.is_file() and card.is_file() and not [p for p in tensors.parent.iterdir() if p.suffix == ".tmp"]
     loaded, metadata = load_head(path)
     for key, value in head.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -344,7 +344,7 @@ def test_heads_without_any_digest_are_refused(tmp_path, saved, lite0):
 
 
 def test_the_bundled_head_loads():
-    from tame_core.explainer import bundled_head_path
+    from tame_core.checkpoint import bundled_head_path
 
     head, metadata = load_head(bundled_head_path("efficientnet_lite0"))
     assert metadata.layers == ["blocks.2", "blocks.4", "bn2"] and head.num_classes == 1000

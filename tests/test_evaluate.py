@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +14,16 @@ from PIL import Image
 from tame_core.classes import imagenet_wnids
 from tame_core.cli import main
 from tame_core.errors import EvaluationError
-from tame_core.evaluation import evaluate, select_files
+from tame_core.evaluation import EvaluationConfig, evaluate, select_files
 from tame_core.images import image_to_tensor, load_image
 from tame_core.metrics import average_drop_increase
 from noise_images import noise_folder
+
+def run_evaluation(explainer, data, methods, limit=None, progress=None, *, state_path=None, stop=None, **config):
+    """``evaluate`` with its config built from keywords, as most tests here vary one or two of them."""
+    config = EvaluationConfig(data=data, methods=tuple(methods), limit=limit, **config)
+    return evaluate(explainer, config, progress, state_path=state_path, stop=stop)
+
 
 FAST = dict(steps=4, road_percentages=(20, 80), batch_size=2, method_options={"rise": {"masks": 8}})
 PAPER_KEYS = {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc", "ms_per_image", "forward_passes"}
@@ -35,9 +42,30 @@ def photo_dir(tmp_path_factory, sample_images):
     return folder
 
 
+def test_the_config_is_checked_when_made_before_any_model_loads():
+    from tame_core.methods import list_methods
+    from tame_core.metrics.curves import DEFAULT_STEPS
+
+    config = EvaluationConfig(data=Path("photos"), methods=["tame"], method_options={"rise": {"masks": 5}}, method_limits={"rise": 2})
+    assert (config.data, config.methods, config.steps) == ("photos", ("tame",), DEFAULT_STEPS)
+    assert config.method_options == {"tame": {}} and config.method_limits == {}  # options of methods not run are dropped
+    assert EvaluationConfig(data="photos").methods == tuple(list_methods())
+    for wrong, message in [
+        (dict(split="val"), "unknown split 'val'; choose one of all, train, heldout"),
+        (dict(steps=0), "curve steps must be at least 1, got 0"),
+        (dict(batch_size=0), "batch size must be at least 1, got 0"),
+        (dict(baseline="grey"), "unknown baseline 'grey'"),
+        (dict(methods=("gradcan",)), "unknown method 'gradcan'; did you mean gradcam"),
+        (dict(method_options={"tame": {"masks": 3}}), "method 'tame' has no option 'masks'"),
+        (dict(metric_limits={"speed": 3}), "unknown metric group 'speed' in the limits"),
+    ]:
+        with pytest.raises(EvaluationError, match=message):
+            EvaluationConfig(data="photos", **wrong)
+
+
 def test_evaluate_reports_every_metric_per_method(explainer, photo_dir):
     calls = []
-    report = evaluate(explainer, photo_dir, ["tame", "gradcam", "rise"], limit=2, progress=lambda *a: calls.append(a), **FAST)
+    report = run_evaluation(explainer, photo_dir, ["tame", "gradcam", "rise"], limit=2, progress=lambda *a: calls.append(a), **FAST)
     assert list(report.methods) == ["tame", "gradcam", "rise"]
     for method, row in report.methods.items():
         assert PAPER_KEYS | {"MoRF", "LeRF", "MoRF20", "LeRF80", "MoRF_dprob"} <= set(row), method
@@ -57,11 +85,11 @@ def test_evaluate_reports_every_metric_per_method(explainer, photo_dir):
 
 def test_batched_adic_equals_the_metric_on_the_whole_set(explainer, photo_dir):
     """Batches of 2 and 1, averaged per image, give the metric computed on all three images at once."""
-    report = evaluate(explainer, photo_dir, ["tame"], metrics=["adic"], batch_size=2)
+    report = run_evaluation(explainer, photo_dir, ["tame"], metrics=["adic"], batch_size=2)
     row = report.methods["tame"]
     assert row["images"] == 3 and not {"MoRF", "deletion_auc"} & set(row)
     pictures = [image_to_tensor(load_image(path)) for path in sorted(photo_dir.iterdir())]
-    explanation = explainer.explain_inputs(explainer.backbone.preprocess.batch(pictures, "crop"))
+    explanation = explainer.explain(explainer.backbone.preprocess.batch(pictures, "crop"), geometry="input")
     direct = average_drop_increase(
         explainer.backbone, explanation.inputs, explanation.maps[:, 0], explanation.classes[:, 0]
     ).summary()
@@ -88,7 +116,7 @@ def test_split_and_list_files_choose_the_images(photo_dir, tmp_path):
 
 def test_an_interrupted_run_resumes_to_the_same_report(explainer, photo_dir, tmp_path):
     settings = dict(FAST, metrics=("adic", "road"), road_percentages=(50,))
-    whole = evaluate(explainer, photo_dir, ["tame", "rise"], **settings)
+    whole = run_evaluation(explainer, photo_dir, ["tame", "rise"], **settings)
     state = tmp_path / "state.json"
     stop = threading.Event()
 
@@ -96,20 +124,20 @@ def test_an_interrupted_run_resumes_to_the_same_report(explainer, photo_dir, tmp
         if "images 3-3" in message and done > 2:  # TAME's forwards on the second batch have begun
             stop.set()
 
-    partial = evaluate(explainer, photo_dir, ["tame", "rise"], progress=stop_in_second_batch, state_path=state, stop=stop, **settings)
+    partial = run_evaluation(explainer, photo_dir, ["tame", "rise"], progress=stop_in_second_batch, state_path=state, stop=stop, **settings)
     assert partial.methods["tame"]["images"] == 2 and partial.settings["images_done"] == 2  # the second batch is dropped whole
     assert partial.methods["rise"]["images"] == 2
-    resumed = evaluate(explainer, photo_dir, ["tame", "rise"], state_path=state, **settings)
+    resumed = run_evaluation(explainer, photo_dir, ["tame", "rise"], state_path=state, **settings)
     assert resumed.methods["tame"]["images"] == 3
     for method in ("tame", "rise"):
         for name in ("AD100", "AD15", "IC50", "MoRF50", "LeRF", "MoRF_dprob"):
             assert resumed.methods[method][name] == pytest.approx(whole.methods[method][name], abs=1e-4), (method, name)
     with pytest.raises(EvaluationError, match="saved with other settings"):
-        evaluate(explainer, photo_dir, ["tame"], state_path=state, **settings)
+        run_evaluation(explainer, photo_dir, ["tame"], state_path=state, **settings)
 
 
 def test_method_and_metric_limits_and_option_checks(explainer, photo_dir):
-    report = evaluate(
+    report = run_evaluation(
         explainer, photo_dir, ["tame", "rise"], metrics=("adic", "road"), method_limits={"rise": 1}, metric_limits={"road": 2},
         **FAST,
     )
@@ -118,11 +146,11 @@ def test_method_and_metric_limits_and_option_checks(explainer, photo_dir):
     assert (rise["images"], rise["images_adic"], rise["images_road"]) == (1, 1, 1)
     assert report.table().splitlines()[-1] == "road: first 2 images only"
     with pytest.raises(EvaluationError, match="method 'rise' has no option 'layer'"):
-        evaluate(explainer, photo_dir, ["rise"], method_options={"rise": {"layer": "x"}})
+        run_evaluation(explainer, photo_dir, ["rise"], method_options={"rise": {"layer": "x"}})
     with pytest.raises(EvaluationError, match="unknown method 'gradcan'"):
-        evaluate(explainer, photo_dir, ["gradcan"])
+        run_evaluation(explainer, photo_dir, ["gradcan"])
     with pytest.raises(EvaluationError, match="unknown metric group 'speed'"):
-        evaluate(explainer, photo_dir, ["tame"], metrics=("adic", "speed"))
+        run_evaluation(explainer, photo_dir, ["tame"], metrics=("adic", "speed"))
 
 
 def test_cli_writes_json_and_csv_with_the_issue_names(random_head_path, photo_dir, tmp_path, capsys):
@@ -175,8 +203,8 @@ def test_batches_that_do_not_divide_the_images_with_a_bad_file_in_the_middle(exp
     """8 files, the 4th unreadable: batches of 3 give what one batch of 8 gives, and the bad file one line."""
     folder = noise_folder(tmp_path / "images", 8, bad_at=3)
     settings = dict(metrics=("adic", "curves"), steps=2, baseline="zeros")
-    batched = evaluate(explainer, folder, ["tame"], batch_size=3, **settings)
-    whole = evaluate(explainer, folder, ["tame"], batch_size=8, **settings)
+    batched = run_evaluation(explainer, folder, ["tame"], batch_size=3, **settings)
+    whole = run_evaluation(explainer, folder, ["tame"], batch_size=8, **settings)
     row = batched.methods["tame"]
     assert (row["images"], row["images_adic"], row["images_curves"]) == (7, 7, 7)
     assert batched.skipped == [f"{folder / 'img3.png'}: not an image (or a format Pillow cannot read)"]
@@ -189,7 +217,7 @@ def test_limits_count_files_whatever_the_batch_size(explainer, tmp_path):
     folder = noise_folder(tmp_path / "images", 7, bad_at=1)
     counts = set()
     for batch_size in (1, 3, 7):
-        report = evaluate(explainer, folder, ["tame", "gradcam"], metrics=("adic",), batch_size=batch_size,
+        report = run_evaluation(explainer, folder, ["tame", "gradcam"], metrics=("adic",), batch_size=batch_size,
                           method_limits={"gradcam": 4}, metric_limits={"adic": 2})
         counts.add((report.methods["tame"]["images"], report.methods["gradcam"]["images"],
                     report.methods["tame"]["images_adic"], report.methods["gradcam"]["images_adic"]))
@@ -203,7 +231,7 @@ def test_resume_refuses_another_head_or_changed_images(explainer, tmp_path):
     state = tmp_path / "state.json"
     stop = threading.Event()
     settings = dict(metrics=("adic",), batch_size=2, state_path=state)
-    evaluate(explainer, folder, ["tame"], stop=stop, progress=lambda _, __, message: "images 3-4" in message and stop.set(), **settings)  # in batch 2
+    run_evaluation(explainer, folder, ["tame"], stop=stop, progress=lambda _, __, message: "images 3-4" in message and stop.set(), **settings)  # in batch 2
     saved = state.read_text()
     assert json.loads(saved)["tally"]["images_done"] == 2
 
@@ -212,13 +240,13 @@ def test_resume_refuses_another_head_or_changed_images(explainer, tmp_path):
     other_head = TAMEHead(explainer.head.channels, explainer.head.num_classes)  # same layers, other weights
     other = Explainer(explainer.backbone, other_head, explainer.layers, explainer.metadata)
     with pytest.raises(EvaluationError, match=r"was saved with other settings \(head weights differ\); delete it or choose another --out"):
-        evaluate(other, folder, ["tame"], **settings)
+        run_evaluation(other, folder, ["tame"], **settings)
 
     picture = np.asarray(Image.open(folder / "img3.png")).copy()
     picture[5, 5] ^= 0xFF  # same names, same count, one pixel
     Image.fromarray(picture).save(folder / "img3.png")
     with pytest.raises(EvaluationError, match=r"\(image files differ\)"):
-        evaluate(explainer, folder, ["tame"], **settings)
+        run_evaluation(explainer, folder, ["tame"], **settings)
     assert state.read_text() == saved  # a refused resume leaves the state as it was
 
 
@@ -271,7 +299,7 @@ def test_a_killed_evaluation_resumes_with_the_same_arguments_only(explainer, ran
     resumed = tame("--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     row = json.loads((out / "results.json").read_text())["results"][0]
-    whole = evaluate(explainer, folder, ["tame"], metrics=("adic", "curves"), steps=10, baseline="zeros", batch_size=2)
+    whole = run_evaluation(explainer, folder, ["tame"], metrics=("adic", "curves"), steps=10, baseline="zeros", batch_size=2)
     assert row["images"] == 12
     for name in ("AD100", "IC50", "deletion_auc", "insertion_auc"):
         assert row[name] == pytest.approx(whole.methods["tame"][name], abs=1e-4), name

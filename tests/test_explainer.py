@@ -9,6 +9,7 @@ from PIL import Image
 
 from tame_core.errors import ClassError
 from tame_core.maps import minmax_normalize, resize_maps
+from tame_core.streams import explain_stream
 
 
 @pytest.fixture
@@ -110,9 +111,9 @@ def test_crop_geometry_maps_back_into_the_crop_box(explainer, sample_images):
     assert saliency[30:370, 130:470].max() > 0.9
 
 
-def test_explain_many_groups_by_size_and_keeps_order(explainer, sample_images):
+def test_explain_stream_groups_by_size_and_keeps_order(explainer, sample_images):
     pictures = [sample_images["chelsea"], sample_images["coffee"], sample_images["rocket"], sample_images["coffee"]]
-    results = dict(explainer.explain_many(pictures, batch_size=2))
+    results = dict(explain_stream(explainer, pictures, batch_size=2))
     assert sorted(results) == [0, 1, 2, 3]
     single = explainer.explain(sample_images["rocket"])
     torch.testing.assert_close(results[2].maps, single.maps, atol=1e-5, rtol=0)

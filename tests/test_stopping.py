@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tame_core.baselines import explain_with
+from tame_core.methods import explain_with
 from tame_core.stopping import Stopped, check, stop_on
 from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace, load_sample
 from tame_core.studio import jobs as jobs_module
-from tame_core.studio.evaluation import EvaluationRequest, evaluation_work
+from tame_core.evaluation import EvaluationConfig
+from tame_core.studio.evaluation import evaluation_work
 from tame_core.studio.methods import ResultCache, compare_methods, curve_points
 from noise_images import noise_folder
 
@@ -174,7 +175,7 @@ def test_long_methods_stop_within_two_seconds(model, subject, method):
     modules = [type(m).__name__ for m in model.explainer.backbone.modules()]
     assert "AblationLayer" not in modules  # Ablation-CAM's swapped-in layer is put back
     images = subject.explanation.inputs
-    assert explain_with("gradcam", model.explainer, images, 281).forward_passes == 1  # the model still works
+    assert explain_with(model.explainer, images, 281, "gradcam").forward_passes == 1  # the model still works
 
 
 def test_score_cam_stops_while_it_prepares_its_masks(model, subject):
@@ -186,7 +187,7 @@ def test_score_cam_stops_while_it_prepares_its_masks(model, subject):
         handle = explainer.backbone.register_forward_hook(lambda *args: context._job.stop())  # after the first forward
         try:
             with model.busy(), context.watching(explainer.backbone):
-                return explain_with("scorecam", explainer, inputs, 281, layer="bn2")
+                return explain_with(explainer, inputs, 281, "scorecam", layer="bn2")
         finally:
             handle.remove()
 
@@ -206,8 +207,8 @@ def test_curves_stop_within_two_seconds(subject):
 def test_an_evaluation_stops_within_two_seconds_and_keeps_whole_batches(tmp_path, random_head_path):
     data = noise_folder(tmp_path / "images", 4)
     choice = ModelChoice(head=str(random_head_path))
-    request = EvaluationRequest(data=str(data), methods=("scorecam",), steps=10)
-    job = Job("evaluate", lambda context: evaluation_work(choice, request, context, tmp_path / "state")).start()
+    config = EvaluationConfig(data=str(data), methods=("scorecam",), steps=10)
+    job = Job("evaluate", lambda context: evaluation_work(choice, config, context, tmp_path / "state")).start()
     stop_midway(job, "evaluation (scorecam)", forwards=40)
     report = job.result
     assert report.settings["images_done"] == 0 and report.rows() == []  # the unfinished batch is not half-counted

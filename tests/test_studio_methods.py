@@ -17,9 +17,10 @@ from tame_core.metrics import average_drop_increase
 from tame_core.metrics.curves import baseline_images, deletion_insertion
 from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace, load_sample
 from tame_core.studio.ablation import ablation_rows, combinations
-from tame_core.studio.evaluation import EvaluationRequest, column_title, evaluation_work
+from tame_core.evaluation import EvaluationConfig
+from tame_core.studio.evaluation import column_title, evaluation_work, state_path
 from tame_core.studio.evaluation import can_resume as can_resume_evaluation
-from tame_core.baselines import list_methods
+from tame_core.methods import list_methods
 from tame_core.studio import costs
 from tame_core.studio.ablation import branch_terms
 from tame_core.studio.methods import (
@@ -330,17 +331,17 @@ def test_evaluation_job_reports_the_table_and_resumes_from_its_state(tmp_path, r
         Image.fromarray(sample_images[name]).save(data / f"{name}.png")
     (data / "broken.png").write_bytes(b"not a png")
     choice = ModelChoice(head=str(random_head_path))
-    request = EvaluationRequest(data=str(data), methods=("tame",), steps=5)
-    first = run(lambda context: evaluation_work(choice, request, context, tmp_path / "state"))
+    config = EvaluationConfig(data=str(data), methods=("tame",), steps=5)
+    first = run(lambda context: evaluation_work(choice, config, context, tmp_path / "state"))
     (row,) = first.result.rows()
     assert row["method"] == "tame" and row["images"] == 2 and row["forward_passes"] == 1
     assert {"AD100", "IC15", "MoRF", "LeRF", "deletion_auc", "insertion_auc", "ms_per_image"} <= set(row)
     assert len(first.result.skipped) == 1 and first.result.skipped[0].startswith(str(data / "broken.png"))
-    assert request.state_path(choice, tmp_path / "state").is_file()
-    assert request.state_path(choice, tmp_path / "state") != EvaluationRequest(str(data), ("tame",), steps=10).state_path(
-        choice, tmp_path / "state"
+    assert state_path(config, choice, tmp_path / "state").is_file()
+    assert state_path(config, choice, tmp_path / "state") != state_path(
+        EvaluationConfig(str(data), ("tame",), steps=10), choice, tmp_path / "state"
     )
-    again = run(lambda context: evaluation_work(choice, request, context, tmp_path / "state"))
+    again = run(lambda context: evaluation_work(choice, config, context, tmp_path / "state"))
     assert again.result.rows() == first.result.rows()  # everything came from the saved state
     assert column_title("AD100") == "AD100 ↓" and column_title("insertion_auc") == "insertion_auc ↑"
 
@@ -352,16 +353,16 @@ def test_a_stopped_evaluation_resumes_where_it_stopped(tmp_path, random_head_pat
     for index in range(24):  # three batches of eight
         (data / f"{index:02d}.png").write_bytes(png(index))
     choice = ModelChoice(head=str(random_head_path))
-    request = EvaluationRequest(data=str(data), methods=("tame",), steps=4)
-    state = request.state_path(choice, tmp_path / "state")
-    job = Job("evaluate", lambda context: evaluation_work(choice, request, context, tmp_path / "state")).start()
+    config = EvaluationConfig(data=str(data), methods=("tame",), steps=4)
+    state = state_path(config, choice, tmp_path / "state")
+    job = Job("evaluate", lambda context: evaluation_work(choice, config, context, tmp_path / "state")).start()
     deadline = time.monotonic() + 300
     while job.running and not state.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     job.stop()  # after the first saved batch
     assert job.wait(300) and job.state is JobState.STOPPED
-    assert can_resume_evaluation(request, choice, tmp_path / "state")
+    assert can_resume_evaluation(config, choice, tmp_path / "state")
     stopped_at = job.result.settings["images_done"]
     assert 8 <= stopped_at < 24
-    resumed = run(lambda context: evaluation_work(choice, request, context, tmp_path / "state"))
-    assert resumed.result.rows()[0]["images"] == 24 and not can_resume_evaluation(request, choice, tmp_path / "state")
+    resumed = run(lambda context: evaluation_work(choice, config, context, tmp_path / "state"))
+    assert resumed.result.rows()[0]["images"] == 24 and not can_resume_evaluation(config, choice, tmp_path / "state")

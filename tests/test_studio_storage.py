@@ -16,7 +16,8 @@ from PIL import Image
 from tame_core.errors import AccessError
 from tame_core.studio import ModelChoice, store_uploaded_head
 from tame_core.studio import training
-from tame_core.studio.evaluation import EvaluationRequest
+from tame_core.evaluation import EvaluationConfig
+from tame_core.studio.evaluation import state_path
 from tame_core.studio.storage import ALLOWED_ROOTS_ENV, SessionFolder, server_path, studio_dir
 from tame_core.studio.training import extract_zip, output_path, unpack_upload
 from tame_core.training import TrainingError
@@ -141,11 +142,11 @@ def test_sessions_get_folders_of_their_own_and_scratch_goes_with_them(tmp_path, 
     first, second = SessionFolder(), SessionFolder()
     assert first.path != second.path and first.path.parent == second.path.parent == tmp_path / "studio" / "sessions"
     assert output_path("my_head", first.heads) != output_path("my_head", second.heads)
-    request, choice = EvaluationRequest(data="/data/x", methods=("tame",)), ModelChoice()
-    assert request.state_path(choice, first.evaluations) != request.state_path(choice, second.evaluations)
-    request.state_path(choice, second.evaluations).write_text("{}")
-    request.state_path(choice, first.evaluations).unlink(missing_ok=True)  # what a fresh Evaluate does
-    assert request.state_path(choice, second.evaluations).read_text() == "{}"
+    config, choice = EvaluationConfig(data="/data/x", methods=("tame",)), ModelChoice()
+    assert state_path(config, choice, first.evaluations) != state_path(config, choice, second.evaluations)
+    state_path(config, choice, second.evaluations).write_text("{}")
+    state_path(config, choice, first.evaluations).unlink(missing_ok=True)  # what a fresh Evaluate does
+    assert state_path(config, choice, second.evaluations).read_text() == "{}"
 
     head = first.heads / "mine.safetensors"
     head.write_bytes(b"kept")
@@ -186,4 +187,4 @@ def test_an_uploaded_head_never_writes_through_another_sessions_temporary_file(t
     busy.write_bytes(b"another session is writing this")
     path = store_uploaded_head("mine.safetensors", data, tmp_path)
     assert path.read_bytes() == data and busy.read_bytes() == b"another session is writing this"
-    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".part"] == [busy.name]
+    assert [p.name for p in tmp_path.iterdir() if p.suffix in (".part", ".tmp")] == [busy.name]

@@ -33,7 +33,7 @@ def test_a_cam_started_head_gives_the_class_activation_maps(lite0, photos, fuser
     assert isinstance(head, TiedTAMEHead) == (fuser != "class")
     init_from_cam(head, lite0, LAYERS, photos)
     explainer = Explainer(lite0, head.eval(), LAYERS)
-    explanation = explainer.explain_inputs(photos, classes=[[281], [967], [812], [0]])
+    explanation = explainer.explain(photos, classes=[[281], [967], [812], [0]], geometry="input")
     # the reference: classifier row . bn2 features + bias at 7x7, then the head's own upsampling chain
     pooled = explainer.features(photos)[1][-1]  # the bn2 branch starts as the identity
     with explainer._taps:

@@ -56,7 +56,7 @@ def test_a_state_round_trips_exactly(tmp_path):
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(buffers) == len(parameters) == len(list(head.parameters()))
     assert all(torch.equal(saved, optimizer.state[p]["momentum_buffer"]) for saved, p in zip(buffers, parameters))
-    assert not (tmp_path / "run.state.pt.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state.pt"]  # no temporary file left
 
 
 def test_flipped_bytes_are_refused_not_resumed(tmp_path):

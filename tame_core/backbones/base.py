@@ -23,7 +23,7 @@ Weights = Union[str, os.PathLike]
 class Backbone(nn.Module):
     """A frozen classifier that takes **raw [0, 1] images** and returns logits.
 
-    Normalisation lives inside, so heads, metrics and baselines all feed the same raw images and a
+    Normalisation lives inside, so heads, metrics and comparison methods all feed the same raw images and a
     mask can multiply the picture before it is normalised. ``net`` is the underlying torchvision or
     timm model: layer names for taps are names inside ``net``. The classifier never leaves eval mode
     (its batch-norm statistics must not drift while a head trains), whatever ``train()`` is called with.

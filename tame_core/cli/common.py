@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
+from ..devices import auto_device
 from ..errors import OutputError
-from ..explainer import Explainer, auto_device
+from ..explainer import Explainer
 
 
 def add_model_options(parser: argparse.ArgumentParser, head: bool = True) -> None:

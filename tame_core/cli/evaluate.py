@@ -1,4 +1,4 @@
-"""``tame evaluate --data DIR``: the papers' faithfulness table for TAME and the baselines on a folder.
+"""``tame evaluate --data DIR``: the papers' faithfulness table for TAME and the comparison methods on a folder.
 
 Prints AD/IC at 100/50/15%, ROAD MoRF/LeRF, deletion/insertion AUC, milliseconds and forward passes
 per image for each method, and writes ``results.json`` and ``results.csv`` into ``--out``. The run
@@ -23,15 +23,16 @@ STATE_FILE = "evaluation_state.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..baselines import list_methods
     from ..evaluation import METRIC_GROUPS
-    from ..metrics.curves import BASELINES
+    from ..methods import list_methods
+    from ..metrics.curves import BASELINES, DEFAULT_STEPS
+    from ..training.data import SPLITS
 
-    parser = subparsers.add_parser("evaluate", help="measure TAME and baselines: AD/IC, ROAD, deletion/insertion", description=__doc__)
+    parser = subparsers.add_parser("evaluate", help="measure TAME and comparison methods: AD/IC, ROAD, deletion/insertion", description=__doc__)
     add_model_options(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, type=Path, help="folder of images (recursive)")
-    data.add_argument("--split", choices=("all", "train", "heldout"), default="all",
+    data.add_argument("--split", choices=SPLITS, default="all",
                       help="heldout: only ImageNet classes i with i %% 5 == 4 (by the WordNet id in the file name)")
     data.add_argument("--list", dest="list_file", type=Path, help="file naming the images to use, one path per line (relative to --data)")
     data.add_argument("--limit", type=positive_int, help="only the first N images")
@@ -44,10 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="run a slow method on the first N images only, e.g. scorecam=50 (repeatable)")
     run.add_argument("--metric-limit", action="append", default=[], metavar="GROUP=N",
                      help="compute a metric group on the first N images only, e.g. road=50 (repeatable)")
-    run.add_argument("--steps", type=positive_int, default=50, help="deletion/insertion steps (default 50)")
+    run.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
     run.add_argument("--baseline", choices=BASELINES, default="blur", help="what deleted pixels become (default blur)")
     run.add_argument("--batch-size", type=positive_int, default=8, help="images explained per batch")
-    run.add_argument("--metric-batch-size", type=positive_int, help="perturbed images per forward (default: 32 on CPU, 256 on GPU)")
+    run.add_argument("--metric-batch-size", type=positive_int, help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")
     run.add_argument("--seed", type=int, default=0, help="seed of the ROAD noise")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("."), help="folder for results.json and results.csv (default: .)")
@@ -57,13 +58,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate
+    from ..evaluation import EvaluationConfig, evaluate
 
-    methods = _names(args.methods)
-    metrics = _names(args.metrics)
-    options = parse_options(args.option)
-    limits = _limits(args.method_limit, "--method-limit")
-    metric_limits = _limits(args.metric_limit, "--metric-limit")
+    config = EvaluationConfig(  # checked now, before the model loads
+        data=args.data, methods=tuple(_names(args.methods)), split=args.split, list_file=args.list_file,
+        limit=args.limit, batch_size=args.batch_size, metrics=tuple(_names(args.metrics)), steps=args.steps,
+        baseline=args.baseline, method_options=parse_options(args.option),
+        method_limits=_limits(args.method_limit, "--method-limit"), metric_limits=_limits(args.metric_limit, "--metric-limit"),
+        metric_batch_size=args.metric_batch_size, seed=args.seed,
+    )
     writable_folder(args.out)  # now, not after the run: results and the resumable state go there
     state = args.out / STATE_FILE
     if state.exists() and not args.resume:
@@ -77,12 +80,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         bar.set_postfix_str(message, refresh=True)
 
     try:
-        report = evaluate(
-            explainer, args.data, methods, args.limit, progress, split=args.split, list_file=args.list_file,
-            batch_size=args.batch_size, metrics=metrics, steps=args.steps, baseline=args.baseline,
-            method_options=options, method_limits=limits, metric_limits=metric_limits, metric_batch_size=args.metric_batch_size,
-            seed=args.seed, state_path=state,
-        )
+        report = evaluate(explainer, config, progress, state_path=state)
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: the images done are saved in {state}; add --resume to continue", file=sys.stderr)

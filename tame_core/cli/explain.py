@@ -22,6 +22,7 @@ from ..errors import ImageLoadError
 from ..images import load_image
 from ..maps import COLORMAPS, overlay
 from ..preprocessing import GEOMETRIES
+from ..streams import explain_stream
 from .common import add_model_options, explainer_from, fraction, positive_int, writable_folder
 
 OVERLAY_SUFFIX = "_overlay.png"
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             positions.append(position)
             yield picture
 
-    results = explainer.explain_many(readable(), classes=target, batch_size=args.batch_size, geometry=args.geometry)
+    results = explain_stream(explainer, readable(), classes=target, batch_size=args.batch_size, geometry=args.geometry)
     for index, explanation in results:
         position, picture = positions[index], pictures.pop(index)
         saliency = explanation.map_at_original(0, 0)

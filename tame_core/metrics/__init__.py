@@ -1,14 +1,15 @@
-"""Faithfulness metrics: AD/IC, deletion/insertion curves, ROAD. Each declares its direction in METRICS.
+"""Faithfulness metrics: AD/IC, deletion/insertion curves, ROAD. Each module declares its metrics' directions.
 
 All work on torch tensors on the images' device, in batches; maps from any method are (B, H, W) and
 are min-max normalised and upsampled to the input by the metrics themselves.
 """
 
-from .adic import ADICResult, average_drop_increase
+# Importing a metric module declares its metrics; the order of declaration is the table order.
+from .adic import ADICResult, average_drop_increase  # isort: skip
+from .road import RoadResult, road  # isort: skip
+from .curves import BASELINES, CurveResult, deletion_insertion, stream_curve  # isort: skip
 from .base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES, METRICS, MetricSpec, spec_for
-from .curves import BASELINES, CurveResult, deletion_insertion, stream_curve
 from .imputation import noisy_linear_impute
-from .road import RoadResult, road
 
 __all__ = [
     "ADICResult",

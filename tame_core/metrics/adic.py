@@ -15,8 +15,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..batching import check_batch_size, scores
 from ..errors import EvaluationError
-from .base import DEFAULT_FRACTIONS, check_batch_size, clean_scores, per_image_summary, prepare, quantiles, scores
+from .base import DEFAULT_FRACTIONS, clean_scores, declare, declare_family, per_image_summary, prepare, quantiles
+
+AD = declare_family("AD", "lower", "Average Drop (%) with {n}% of the map's pixels kept")
+IC = declare_family("IC", "higher", "Increase in Confidence (% of images) with {n}% of the map's pixels kept")
+declare(*(family.spec(round(f * 100)) for f in DEFAULT_FRACTIONS for family in (AD, IC)))
 
 
 @dataclass
@@ -42,8 +47,8 @@ class ADICResult:
         values: dict[str, torch.Tensor] = {}
         for row, fraction in enumerate(self.fractions):
             percent = round(fraction * 100)
-            values[f"AD{percent}"] = self.drop[row]
-            values[f"IC{percent}"] = self.increase[row].float() * 100.0
+            values[AD.name(percent)] = self.drop[row]
+            values[IC.name(percent)] = self.increase[row].float() * 100.0
         return values
 
     def summary(self) -> dict[str, float]:

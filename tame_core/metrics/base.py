@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
+from ..batching import class_vector, scores
 from ..errors import EvaluationError
 from ..maps import minmax_normalize, resize_maps
 
 Direction = Literal["lower", "higher"]
-
-#: Builds the perturbed inputs for rows ``start:stop`` of a metric's stream of perturbed images.
-RowBuilder = Callable[[int, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -37,52 +35,57 @@ class MetricSpec:
         """Whether ``a`` is strictly better than ``b`` for this metric."""
         return a < b if self.direction == "lower" else a > b
 
+    @property
+    def arrow(self) -> str:
+        """``↓`` when lower is better, ``↑`` when higher is: what table headings show."""
+        return "↓" if self.direction == "lower" else "↑"
 
-#: Metric families whose names carry a number: ``AD50`` is Average Drop with 50% of pixels kept.
-_FAMILIES: dict[str, tuple[Direction, str]] = {
-    "AD": ("lower", "Average Drop (%) with {n}% of the map's pixels kept"),
-    "IC": ("higher", "Increase in Confidence (% of images) with {n}% of the map's pixels kept"),
-    "MoRF": ("lower", "ROAD most-relevant-first: % of images whose top-1 survives removing {n}% of pixels"),
-    "LeRF": ("higher", "ROAD least-relevant-first: % of images whose top-1 survives removing {n}% of pixels"),
-}
 
-_FIXED: tuple[MetricSpec, ...] = (
-    MetricSpec("MoRF", "lower", "ROAD most-relevant-first: top-1 agreement (%) averaged over the removal levels"),
-    MetricSpec("LeRF", "higher", "ROAD least-relevant-first: top-1 agreement (%) averaged over the removal levels"),
-    MetricSpec("MoRF_dprob", "lower", "ROAD most-relevant-first: mean change of the class probability (imputed - clean)"),
-    MetricSpec("LeRF_dprob", "higher", "ROAD least-relevant-first: mean change of the class probability (imputed - clean)"),
-    MetricSpec("deletion_auc", "lower", "area under the class probability as the most salient pixels are deleted"),
-    MetricSpec("insertion_auc", "higher", "area under the class probability as the most salient pixels are inserted"),
-    MetricSpec("ms_per_image", "lower", "wall time of the explanation method per image (milliseconds)"),
-    MetricSpec("forward_passes", "lower", "backbone forward passes per image made by the explanation method"),
-    MetricSpec("backward_passes", "lower", "backward passes per image made by the explanation method"),
-)
+@dataclass(frozen=True)
+class MetricFamily:
+    """Metrics whose names carry a number: ``AD50`` is Average Drop with 50% of pixels kept."""
+
+    prefix: str
+    direction: Direction
+    description: str  # with ``{n}`` where the number goes
+
+    def name(self, n: int) -> str:
+        return f"{self.prefix}{n}"
+
+    def spec(self, n: int) -> MetricSpec:
+        return MetricSpec(self.name(n), self.direction, self.description.format(n=n))
+
+
+#: Every metric the default settings report, by name, in table order. Each metric module declares
+#: its own (:func:`declare`, :func:`declare_family`) next to the code that computes it;
+#: :func:`spec_for` also knows other levels of a family.
+METRICS: dict[str, MetricSpec] = {}
+_FAMILIES: dict[str, MetricFamily] = {}
 
 DEFAULT_FRACTIONS = (1.0, 0.5, 0.15)
 DEFAULT_ROAD_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
 
 
+def declare(*specs: MetricSpec) -> None:
+    """Add reported metrics to :data:`METRICS` (in table order)."""
+    for spec in specs:
+        METRICS[spec.name] = spec
+
+
+def declare_family(prefix: str, direction: Direction, description: str) -> MetricFamily:
+    """A numbered family, known to :func:`spec_for` at every level; declare its default levels with :func:`declare`."""
+    family = _FAMILIES[prefix] = MetricFamily(prefix, direction, description)
+    return family
+
+
 def spec_for(name: str) -> MetricSpec:
     """The :class:`MetricSpec` of any reported name, numbered families included (``AD37``, ``LeRF60``)."""
-    for spec in _FIXED:
-        if spec.name == name:
-            return spec
-    match = re.fullmatch(r"(AD|IC|MoRF|LeRF)(\d+)", name)
-    if match is None:
+    if name in METRICS:
+        return METRICS[name]
+    match = re.fullmatch(r"([A-Za-z]+)(\d+)", name)
+    if match is None or match[1] not in _FAMILIES:
         raise EvaluationError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
-    direction, what = _FAMILIES[match[1]]
-    return MetricSpec(name, direction, what.format(n=int(match[2])))
-
-
-def default_metric_names() -> list[str]:
-    """The names the default settings report, in table order."""
-    adic = [f"{kind}{round(f * 100)}" for f in DEFAULT_FRACTIONS for kind in ("AD", "IC")]
-    road = [f"{order}{p}" for order in ("MoRF", "LeRF") for p in DEFAULT_ROAD_PERCENTAGES]
-    return [*adic, "MoRF", "LeRF", *road, *(spec.name for spec in _FIXED if spec.name not in ("MoRF", "LeRF"))]
-
-
-#: Every metric the default settings report, by name; :func:`spec_for` also knows other levels.
-METRICS: dict[str, MetricSpec] = {name: spec_for(name) for name in default_metric_names()}
+    return _FAMILIES[match[1]].spec(int(match[2]))
 
 
 def prepare(
@@ -110,59 +113,6 @@ def prepare(
         raise EvaluationError("maps hold NaN or infinite values")
     maps = resize_maps(minmax_normalize(maps), (height, width)).clamp_(0.0, 1.0)
     return images01, maps, class_vector(classes, batch, images01.device)
-
-
-def class_vector(classes: torch.Tensor | Sequence[int] | int, batch: int, device: torch.device) -> torch.Tensor:
-    """The explained class of each image as a (B,) long tensor on ``device``."""
-    tensor = torch.as_tensor(classes, device=device)
-    if tensor.ndim == 2 and tensor.shape[1] == 1:
-        tensor = tensor[:, 0]
-    if tensor.ndim == 0:
-        tensor = tensor.expand(batch)
-    if tensor.ndim != 1 or tensor.shape[0] != batch or tensor.is_floating_point():
-        raise EvaluationError(f"classes must be one integer class per image ({batch}), got shape {tuple(tensor.shape)}")
-    return tensor.long()
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Perturbed images per forward when the caller gives none: big on accelerators, small on a CPU.
-
-    A CPU forward is fastest per image when a batch's activations stay in cache: Lite0 at 224 px on
-    this project's 2-core machine (32 MiB L3) took 12-20 ms per image at batch 2-4 against 29 at 8
-    and 36 at 32 (``benchmarks/bench_methods.py`` shows the effect on ROAD).
-    """
-    return 256 if device.type == "cuda" else 4
-
-
-def check_batch_size(batch_size: int | None, device: torch.device) -> int:
-    if batch_size is None:
-        return default_batch_size(device)
-    if int(batch_size) < 1:
-        raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
-    return int(batch_size)
-
-
-def iter_scores(
-    model: nn.Module, rows: int, build: RowBuilder, classes: torch.Tensor, batch_size: int
-) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """Forward rows ``0..rows`` built by ``build`` in batches; yield (start, stop, class prob, top-1).
-
-    ``classes`` (rows,) is the class whose softmax probability is read from each row.
-    """
-    with torch.no_grad():
-        for start in range(0, rows, batch_size):
-            stop = min(rows, start + batch_size)
-            logits = model(build(start, stop)).float()
-            probs = logits.softmax(dim=-1)
-            yield start, stop, probs.gather(1, classes[start:stop, None])[:, 0], logits.argmax(dim=-1)
-
-
-def scores(
-    model: nn.Module, rows: int, build: RowBuilder, classes: torch.Tensor, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """All rows of :func:`iter_scores` at once: (class probabilities (rows,), top-1 classes (rows,))."""
-    chunks = list(iter_scores(model, rows, build, classes, batch_size))
-    return torch.cat([c[2] for c in chunks]), torch.cat([c[3] for c in chunks])
 
 
 def clean_scores(

@@ -16,7 +16,13 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import EvaluationError
-from .base import check_batch_size, class_vector, iter_scores, per_image_summary, pixel_ranks, prepare, scores
+from ..batching import check_batch_size, class_vector, iter_scores, scores
+from .base import MetricSpec, declare, per_image_summary, pixel_ranks, prepare
+
+declare(
+    MetricSpec("deletion_auc", "lower", "area under the class probability as the most salient pixels are deleted"),
+    MetricSpec("insertion_auc", "higher", "area under the class probability as the most salient pixels are inserted"),
+)
 
 Baseline = Literal["blur", "zeros", "mean"]
 Mode = Literal["deletion", "insertion"]

@@ -16,12 +16,26 @@ import torch
 from torch import nn
 
 from ..errors import EvaluationError
-from .base import DEFAULT_ROAD_PERCENTAGES, check_batch_size, clean_scores, per_image_summary, pixel_ranks, prepare, scores
+from ..batching import check_batch_size, scores
+from .base import (
+    DEFAULT_ROAD_PERCENTAGES, MetricSpec, clean_scores, declare, declare_family, per_image_summary, pixel_ranks, prepare,
+)
 from .imputation import noisy_linear_impute
 
 Order = Literal["morf", "lerf"]
 ORDERS: tuple[str, ...] = ("morf", "lerf")
-_NAMES = {"morf": "MoRF", "lerf": "LeRF"}
+#: Per order, the share of images whose top-1 survives each removal level: MoRF50, LeRF50...
+FAMILIES = {
+    "morf": declare_family("MoRF", "lower", "ROAD most-relevant-first: % of images whose top-1 survives removing {n}% of pixels"),
+    "lerf": declare_family("LeRF", "higher", "ROAD least-relevant-first: % of images whose top-1 survives removing {n}% of pixels"),
+}
+declare(
+    MetricSpec("MoRF", "lower", "ROAD most-relevant-first: top-1 agreement (%) averaged over the removal levels"),
+    MetricSpec("LeRF", "higher", "ROAD least-relevant-first: top-1 agreement (%) averaged over the removal levels"),
+    *(family.spec(p) for family in FAMILIES.values() for p in DEFAULT_ROAD_PERCENTAGES),
+    MetricSpec("MoRF_dprob", "lower", "ROAD most-relevant-first: mean change of the class probability (imputed - clean)"),
+    MetricSpec("LeRF_dprob", "higher", "ROAD least-relevant-first: mean change of the class probability (imputed - clean)"),
+)
 #: Standard deviation of the noise added to imputed pixels (the ROAD paper's and pytorch-grad-cam's).
 DEFAULT_NOISE = 0.01
 
@@ -49,9 +63,10 @@ class RoadResult:
 
     def per_image(self) -> dict[str, torch.Tensor]:
         """``MoRF10``..``MoRF90`` (% agreement), ``MoRF`` (their mean) and ``MoRF_dprob`` (or LeRF...)."""
-        name = _NAMES[self.order]
+        family = FAMILIES[self.order]
+        name = family.prefix
         agreement = self.agreement.float() * 100.0
-        values = {f"{name}{p}": agreement[row] for row, p in enumerate(self.percentages)}
+        values = {family.name(p): agreement[row] for row, p in enumerate(self.percentages)}
         values[name] = agreement.mean(dim=0)
         values[f"{name}_dprob"] = self.prob_change.mean(dim=0)
         return values

@@ -1,9 +1,9 @@
 """What work costs, said before it starts and measured honestly after.
 
 Before: an :class:`Estimate` is the passes a piece of work will make (each method states its own,
-:meth:`~tame_core.baselines.Method.expected_passes`; curves and metrics are counted here) times this
+:meth:`~tame_core.methods.Method.expected_passes`; curves and metrics are counted here) times this
 machine's measured forward time (:func:`forward_seconds`, warm, once per model). After: a method's
-time is its own work, timed warm (:func:`~tame_core.baselines.base.timed_repeats`); a figure too short
+time is its own work, timed warm (:func:`~tame_core.methods.base.timed_repeats`); a figure too short
 or too scattered to mean anything is called noisy (:func:`timing_note`) instead of being printed.
 """
 
@@ -17,8 +17,8 @@ from typing import Hashable, Mapping, Sequence
 
 import torch
 
-from ..baselines import get_method
-from ..baselines.base import synchronize
+from ..methods import get_method
+from ..methods.base import synchronize
 from ..evaluation import METRIC_GROUPS, metric_forwards
 from .models import LoadedModel
 

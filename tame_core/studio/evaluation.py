@@ -11,44 +11,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from ..evaluation import EvaluationReport, evaluate
+from ..evaluation import EvaluationConfig, EvaluationReport, evaluate
 from ..metrics import spec_for
 from .jobs import JobContext
 from .models import ModelChoice, load_model
 
 
-@dataclass(frozen=True)
-class EvaluationRequest:
-    """What the Evaluate page asks for: a folder of images, which of them, which methods, how finely."""
-
-    data: str
-    methods: tuple[str, ...]
-    split: str = "all"
-    limit: int | None = None
-    steps: int = 50
-    baseline: str = "blur"
-    method_limits: tuple[tuple[str, int], ...] = field(default_factory=tuple)
-
-    def state_path(self, choice: ModelChoice, folder: str | Path) -> Path:
-        """Where this request's partial results live in ``folder`` (one file per model and settings)."""
-        key = json.dumps({"model": repr(choice), **asdict(self)}, sort_keys=True)
-        return Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+def state_path(config: EvaluationConfig, choice: ModelChoice, folder: str | Path) -> Path:
+    """Where this evaluation's partial results live in ``folder`` (one file per model and settings)."""
+    key = json.dumps({"model": repr(choice), **asdict(config)}, sort_keys=True, default=str)
+    return Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def can_resume(request: EvaluationRequest, choice: ModelChoice, state_folder: str | Path) -> bool:
-    """Whether a stopped run of this request left images still to do."""
+def can_resume(config: EvaluationConfig, choice: ModelChoice, state_folder: str | Path) -> bool:
+    """Whether a stopped run of this evaluation left images still to do."""
     try:
-        saved = json.loads(request.state_path(choice, state_folder).read_text())
+        saved = json.loads(state_path(config, choice, state_folder).read_text())
         return int(saved["tally"]["images_done"]) < int(saved["settings"]["images"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
 def evaluation_work(
-    choice: ModelChoice, request: EvaluationRequest, context: JobContext, state_folder: str | Path
+    choice: ModelChoice, config: EvaluationConfig, context: JobContext, state_folder: str | Path
 ) -> EvaluationReport:
     """Run the evaluation (resuming its saved state, if any) with progress and stop wired to the job."""
     context.progress(0.0, "Loading a copy of the model")
@@ -58,23 +46,11 @@ def evaluation_work(
         context.progress(done / total if total else 0.0, message)
 
     with context.watching(explainer.backbone):  # counts the forwards for the page; evaluate checks Stop itself
-        return evaluate(
-            explainer,
-            request.data,
-            list(request.methods),
-            request.limit,
-            progress,
-            split=request.split,
-            steps=request.steps,
-            baseline=request.baseline,
-            method_limits=dict(request.method_limits),
-            state_path=request.state_path(choice, state_folder),
-            stop=context.stop_event,
-        )
+        return evaluate(explainer, config, progress, state_path=state_path(config, choice, state_folder), stop=context.stop_event)
 
 
 def column_title(name: str) -> str:
     """A table heading that says which way is better: ``AD100 ↓``, ``IC100 ↑``."""
     if name in ("method", "images"):
         return name
-    return f"{name} {'↓' if spec_for(name).direction == 'lower' else '↑'}"
+    return f"{name} {spec_for(name).arrow}"

@@ -1,4 +1,4 @@
-"""TAME against the baselines on one picture: maps with their cost, and live deletion/insertion curves.
+"""TAME against the comparison methods on one picture: maps with their cost, and live deletion/insertion curves.
 
 The work runs as background jobs (:mod:`.jobs`): each method's map is a :class:`MethodMap` record
 and each curve point a :class:`CurvePoint` record as soon as it is computed, so the page can draw
@@ -22,18 +22,17 @@ from typing import Any, Callable, Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..baselines import get_method
-from ..baselines.base import timed_repeats
 from ..explainer import Explanation
+from ..images import tensor_to_pixels
+from ..methods import get_method
+from ..methods.base import timed_repeats
 from ..metrics import METRICS
 from ..metrics.base import prepare
-from ..metrics.curves import MODES, CurveInputs, CurveResult, stream_curve
+from ..metrics.curves import DEFAULT_STEPS, MODES, CurveInputs, CurveResult, stream_curve
 from . import costs
 from .jobs import Job, JobContext
 from .models import LoadedModel
 
-#: Deletion/insertion points per curve (plus the start) unless the user picks another number.
-DEFAULT_STEPS = 50
 #: Work estimated to take longer than this waits for the user's click (with the estimate on the button);
 #: shorter work starts at once, its estimate in the job's name.
 AUTO_START_SECONDS = 30.0
@@ -135,9 +134,9 @@ def method_map(
     model, explanation = subject.model, subject.explanation
     with model.busy() as explainer, _watching(context, explainer.backbone, on_forward):
         inputs, classes = explanation.inputs, explanation.classes[:, 0]
-        result = timed_repeats(method, explainer, inputs, classes)
+        result = timed_repeats(explainer, inputs, classes, method)
         if len(result.repeats) > 1 and costs.timing_note(result.seconds, result.repeats):
-            result = timed_repeats(method, explainer, inputs, classes)  # one more try on a calmer machine
+            result = timed_repeats(explainer, inputs, classes, method)  # one more try on a calmer machine
     made = MethodMap(
         method,
         result.maps[0].detach().float(),
@@ -373,7 +372,7 @@ def perturbed_image(
     images, maps, _ = prepare(explanation.inputs, saliency[None], explanation.classes[:, 0])
     inputs = CurveInputs(images, maps, steps, baseline)
     picture = inputs.build(mode, step, step + 1)[0]
-    return (picture.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+    return tensor_to_pixels(picture)
 
 
 def is_running_for(job: Job | None, tag: Hashable) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..atomic import write_atomically
 from ..backbones import DEFAULT_BACKBONE
-from ..checkpoint import read_metadata
+from ..checkpoint import locate_head, read_metadata
 from ..errors import CheckpointError
-from ..explainer import Explainer, Explanation, locate_head
+from ..explainer import Explainer, Explanation
 from ..hub import is_repo_id
 from .storage import studio_dir
 
@@ -96,7 +96,7 @@ class LoadedModel:
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[Explainer]:
-        """Hold the model for work that runs the backbone (taps, baselines, metrics)."""
+        """Hold the model for work that runs the backbone (taps, comparison methods, metrics)."""
         with self._lock:
             yield self.explainer
 
@@ -143,9 +143,7 @@ def store_uploaded_head(name: str, data: bytes, folder: str | os.PathLike | None
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{hashlib.sha256(data).hexdigest()[:20]}.safetensors"
     if not path.exists():  # a temporary file of its own: two sessions uploading the same head never mix writes
-        with tempfile.NamedTemporaryFile(dir=root, suffix=".part", delete=False) as handle:
-            handle.write(data)
-        os.replace(handle.name, path)
+        write_atomically(path, data)
     try:
         read_metadata(path)
     except CheckpointError as error:

@@ -21,10 +21,10 @@ from typing import Any, BinaryIO, Sequence
 import numpy as np
 
 from ..backbones import Backbone, load_backbone
-from ..checkpoint import read_metadata
+from ..checkpoint import BUNDLED_HEADS, CHECKPOINT_DIR, read_metadata
 from ..errors import TameError
-from ..explainer import BUNDLED_HEADS, CHECKPOINT_DIR, Explainer
-from ..images import IMAGE_SUFFIXES, collect_images, load_image
+from ..explainer import Explainer
+from ..images import IMAGE_SUFFIXES, collect_images, load_image, tensor_to_pixels
 from ..maps import overlay
 from ..taps import check_layers, list_layers
 from ..training import TrainConfig, TrainingError, train_head
@@ -175,7 +175,7 @@ class TrainingPreview:
         head = new_head(channels, self._backbone, self.config.variant, self.config.fuser)
         head.load_state_dict(load_state(self.config.state_path)["head"])
         explanation = Explainer(self._backbone, head, layers).explain(self.pictures, geometry="crop")
-        crops = (explanation.inputs.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+        crops = tensor_to_pixels(explanation.inputs)
         return [overlay(crop, explanation.maps[i, 0].cpu().numpy()) for i, crop in enumerate(crops)]
 
 

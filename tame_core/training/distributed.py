@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..explainer import auto_device
+from ..devices import auto_device
 
 
 @dataclass

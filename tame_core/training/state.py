@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_path
 from ..errors import TrainingError
 
 STATE_VERSION = 2
@@ -67,12 +67,8 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
         "sha256": hashlib.sha256(payload).hexdigest(),
         "payload": torch.frombuffer(payload, dtype=torch.uint8),
     }
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(wrapper, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    with atomic_path(path, durable=True) as temporary:
+        torch.save(wrapper, temporary)
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from ..backbones import Backbone, load_backbone
 from ..checkpoint import metadata_for, paths_for, save_head
 from ..classes import imagenet_wnids
+from ..devices import autocast, autocast_dtype
 from ..errors import TrainingError
 from ..fingerprint import file_digest, files_digest
 from ..head import TAMEHead, TiedTAMEHead
@@ -62,8 +63,7 @@ def _autocast(device: torch.device, amp: bool | None) -> tuple[contextlib.Abstra
         return None, None
     if device.type != "cuda":
         raise TrainingError("--amp (mixed precision) needs a CUDA device")
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype
+    return autocast(device, True), autocast_dtype(device)
 
 
 def train_head(

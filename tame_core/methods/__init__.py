@@ -1,6 +1,6 @@
 """Explanation methods behind one interface: TAME, the Grad-CAM family (pytorch-grad-cam) and RISE.
 
-``explain_with(method, explainer, images01, classes, **options)`` returns a :class:`MethodResult`:
+``explain_with(explainer, images01, classes, method, **options)`` returns a :class:`MethodResult`:
 (B, H, W) maps in [0, 1], forward and backward passes per image (counted with hooks), wall seconds.
 """
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import EvaluationError
-from ..metrics.base import check_batch_size, scores
+from ..batching import check_batch_size, scores
 from .base import Method, Model, register_method
 
 #: Masks per image unless the caller says otherwise (the paper's count for ResNet-50).

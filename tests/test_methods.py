@@ -9,9 +9,9 @@ from torch import nn
 
 from tame_core import load_backbone
 from tame_core.backbones import Backbone
-from tame_core.baselines import PassCounter, explain_with, get_method, list_methods
-from tame_core.baselines.base import timed_repeats, warm_up
-from tame_core.baselines.cam import default_target_layer
+from tame_core.methods import PassCounter, explain_with, get_method, list_methods
+from tame_core.methods.base import timed_repeats, warm_up
+from tame_core.methods.cam import default_target_layer
 from tame_core.errors import EvaluationError, LayerError
 from tame_core.preprocessing import Preprocess
 
@@ -58,30 +58,30 @@ def test_methods_in_table_order():
 def test_elementwise_gradient_cams_find_the_region(toy, method):
     """Gradient x activation is non-zero exactly on REGION, so the normalised map is its indicator."""
     images = torch.full((2, 3, SIZE, SIZE), 0.8)
-    result = explain_with(method, toy, images, [0, 0])
+    result = explain_with(toy, images, [0, 0], method)
     expected = region_mask().float().expand(2, SIZE, SIZE)
     assert torch.allclose(result.maps, expected, atol=1e-5)
     assert result.forward_passes == 1.0 and result.backward_passes == 1.0
     assert result.seconds > 0 and result.ms_per_image == pytest.approx(result.seconds * 500)
-    other = explain_with(method, toy, images, 1)  # a constant logit: no gradient anywhere
+    other = explain_with(toy, images, 1, method)  # a constant logit: no gradient anywhere
     assert float(other.maps.abs().max()) == 0.0
 
 
 def test_rise_is_seeded_counts_its_masks_and_finds_the_region(toy):
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.5
-    result = explain_with("rise", toy, images, 0, masks=600, cells=4, batch_size=256)
+    result = explain_with(toy, images, 0, "rise", masks=600, cells=4, batch_size=256)
     assert result.forward_passes == 600 and result.backward_passes == 0
     inside = result.maps[:, region_mask()].mean(dim=1)
     outside = result.maps[:, ~region_mask()].mean(dim=1)
     assert bool((inside > outside + 0.2).all())
-    again = explain_with("rise", toy, images, 0, masks=600, cells=4, batch_size=7)
+    again = explain_with(toy, images, 0, "rise", masks=600, cells=4, batch_size=7)
     assert torch.allclose(result.maps, again.maps, atol=1e-5)
-    other = explain_with("rise", toy, images, 0, masks=600, cells=4, seed=1)
+    other = explain_with(toy, images, 0, "rise", masks=600, cells=4, seed=1)
     assert not torch.allclose(result.maps, other.maps, atol=1e-3)
 
 
 def test_scorecam_makes_a_forward_per_channel(toy):
-    result = explain_with("scorecam", toy, torch.rand(3, 3, SIZE, SIZE), 0)
+    result = explain_with(toy, torch.rand(3, 3, SIZE, SIZE), 0, "scorecam")
     assert result.forward_passes == 2.0 and result.backward_passes == 0.0  # the CAM forward + 1 channel
     assert get_method("scorecam").expected_passes(toy) == (2, 0)
     assert get_method("rise").expected_passes(toy, masks=600) == (600, 0)
@@ -92,7 +92,7 @@ def test_chunked_score_cam_gives_upstream_score_cam_maps(explainer):
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from tame_core.baselines.cam import ChunkedScoreCAM
+    from tame_core.methods.cam import ChunkedScoreCAM
     from tame_core.taps import find_module
 
     backbone = explainer.backbone
@@ -111,29 +111,29 @@ def test_chunked_score_cam_gives_upstream_score_cam_maps(explainer):
 def test_cheap_methods_are_warmed_up_and_timed_several_times(toy):
     images = torch.rand(2, 3, SIZE, SIZE)
     with PassCounter(toy.net) as counter:
-        warm_up("gradcam", toy, images, 0)
+        warm_up(toy, images, 0, "gradcam")
     assert counter.forwards == 2  # the batch as it will be timed, untimed
     with PassCounter(toy.net) as counter:
-        warm_up("rise", toy, images, 0, masks=50)
+        warm_up(toy, images, 0, "rise", masks=50)
     assert counter.forwards == 0  # an expensive method warms itself up in its first batches
-    result = timed_repeats("gradcam", toy, images, 0, repeats=3, min_seconds=0.0)
+    result = timed_repeats(toy, images, 0, "gradcam", repeats=3, min_seconds=0.0)
     assert len(result.repeats) == 3 and result.seconds == sorted(result.repeats)[1] and result.forward_passes == 1
-    slow = timed_repeats("rise", toy, images, 0, masks=50)
+    slow = timed_repeats(toy, images, 0, "rise", masks=50)
     assert len(slow.repeats) == 1 and slow.forward_passes == 50
 
 
 def test_errors_name_the_thing_at_fault(toy):
     images = torch.rand(1, 3, SIZE, SIZE)
     with pytest.raises(EvaluationError, match="unknown method 'gradcan'; did you mean gradcam"):
-        explain_with("gradcan", toy, images, 0)
+        explain_with(toy, images, 0, "gradcan")
     with pytest.raises(EvaluationError, match="method 'gradcam' has no option 'masks' \\(its options: layer, batch_size\\)"):
-        explain_with("gradcam", toy, images, 0, masks=10)
+        explain_with(toy, images, 0, "gradcam", masks=10)
     with pytest.raises(EvaluationError, match="method 'tame' needs an Explainer"):
-        explain_with("tame", toy, images, 0)
+        explain_with(toy, images, 0, "tame")
     with pytest.raises(EvaluationError, match="class indices must be in 0..1"):
-        explain_with("gradcam", toy, images, 5)
+        explain_with(toy, images, 5, "gradcam")
     with pytest.raises(LayerError, match="unknown layer 'featurez'"):
-        explain_with("gradcam", toy, images, 0, layer="featurez")
+        explain_with(toy, images, 0, "gradcam", layer="featurez")
 
 
 def test_every_method_on_a_cnn(explainer):
@@ -143,7 +143,7 @@ def test_every_method_on_a_cnn(explainer):
     expected_forwards = {"rise": 32, "scorecam": 1 + 24, "ablationcam": 2 + 24}
     for method in list_methods():
         options = {"rise": {"masks": 32}, "scorecam": {"layer": "blocks.1"}, "ablationcam": {"layer": "blocks.1"}}
-        result = explain_with(method, explainer, images, [281, 409], **options.get(method, {}))
+        result = explain_with(explainer, images, [281, 409], method, **options.get(method, {}))
         assert result.maps.shape == (2, 64, 64), method
         assert float(result.maps.min()) >= 0.0 and float(result.maps.max()) <= 1.0, method
         assert bool(torch.isfinite(result.maps).all()), method
@@ -166,7 +166,7 @@ def test_cams_on_a_vit_use_the_token_adapter(vit_tiny):
     assert default_target_layer(vit_tiny) == "blocks.11.norm1"
     images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     for method in ("gradcam", "hirescam", "eigencam"):
-        result = explain_with(method, vit_tiny, images, [3, 7])
+        result = explain_with(vit_tiny, images, [3, 7], method)
         assert result.maps.shape == (2, 224, 224), method
         assert 0.0 <= float(result.maps.min()) and float(result.maps.max()) <= 1.0, method
         assert float(result.maps.std()) > 0, method  # a real 14 x 14 map, not a constant
@@ -175,6 +175,6 @@ def test_cams_on_a_vit_use_the_token_adapter(vit_tiny):
 @pytest.mark.slow
 def test_ablation_cam_on_a_vit_ablates_token_channels(vit_tiny):
     images = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    result = explain_with("ablationcam", vit_tiny, images, 3, batch_size=64)
+    result = explain_with(vit_tiny, images, 3, "ablationcam", batch_size=64)
     assert result.maps.shape == (1, 224, 224) and result.forward_passes == 2 + 192
     assert float(result.maps.std()) > 0

@@ -41,7 +41,7 @@ def default_target_layer(backbone: nn.Module, layers: Sequence[str] | None = Non
     """The module CAMs read by default: the deepest of ``layers`` (default: the backbone's default layers),
     or that transformer block's first norm."""
     name = backbone.resolve_layer((layers or backbone.default_layers)[-1])
-    module = find_module(backbone.net, name)
+    module = find_module(backbone, name)
     for norm in ("norm1", "ln_1"):
         if isinstance(getattr(module, norm, None), nn.Module):
             return f"{name}.{norm}"
@@ -117,7 +117,7 @@ class CamMethod(Method):
         backbone = getattr(explainer, "backbone", explainer)
         tapped = getattr(explainer, "layers", None)  # an Explainer's head layers
         layer_name = backbone.resolve_layer(layer) if layer else default_target_layer(backbone, tapped)
-        module = find_module(backbone.net, layer_name, backbone.layer_aliases)
+        module = find_module(backbone, layer_name)
         input_hw = tuple(images01.shape[-2:])
         tokens = patch_grid(backbone.net, input_hw) is not None
 

@@ -1,4 +1,4 @@
-"""TAME itself, through the same interface as the baselines: one backbone forward, the head, done."""
+"""TAME itself, through the same interface as the comparison methods: one backbone forward, the head, done."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class TameMethod(Method):
     ) -> torch.Tensor:
         """``branches``: switch branches off, e.g. ``"1,0,1"`` (default: all on)."""
         mask = parse_branches(branches, explainer.head.num_branches)
-        return explainer.explain_inputs(images01, classes[:, None], branch_mask=mask).maps[:, 0]
+        return explainer.explain(images01, classes[:, None], branch_mask=mask, geometry="input").maps[:, 0]
 
 
 register_method(TameMethod())

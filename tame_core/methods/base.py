@@ -18,7 +18,7 @@ import inspect
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -27,7 +27,15 @@ from ..backbones import Backbone
 from ..errors import EvaluationError
 from ..explainer import Explainer
 from ..maps import minmax_normalize, resize_maps
-from ..metrics.base import class_vector
+from ..metrics.base import MetricSpec, declare
+
+# What a method costs is reported beside the metrics of its maps.
+declare(
+    MetricSpec("ms_per_image", "lower", "wall time of the explanation method per image (milliseconds)"),
+    MetricSpec("forward_passes", "lower", "backbone forward passes per image made by the explanation method"),
+    MetricSpec("backward_passes", "lower", "backward passes per image made by the explanation method"),
+)
+from ..batching import class_vector
 
 Model = Union[Explainer, Backbone]
 
@@ -103,6 +111,13 @@ class Method:
         parameters = inspect.signature(self.compute).parameters.values()
         return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse keywords :meth:`compute` does not take, naming the ones it does."""
+        unknown = sorted(set(options) - set(self.options()))
+        if unknown:
+            accepted = ", ".join(self.options()) or "none"
+            raise EvaluationError(f"method {self.name!r} has no option {unknown[0]!r} (its options: {accepted})")
+
     def __call__(
         self,
         explainer: Model,
@@ -113,10 +128,7 @@ class Method:
         backbone = explainer.backbone if isinstance(explainer, Explainer) else explainer
         if self.needs_head and not isinstance(explainer, Explainer):
             raise EvaluationError(f"method {self.name!r} needs an Explainer (a backbone with a trained head)")
-        unknown = sorted(set(options) - set(self.options()))
-        if unknown:
-            accepted = ", ".join(self.options()) or "none"
-            raise EvaluationError(f"method {self.name!r} has no option {unknown[0]!r} (its options: {accepted})")
+        self.check_options(options)
         if not isinstance(images01, torch.Tensor) or images01.ndim != 4 or images01.shape[1] != 3:
             raise EvaluationError("images must be a (B, 3, H, W) tensor of raw [0, 1] pixels")
         device = backbone.device
@@ -169,21 +181,21 @@ def is_cheap(method: str, explainer: Model, **options: Any) -> bool:
 
 
 def warm_up(
-    method: str, explainer: Model, images01: torch.Tensor, classes: torch.Tensor | Sequence[int] | int, **options: Any
+    explainer: Model, images01: torch.Tensor, classes: torch.Tensor | Sequence[int] | int, method: str, **options: Any
 ) -> None:
     """Run a cheap method once on these images, untimed, so that its timed runs pay no one-off costs
     (first-call allocations, kernels built for a new batch shape: the first batch of 8 TAME maps took 3x
     the later ones). Expensive methods warm themselves up in their first batch of forwards; they are
     left alone."""
     if is_cheap(method, explainer, **options):
-        explain_with(method, explainer, images01, classes, **options)
+        explain_with(explainer, images01, classes, method, **options)
 
 
 def timed_repeats(
-    method: str,
     explainer: Model,
     images01: torch.Tensor,
     classes: torch.Tensor | Sequence[int] | int,
+    method: str,
     repeats: int = 5,
     min_seconds: float = 0.25,
     max_repeats: int = 20,
@@ -193,24 +205,32 @@ def timed_repeats(
     ``repeats`` times (more, up to ``max_repeats``, until ``min_seconds`` have passed) and ``seconds``
     is the median run; an expensive method runs once. ``repeats`` holds every timed run."""
     if not is_cheap(method, explainer, **options):
-        result = explain_with(method, explainer, images01, classes, **options)
+        result = explain_with(explainer, images01, classes, method, **options)
         result.repeats = (result.seconds,)
         return result
-    warm_up(method, explainer, images01, classes, **options)
+    warm_up(explainer, images01, classes, method, **options)
     runs: list[MethodResult] = []
     while len(runs) < repeats or (sum(r.seconds for r in runs) < min_seconds and len(runs) < max_repeats):
-        runs.append(explain_with(method, explainer, images01, classes, **options))
+        runs.append(explain_with(explainer, images01, classes, method, **options))
     seconds = tuple(r.seconds for r in runs)
     last = runs[-1]
     return MethodResult(last.maps, last.forward_passes, last.backward_passes, statistics.median(seconds), seconds)
 
 
 def explain_with(
-    method: str,
     explainer: Model,
     images01: torch.Tensor,
     classes: torch.Tensor | Sequence[int] | int,
+    method: str,
     **options: Any,
 ) -> MethodResult:
-    """Explain ``images01`` (B, 3, H, W) for ``classes`` (B,) with the method called ``method``."""
+    """Explain ``images01`` (B, 3, H, W) for ``classes`` (B,) with the method called ``method``, in the
+    order :meth:`Explainer.explain <tame_core.explainer.Explainer.explain>` takes images and classes.
+
+    Example:
+        >>> inputs = explainer.backbone.preprocess.batch([image_to_tensor(picture)], "crop")
+        >>> result = explain_with(explainer, inputs, 281, "gradcam")  # 281: tabby
+        >>> result.maps.shape, result.forward_passes, result.backward_passes
+        (torch.Size([1, 224, 224]), 1.0, 1.0)
+    """
     return get_method(method)(explainer, images01, classes, **options)

@@ -1,0 +1,83 @@
+"""What an evaluation measures, in one checked value shared by ``tame evaluate``, the app and scripts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..errors import EvaluationError
+from ..methods import get_method, list_methods
+from ..metrics.base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES
+from ..metrics.curves import BASELINES, DEFAULT_STEPS
+from ..training.data import SPLITS
+
+#: Metric groups an evaluation can run (all by default).
+METRIC_GROUPS = ("adic", "road", "curves")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Which images, which methods, which metrics and how finely; checked when made, so a wrong name or
+    value fails before any model loads.
+
+    ``methods`` empty means every registered method. ``method_options`` passes keywords to a method
+    (``{"rise": {"masks": 1000}}``); ``method_limits`` runs a method on the first N images only, and
+    ``metric_limits`` a metric group (``{"road": 50}``). ``metric_batch_size`` is the number of perturbed
+    images per forward (None: the metrics' default for the device); ``seed`` seeds the ROAD noise.
+    """
+
+    data: str
+    methods: tuple[str, ...] = ()
+    split: str = "all"
+    list_file: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    metrics: tuple[str, ...] = METRIC_GROUPS
+    steps: int = DEFAULT_STEPS
+    baseline: str = "blur"
+    road_percentages: tuple[int, ...] = DEFAULT_ROAD_PERCENTAGES
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    method_limits: Mapping[str, int] = field(default_factory=dict)
+    metric_limits: Mapping[str, int] = field(default_factory=dict)
+    metric_batch_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def assign(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        assign("data", str(os.fspath(self.data)))
+        assign("list_file", None if self.list_file is None else str(os.fspath(self.list_file)))
+        methods = tuple(self.methods) or tuple(list_methods())
+        for method in methods:
+            get_method(method)  # unknown names fail with a suggestion
+        assign("methods", methods)
+        assign("metrics", tuple(self.metrics))
+        unknown = sorted(set(self.metrics) - set(METRIC_GROUPS))
+        if unknown or not self.metrics:
+            raise EvaluationError(f"unknown metric group {unknown[0] if unknown else ''!r}; choose from {', '.join(METRIC_GROUPS)}")
+        if self.baseline not in BASELINES:
+            raise EvaluationError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+        if self.split not in SPLITS:
+            raise EvaluationError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
+        if self.batch_size < 1:
+            raise EvaluationError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.steps < 1:
+            raise EvaluationError(f"curve steps must be at least 1, got {self.steps}")
+        options = {m: dict(self.method_options.get(m, {})) for m in methods}
+        for method, given in options.items():
+            get_method(method).check_options(given)
+        assign("method_options", options)
+        assign("method_limits", {m: int(n) for m, n in self.method_limits.items() if m in methods})
+        group_limits = {g: int(n) for g, n in self.metric_limits.items()}
+        if set(group_limits) - set(METRIC_GROUPS):
+            raise EvaluationError(f"unknown metric group {sorted(set(group_limits) - set(METRIC_GROUPS))[0]!r} in the limits")
+        assign("metric_limits", group_limits)
+        assign("road_percentages", tuple(int(p) for p in self.road_percentages))
+
+
+def metric_forwards(groups: Sequence[str], steps: int, road_percentages: Sequence[int] = DEFAULT_ROAD_PERCENTAGES) -> int:
+    """Forwards per image and method of the metric ``groups``: AD/IC levels, ROAD orders x levels, curve points."""
+    per_group = {"adic": len(DEFAULT_FRACTIONS), "road": 2 * len(road_percentages), "curves": 2 * (int(steps) + 1)}
+    return sum(per_group[group] for group in groups)

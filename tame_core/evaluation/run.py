@@ -1,0 +1,224 @@
+"""An evaluation run: explain a folder's images with each method, measure the maps, keep per-image values.
+
+Each image is shown to the classifier as it is evaluated (centre crop) and explained for its top-1
+class by every method; each method's maps then go through AD/IC, ROAD (MoRF and LeRF) and the
+deletion/insertion curves, batch by batch on the model's device. One clean forward per batch serves
+all methods and metrics. Per-image values are kept, so a state file lets an interrupted run resume
+where it stopped, and a method may run on only the first images (``method_limits``) when it is slow.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..errors import EvaluationError, ImageLoadError
+from ..explainer import Explainer
+from ..fingerprint import files_digest, tensors_digest
+from ..images import find_images, image_to_tensor, load_image
+from ..methods import explain_with, get_method
+from ..methods.base import warm_up
+from ..metrics import average_drop_increase, deletion_insertion, road
+from ..metrics.road import DEFAULT_NOISE
+from ..stopping import Stopped, check, stop_on
+from ..training.data import split_files  # the project's one definition of the ImageNet split
+from .config import EvaluationConfig, metric_forwards
+from .report import EvaluationReport
+from .state import Tally, load_state, save_state
+
+#: progress(done, total, message): units are (image, method) pairs.
+Progress = Callable[[int, int, str], None]
+
+
+def select_files(
+    data_dir: str | os.PathLike, split: str = "all", list_file: str | os.PathLike | None = None, limit: int | None = None
+) -> list[Path]:
+    """The images to evaluate: every image below ``data_dir``, or those named in ``list_file`` (one path
+    per line, relative to ``data_dir``), narrowed to the project's ``train``/``heldout`` split, then the
+    first ``limit``."""
+    if list_file is not None:
+        if not Path(list_file).is_file():
+            raise EvaluationError(f"image list {list_file} does not exist")
+        lines = Path(list_file).read_text().splitlines()
+        files = [Path(data_dir) / line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        missing = [str(path) for path in files if not path.is_file()]
+        if missing:
+            raise EvaluationError(f"{len(missing)} files named in {list_file} do not exist (first: {missing[0]})")
+    else:
+        try:
+            files = find_images(data_dir)
+        except ImageLoadError as error:
+            raise EvaluationError(str(error)) from None
+    files = split_files(files, split)
+    if limit is not None:
+        files = files[: max(0, int(limit))]
+    if not files:
+        raise EvaluationError(f"no images to evaluate in {data_dir} (split {split!r})")
+    return files
+
+
+def evaluate(
+    explainer: Explainer,
+    config: EvaluationConfig,
+    progress: Progress | None = None,
+    *,
+    state_path: str | os.PathLike | None = None,
+    stop: threading.Event | None = None,
+) -> EvaluationReport:
+    """Explain the images ``config`` names with each of its methods and measure the maps.
+
+    With ``state_path`` the per-image results are saved after every batch and a run with the same
+    settings resumes from them; ``stop`` ends the run at the next forward pass (the batch in progress is
+    dropped, the report covers the images done before it). Cheap methods are warmed up once before
+    their first timed batch, so their time is their own work.
+
+    Example:
+        >>> config = EvaluationConfig(data="photos/", methods=("tame", "gradcam"), limit=20)
+        >>> print(evaluate(Explainer.load(), config).table())
+    """
+    methods, options, limits = list(config.methods), config.method_options, config.method_limits
+    group_limits, metrics, steps = config.metric_limits, config.metrics, config.steps
+    road_percentages = config.road_percentages
+    files = select_files(config.data, config.split, config.list_file, config.limit)
+    backbone = explainer.backbone
+    settings = {
+        "backbone": backbone.name,
+        "head": _head_name(explainer),
+        "head_tensors_sha256": tensors_digest(explainer.head.state_dict()),
+        "data": config.data,
+        "data_files_sha256": files_digest(files),
+        "split": config.split,
+        "list_file": config.list_file,
+        "images": len(files),
+        "geometry": "crop",
+        "classes": "top-1 prediction",
+        "methods": methods,
+        "method_options": options,
+        "method_limits": limits,
+        "metric_limits": group_limits,
+        "metrics": list(metrics),
+        "curve_steps": steps,
+        "curve_baseline": config.baseline,
+        "road_percentages": list(road_percentages),
+        "road_noise": DEFAULT_NOISE,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "device": str(explainer.device),
+    }
+    batch_size = config.batch_size
+    tally = load_state(state_path, settings)
+    total = sum(min(len(files), limits.get(m, len(files))) for m in methods)
+    done = sum(min(tally.images_done, limits.get(m, len(files))) for m in methods)
+    per_image = {m: get_method(m).expected_passes(explainer, **options[m])[0] for m in methods}
+    preprocess = backbone.preprocess
+    warmed: set[str] = set()
+    unit = {"done": 0.0, "span": 0.0, "expected": 0, "seen": 0, "message": ""}
+
+    def on_forward(images: int) -> None:  # progress inside a (method, batch) unit, from its forwards
+        unit["seen"] += images
+        if progress is not None and unit["expected"]:
+            part = min(1.0, unit["seen"] / unit["expected"])
+            progress(unit["done"] + part * unit["span"], total, unit["message"])
+
+    try:
+        with stop_on(backbone, stop, on_forward):
+            for start in range(tally.images_done, len(files), batch_size):
+                check(stop)
+                paths = files[start : start + batch_size]
+                pictures, positions, unreadable = [], [], []  # readable pictures and their indices in ``files``
+                for position, path in enumerate(paths, start):
+                    try:
+                        pictures.append(image_to_tensor(load_image(path)))
+                        positions.append(position)
+                    except ImageLoadError as error:
+                        unreadable.append(str(error))
+                outcomes = []  # applied once every method has finished the batch: a stop drops the batch whole
+                if pictures:
+                    inputs = preprocess.batch(pictures, "crop", explainer.device)
+                    with torch.no_grad():
+                        logits = backbone(inputs).float()
+                    classes = logits.argmax(dim=1)
+                    for method in methods:
+                        keep = _before(positions, limits.get(method))  # a limit counts files, whatever the batch size
+                        if keep == 0:
+                            continue
+                        span = min(len(paths), limits.get(method, len(files)) - start)
+                        message = f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}"
+                        counts = {g: _before(positions[:keep], group_limits.get(g)) for g in metrics}
+                        expected = keep * per_image[method] + sum(
+                            n * metric_forwards([g], steps, road_percentages) for g, n in counts.items()
+                        )
+                        unit.update(done=done, span=span, expected=expected, seen=0, message=message)
+                        if progress is not None:
+                            progress(done, total, message)
+                        if method not in warmed:  # time the method's own work, not its first call's set-up
+                            warm_up(explainer, inputs, classes, method, **options[method])
+                            warmed.add(method)
+                            unit["seen"] = 0
+                        outcomes.append(_evaluate_method(
+                            method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
+                            counts, config,
+                        ))
+                        done += span
+                tally.skipped.extend(unreadable)
+                for outcome in outcomes:
+                    outcome(tally)
+                tally.images_done = start + len(paths)
+                save_state(state_path, settings, tally)
+    except Stopped:
+        pass  # the batch in progress is dropped; the report covers the images done
+    if progress is not None and not (stop is not None and stop.is_set()):
+        progress(done, total, "done")
+    per_image = {method: tally.values.get(method, {}) for method in methods}
+    return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped), per_image)
+
+
+
+def _evaluate_method(
+    method: str,
+    explainer: Explainer,
+    inputs: torch.Tensor,
+    classes: torch.Tensor,
+    logits: torch.Tensor,
+    options: Mapping[str, Any],
+    counts: Mapping[str, int],
+    config: EvaluationConfig,
+) -> Callable[[Tally], None]:
+    """Explain and measure one batch; returns what to add to the tally (once the whole batch is done)."""
+    result = explain_with(explainer, inputs, classes, method, **options)
+    model, size, seed = explainer.backbone, config.metric_batch_size, config.seed
+    measured = []
+    for group, count in counts.items():
+        if count == 0:
+            continue
+        x, maps, c, clean = inputs[:count], result.maps[:count], classes[:count], logits[:count]
+        if group == "adic":
+            values = average_drop_increase(model, x, maps, c, batch_size=size, clean_logits=clean).per_image()
+        elif group == "road":
+            values = {}
+            for order in ("morf", "lerf"):
+                values.update(road(model, x, maps, c, config.road_percentages, order, size, seed=seed, clean_logits=clean).per_image())
+        else:
+            values = deletion_insertion(model, x, maps, c, config.steps, config.baseline, size).per_image()
+        measured.append((group, values, count))
+
+    def apply(tally: Tally) -> None:
+        tally.add_cost(method, inputs.shape[0], result.seconds, result.forward_passes, result.backward_passes)
+        for group, values, count in measured:
+            tally.add(method, group, values, count)
+
+    return apply
+
+
+def _before(positions: Sequence[int], limit: int | None) -> int:
+    """How many of the (sorted) file positions fall within the first ``limit`` files."""
+    return len(positions) if limit is None else sum(position < limit for position in positions)
+
+
+def _head_name(explainer: Explainer) -> str | None:
+    metadata = explainer.metadata
+    return None if metadata is None else f"{metadata.backbone} {metadata.variant} head, layers {', '.join(metadata.layers)}"
