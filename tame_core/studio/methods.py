@@ -30,7 +30,7 @@ from ..metrics import METRICS
 from ..metrics.base import prepare
 from ..metrics.curves import DEFAULT_STEPS, MODES, CurveInputs, CurveResult, stream_curve
 from . import costs
-from .jobs import Job, JobContext
+from .jobs import JobContext
 from .models import LoadedModel
 
 #: Work estimated to take longer than this waits for the user's click (with the estimate on the button);
@@ -373,9 +373,4 @@ def perturbed_image(
     inputs = CurveInputs(images, maps, steps, baseline)
     picture = inputs.build(mode, step, step + 1)[0]
     return tensor_to_pixels(picture)
-
-
-def is_running_for(job: Job | None, tag: Hashable) -> bool:
-    """Whether ``job`` is running work for ``tag`` (then its records are what the page shows live)."""
-    return job is not None and job.running and job.tag == tag
 

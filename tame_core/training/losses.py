@@ -38,9 +38,6 @@ class LossTerms:
     area: torch.Tensor
     tv: torch.Tensor
 
-    def to_floats(self) -> dict[str, float]:
-        return {name: float(getattr(self, name).detach()) for name in ("loss", "ce", "area", "tv")}
-
 
 def area_loss(masks: torch.Tensor, eps: float = 0.0005, power: float = 0.3) -> torch.Tensor:
     """``mean((masks + eps) ** power)``: a concave penalty, so small activations cost relatively most."""
