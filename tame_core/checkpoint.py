@@ -13,6 +13,9 @@ ever unpickled, and nothing is built before the card has been checked against th
    file (what Hub downloads are checked against). Every digest present must match, and a head with
    neither (a file saved by an older version whose card was lost, or a card without a digest beside
    such a file) is refused: re-save it with :func:`save_head`.
+
+Where a head comes from is decided here too: :func:`locate_head` takes the bundled head, a local file
+or a Hub repo id.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ from .head import VARIANTS, TAMEHead
 FORMAT = "tame-head"
 FORMAT_VERSION = 1
 _HEADER_KEY = "tame_head_metadata"
+
+#: Where the bundled heads live (committed safetensors + JSON cards).
+CHECKPOINT_DIR = Path(os.environ.get("TAME_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
+
+#: The head each backbone explains with when the user names none.
+BUNDLED_HEADS = {"efficientnet_lite0": "efficientnet_lite0"}
 
 #: Bounds on card fields: far beyond any real classifier, small enough to refuse nonsense up front.
 MAX_BRANCHES = 64
@@ -156,13 +165,6 @@ def _field_problem(name: str, value: Any) -> str | None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-#: Where the bundled heads live (committed safetensors + JSON cards).
-CHECKPOINT_DIR = Path(os.environ.get("TAME_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
-
-#: The head each backbone explains with when the user names none.
-BUNDLED_HEADS = {"efficientnet_lite0": "efficientnet_lite0"}
 
 
 def bundled_head_path(backbone_name: str) -> Path:
