@@ -33,8 +33,8 @@ def default_batch_size(device: torch.device) -> int:
     """Perturbed images per forward when the caller gives none: big on accelerators, small on a CPU.
 
     A CPU forward is fastest per image when a batch's activations stay in cache: Lite0 at 224 px on
-    this project's 2-core machine (32 MiB L3) took 12-20 ms per image at batch 2-4 against 29 at 8
-    and 36 at 32 (``benchmarks/bench_methods.py`` shows the effect on ROAD).
+    this project's 2-core machine (32 MiB L3) took 12-22 ms per image at batch 2-4 against 29-30 at 8
+    and 36-40 at 32 (``benchmarks/bench_methods.py`` shows the effect on ROAD).
     """
     return 256 if device.type == "cuda" else 4
 
