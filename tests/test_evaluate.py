@@ -50,6 +50,8 @@ def test_the_config_is_checked_when_made_before_any_model_loads():
     assert (config.data, config.methods, config.steps) == ("photos", ("tame",), DEFAULT_STEPS)
     assert config.method_options == {"tame": {}} and config.method_limits == {}  # options of methods not run are dropped
     assert EvaluationConfig(data="photos").methods == tuple(list_methods())
+    unset = EvaluationConfig(data="photos", methods=("tame",), method_options=None, method_limits=None, metric_limits=None)
+    assert (unset.method_options, unset.method_limits, unset.metric_limits) == ({"tame": {}}, {}, {})
     for wrong, message in [
         (dict(split="val"), "unknown split 'val'; choose one of all, train, heldout"),
         (dict(steps=0), "curve steps must be at least 1, got 0"),

@@ -37,9 +37,9 @@ class EvaluationConfig:
     steps: int = DEFAULT_STEPS
     baseline: str = "blur"
     road_percentages: tuple[int, ...] = DEFAULT_ROAD_PERCENTAGES
-    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    method_limits: Mapping[str, int] = field(default_factory=dict)
-    metric_limits: Mapping[str, int] = field(default_factory=dict)
+    method_options: Mapping[str, Mapping[str, Any]] | None = field(default_factory=dict)
+    method_limits: Mapping[str, int] | None = field(default_factory=dict)
+    metric_limits: Mapping[str, int] | None = field(default_factory=dict)
     metric_batch_size: int | None = None
     seed: int = 0
 
@@ -65,12 +65,12 @@ class EvaluationConfig:
             raise EvaluationError(f"batch size must be at least 1, got {self.batch_size}")
         if self.steps < 1:
             raise EvaluationError(f"curve steps must be at least 1, got {self.steps}")
-        options = {m: dict(self.method_options.get(m, {})) for m in methods}
+        options = {m: dict((self.method_options or {}).get(m, {})) for m in methods}  # None: no options
         for method, given in options.items():
             get_method(method).check_options(given)
         assign("method_options", options)
-        assign("method_limits", {m: int(n) for m, n in self.method_limits.items() if m in methods})
-        group_limits = {g: int(n) for g, n in self.metric_limits.items()}
+        assign("method_limits", {m: int(n) for m, n in (self.method_limits or {}).items() if m in methods})
+        group_limits = {g: int(n) for g, n in (self.metric_limits or {}).items()}
         if set(group_limits) - set(METRIC_GROUPS):
             raise EvaluationError(f"unknown metric group {sorted(set(group_limits) - set(METRIC_GROUPS))[0]!r} in the limits")
         assign("metric_limits", group_limits)
