@@ -67,12 +67,12 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
             help="The class probability when the image is multiplied by the map: what the head is trained to keep high",
         )
         for column, kept in zip(st.columns(len(FRACTIONS)), FRACTIONS):
-            for name in (f"AD{kept}", f"IC{kept}"):
+            for name, digits in ((f"AD{kept}", 1), (f"IC{kept}", 0)):  # IC of one picture is 0 or 100: "100.0%" would not fit
                 spec = METRICS[name]
                 column.metric(
                     name,
-                    f"{row.scores[name]:.1f}%",
-                    delta=None if full is None or row is full else f"{row.scores[name] - full.scores[name]:+.1f}",
+                    f"{row.scores[name]:.{digits}f}%",
+                    delta=None if full is None or row is full else f"{row.scores[name] - full.scores[name]:+.{digits}f}",
                     delta_color="inverse" if spec.direction == "lower" else "normal",
                     help=f"{spec.description}; {spec.direction} is better",
                 )

@@ -39,7 +39,7 @@ METRICS = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "in
 #: The shipped recipe: the papers' loss and schedule, a tied fuser started from the CAMs.
 SHIPPED = {
     "backbone": "efficientnet_lite0",
-    "layers": ["blocks.2", "blocks.4", "bn2"],
+    "layers": ["blocks.4", "blocks.6", "bn2"],
     "fuser": "tied",
     "init": "cam",
     "epochs": 1,
@@ -119,7 +119,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bundled", help="training states, logs, evaluation states")
     parser.add_argument("--compare", action="store_true", help="also train the papers' recipe on the same data")
     parser.add_argument("--steps", type=int, default=10, help="deletion/insertion curve steps (tame evaluate --steps)")
-    parser.add_argument("--nips17-images", type=int, default=300, help="evaluate the first N nips17 photos (sorted paths); 0: all 911")
+    parser.add_argument("--nips17-images", type=int, default=100, help="evaluate the first N nips17 photos (sorted paths); 0: all 911")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 

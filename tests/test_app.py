@@ -141,6 +141,7 @@ def test_branch_toggles_change_the_map_and_show_ad_ic(app):
     ok(app)
     metrics = {m.label: m.value for m in app.metric}
     assert set(metrics) == {"P(class | image × map)", "AD100", "IC100", "AD50", "IC50", "AD15", "IC15"}
+    assert all(metrics[f"IC{kept}"] in ("0%", "100%") for kept in (100, 50, 15))  # one picture: whole numbers that fit
     full_map = image_urls(app)[0]
     contributions = [url for tile in branch_tiles(app) for url in tile.value]
     assert len(contributions) == 3

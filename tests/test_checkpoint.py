@@ -347,7 +347,7 @@ def test_the_bundled_head_loads():
     from tame_core.checkpoint import bundled_head_path
 
     head, metadata = load_head(bundled_head_path("efficientnet_lite0"))
-    assert metadata.layers == ["blocks.2", "blocks.4", "bn2"] and head.num_classes == 1000
+    assert metadata.layers == ["blocks.4", "blocks.6", "bn2"] and head.num_classes == 1000
 
 
 def test_saving_where_nothing_can_be_written_is_one_line(tmp_path, lite0):
