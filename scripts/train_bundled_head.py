@@ -8,7 +8,8 @@ photos/imagen and photos/coco. No training step ever targets one of the 200 held
 (``exclude_targets="heldout"``), so those classes stay unseen. ``photos/nips17`` is never trained on.
 
 The protocol, written into the card's ``metrics``: on two held-out sets (the 200 held-out-class
-samples; the 911 nips17 photos, new images of any class), ``tame evaluate``'s metrics (AD/IC at
+samples; the first ``--nips17-images`` nips17 photos in sorted order, new images of any class; the
+last 300 were the validation set the recipe was chosen on), ``tame evaluate``'s metrics (AD/IC at
 100/50/15 %, ROAD, deletion/insertion AUC) for the head, Grad-CAM and the untrained CAM start; the
 noise of each head-minus-Grad-CAM difference (a 95 % paired bootstrap interval over images); and each
 branch's effect (AD/IC with that branch switched off). ``--compare`` also trains the papers' recipe
@@ -44,6 +45,7 @@ SHIPPED = {
     "init": "cam",
     "epochs": 1,
     "lr": 1e-2,
+    "augment": "heavy",
     "seed": 0,
     "exclude_targets": "heldout",
 }
