@@ -350,6 +350,22 @@ def test_the_bundled_head_loads():
     assert metadata.layers == ["blocks.4", "blocks.6", "bn2"] and head.num_classes == 1000
 
 
+def test_the_bundled_card_records_the_recipe_its_script_trains():
+    """The script that reproduces the bundled head and the head's card must name the same recipe."""
+    import importlib.util
+    from pathlib import Path
+
+    from tame_core.checkpoint import bundled_head_path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_bundled_head.py"
+    spec = importlib.util.spec_from_file_location("train_bundled_head", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recipe = read_metadata(bundled_head_path("efficientnet_lite0")).training["recipe"]
+    assert {key: recipe[key] for key in module.SHIPPED} == module.SHIPPED
+    assert recipe["augment"] == "heavy" and recipe["layers"] == ["blocks.4", "blocks.6", "bn2"]
+
+
 def test_saving_where_nothing_can_be_written_is_one_line(tmp_path, lite0):
     from tame_core.errors import OutputError
 
