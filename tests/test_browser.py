@@ -147,6 +147,8 @@ def main_image(page):
 
 
 def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path) -> None:
+    from playwright.sync_api import expect
+
     url, layers = server
     page.goto(url)
     page.get_by_role("heading", name="Explain").wait_for(timeout=LONG)
@@ -187,7 +189,8 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     # the deletion curves: plots appear and fill in; the AUC table when done
     nav(page, "Deletion curves")
     page.locator(".js-plotly-plot").first.wait_for(timeout=LONG)
-    assert page.locator(".js-plotly-plot").count() == 2
+    # two plots, deletion and insertion; a count while the page redraws them can catch a third, passing one
+    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=LONG)
     page.get_by_text(re.compile(r"Deletion and insertion curves \(estimated .*\): done in")).wait_for(timeout=LONG * 2)
     page.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(state="attached", timeout=LONG)
     shot(page, "04-deletion-curves")
