@@ -82,11 +82,9 @@ def session_folder() -> SessionFolder:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _cached_model(
-    head: str | None, backbone: str | None, revision: str | None, device: str, fingerprint: tuple[int, int] | None
-) -> LoadedModel:
+def _cached_model(choice: ModelChoice, fingerprint: tuple[int, int] | None) -> LoadedModel:
     # fingerprint is part of the cache key only: a head file rewritten on disk loads afresh.
-    return load_model(ModelChoice(head, backbone, revision, device))
+    return load_model(choice)
 
 
 def resolve_model(choice: ModelChoice | None) -> None:
@@ -96,9 +94,7 @@ def resolve_model(choice: ModelChoice | None) -> None:
         st.session_state["model_error"] = "choose a head in the sidebar"
         return
     try:
-        st.session_state["model"] = _cached_model(
-            choice.head, choice.backbone, choice.revision, choice.device, choice.fingerprint()
-        )
+        st.session_state["model"] = _cached_model(choice, choice.fingerprint())
     except TameError as error:
         st.session_state["model_error"] = str(error)
 

@@ -3,7 +3,7 @@
 The pipeline reads in module order: backbones -> taps -> head -> explainer (maps) -> metrics.
 """
 
-from .backbones import DEFAULT_BACKBONE, Backbone, list_backbones, load_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone, list_backbones, load_backbone, wrap_classifier
 from .checkpoint import HeadMetadata, load_head, save_head
 from .errors import TameError
 from .explainer import Explainer, Explanation
@@ -29,4 +29,5 @@ __all__ = [
     "load_head",
     "load_image",
     "save_head",
+    "wrap_classifier",
 ]

@@ -88,6 +88,10 @@ class HeadMetadata:
     format_version: int = FORMAT_VERSION
     weights_sha256: str | None = None  # the whole .safetensors file (in the card only)
     tensors_sha256: str | None = None  # the tensors alone (see tensors_digest): embedded and in the card
+    #: The classifier the head explains: ``weights`` ("pretrained", "random" or a file name, never a path),
+    #: that file's ``weights_sha256`` (a head is never used with other weights) and ``num_classes``.
+    classifier: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None  # the classifier's own names (None: its architecture's)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -112,6 +116,10 @@ class HeadMetadata:
             problem = _field_problem(name, value)
             if problem:
                 raise CheckpointError(f"{where}: {name} {problem}, got {_short(value)}")
+        if known.get("class_names") is not None and len(known["class_names"]) != known["num_classes"]:
+            raise CheckpointError(
+                f"{where}: {len(known['class_names'])} class names for {known['num_classes']} classes; they go one per class"
+            )
         if len(known["channels"]) != len(known["layers"]):
             raise CheckpointError(
                 f"{where}: {len(known['layers'])} layers but {len(known['channels'])} channel counts; they go one per layer"
@@ -159,6 +167,30 @@ def _field_problem(name: str, value: Any) -> str | None:
         return "must be a string"
     if name in ("weights_sha256", "tensors_sha256") and value is not None and not (isinstance(value, str) and _SHA256.match(value)):
         return "must be 64 lowercase hex digits"
+    if name == "classifier":
+        return _classifier_problem(value)
+    if name == "class_names" and value is not None:
+        if not (isinstance(value, list) and all(isinstance(v, str) and 0 < len(v.strip()) <= MAX_NAME_LENGTH for v in value)):
+            return f"must be a list of non-empty names of at most {MAX_NAME_LENGTH} characters"
+        if len({v.strip().casefold() for v in value}) != len(value):
+            return "must not repeat a name"
+    return None
+
+
+#: Longest class name a card may hold.
+MAX_NAME_LENGTH = 200
+
+
+def _classifier_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a JSON object"
+    weights, digest, classes = value.get("weights"), value.get("weights_sha256"), value.get("num_classes")
+    if weights is not None and not (isinstance(weights, str) and weights.strip() and len(weights) <= 255 and "/" not in weights and "\\" not in weights):
+        return "weights must be pretrained, random or a file name (no folders)"
+    if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+        return "weights_sha256 must be 64 lowercase hex digits"
+    if classes is not None and not (_is_int(classes) and 1 <= classes <= MAX_CLASSES):
+        return f"num_classes must be a whole number from 1 to {MAX_CLASSES}"
     return None
 
 
@@ -193,14 +225,50 @@ def locate_head(source: str | os.PathLike | None, backbone_name: str, revision: 
     raise CheckpointError(f"head {str(source)!r} is neither a local .safetensors file nor a Hub repo id (owner/name)")
 
 
+def classifier_weights_for(metadata: HeadMetadata, weights: str | os.PathLike | None, head_path: Path) -> str | os.PathLike:
+    """The classifier weights to load for a head: ``weights`` as given, checked against the SHA-256 its card
+    records, or (``None``) what the card says: the file it names when it lies beside the head (as a pulled
+    Hub head with ``--with-weights`` has it), else ``"pretrained"``. Wrong weights are refused in one line."""
+    card = metadata.classifier
+    expected, name = card.get("weights_sha256"), card.get("weights", "pretrained")
+    arch = metadata.backbone
+    if weights is None:
+        beside = head_path.parent / str(name)
+        if not expected:
+            return "random" if name == "random" else "pretrained"
+        if beside.is_file() and sha256_of(beside) == expected:
+            return beside
+        raise CheckpointError(
+            f"this head explains a fine-tuned {arch} (weights file {name}, SHA-256 {expected[:12]}...): "
+            "pass that file with --weights"
+        )
+    if expected:
+        actual = sha256_of(weights) if Path(weights).is_file() else None
+        if actual != expected:
+            given = Path(weights).name if actual else str(weights)
+            raise CheckpointError(
+                f"weights {given} are not the ones this head was trained for ({name}, SHA-256 {expected[:12]}...): "
+                f"pass {name} with --weights, or train a head for these weights"
+            )
+    elif name == "pretrained" and str(weights) not in ("pretrained", "random") and card:
+        raise CheckpointError(
+            f"this head was trained for the pretrained {arch}, not for weights file {Path(weights).name}: "
+            "train a head for those weights (tame train --weights ...)"
+        )
+    return weights
+
+
 def metadata_for(head: TAMEHead, backbone: Any, layers: Sequence[str], **extra: Any) -> HeadMetadata:
     """Metadata describing ``head`` trained on ``backbone``'s ``layers``; ``extra`` fills the rest."""
+    classifier = {"weights": backbone.weights_name, "weights_sha256": backbone.weights_sha256, "num_classes": backbone.num_classes}
     return HeadMetadata(
         backbone=backbone.name,
         layers=list(layers),
         input_size=list(backbone.preprocess.input_size),
         preprocessing=backbone.preprocess.to_dict(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        classifier={k: v for k, v in classifier.items() if v is not None},
+        class_names=list(backbone.class_names) if backbone.custom_class_names else None,
         **head.config(),
         **extra,
     )
@@ -319,6 +387,9 @@ def check_fits(metadata: HeadMetadata, backbone: Any, layers: Sequence[str], cha
         differences.append(f"channels (head: {metadata.channels}, here: {list(channels)})")
     if metadata.num_classes != backbone.num_classes:
         differences.append(f"classes (head: {metadata.num_classes}, here: {backbone.num_classes})")
+    expected = metadata.classifier.get("weights_sha256")
+    if expected and backbone.weights_sha256 and backbone.weights_sha256 != expected:
+        differences.append(f"classifier weights (head: {metadata.classifier.get('weights')} {expected[:12]}..., here: {backbone.weights_name} {backbone.weights_sha256[:12]}...)")
     if differences:
         raise CheckpointError(f"head does not fit this backbone: different {'; '.join(differences)}")
 
@@ -398,7 +469,7 @@ def _read_checked(path: Path, entries: dict[str, dict[str, Any]], header_metadat
 
 
 def _check_card_matches_file(card: HeadMetadata, embedded: HeadMetadata, card_path: Path, tensor_path: Path) -> None:
-    for name in ("backbone", "layers", "channels", "num_classes", "variant", "max_resolution", "tensors_sha256"):
+    for name in ("backbone", "layers", "channels", "num_classes", "variant", "max_resolution", "tensors_sha256", "classifier", "class_names"):
         mine, theirs = getattr(card, name), getattr(embedded, name)
         if name == "tensors_sha256" and mine is None:
             continue  # a hand-written card need not repeat the digest

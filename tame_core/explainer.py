@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
-from .checkpoint import HeadMetadata, check_fits, load_head, locate_head
+from .checkpoint import HeadMetadata, check_fits, classifier_weights_for, load_head, locate_head
 from .classes import ClassChoice, class_matrix
 from .devices import auto_device, autocast
 from .errors import CheckpointError, LayerError
@@ -126,12 +126,17 @@ class Explainer:
         device: torch.device | str | None = None,
         revision: str | None = None,
         amp: bool = False,
-        weights: Weights = "pretrained",
+        weights: Weights | None = None,
+        class_names: Sequence[str] | None = None,
+        preprocess: dict[str, Any] | None = None,
     ) -> "Explainer":
-        """Load a head (bundled by default, a local ``.safetensors``, or a Hub repo id) and its backbone.
+        """Load a head (bundled by default, a local ``.safetensors``, or a Hub repo id) and its classifier.
 
-        Without ``backbone`` the head's card names it; without ``head`` the backbone's bundled head is used.
-        ``weights`` are the backbone's (see :func:`~tame_core.backbones.load_backbone`).
+        The head's card names everything else: the architecture (unless ``backbone`` is given: a name, or a
+        :class:`Backbone` such as :func:`~tame_core.backbones.wrap_classifier` makes), the classifier's
+        weights (``weights=None``: pretrained, or the fine-tune's file when it lies beside the head; a file
+        given is checked against the card's SHA-256), its class names and its preprocessing.
+        ``class_names`` and ``preprocess`` (``input_size``, ``mean``, ``std``) override the card's.
         """
         device = torch.device(device) if device is not None else auto_device()
         backbone_name = backbone.name if isinstance(backbone, Backbone) else backbone
@@ -140,7 +145,13 @@ class Explainer:
         if isinstance(backbone, Backbone):
             net = backbone.to(device)
         else:
-            net = load_backbone(backbone or metadata.backbone, weights=weights, device=device)
+            net = load_backbone(
+                backbone or metadata.backbone,
+                weights=classifier_weights_for(metadata, weights, path),
+                device=device,
+                class_names=class_names if class_names is not None else metadata.class_names,
+                preprocess={**metadata.preprocessing, **(preprocess or {})} or None,
+            )
         return cls(net, tame_head, metadata.layers, metadata, amp=amp)
 
     @property

@@ -15,6 +15,7 @@ Two geometries:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Sequence
 
@@ -53,6 +54,15 @@ class Preprocess:
     fixed_input_size: bool = False
 
     def __post_init__(self) -> None:
+        size = self.input_size
+        if not (isinstance(size, tuple) and len(size) == 2 and all(_whole(v) and 8 <= v <= 8192 for v in size)):
+            raise ValueError(f"input_size must be (height, width), whole numbers from 8 to 8192, got {size!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not (isinstance(values, tuple) and len(values) == 3 and all(_real(v) for v in values)):
+                raise ValueError(f"{name} must be three finite numbers (red, green, blue), got {values!r}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be above 0, got {self.std!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
         if not 0 < self.crop_pct <= 1:
@@ -64,10 +74,15 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+        """From a card or user options; any field that is wrong is a ValueError saying which."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("input_size", "mean", "std"):
             if key in known:
+                if not isinstance(known[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list, got {known[key]!r}")
                 known[key] = tuple(known[key])
+        if not isinstance(known.get("crop_pct", 0.5), (int, float)) or isinstance(known.get("crop_pct"), bool):
+            raise ValueError(f"crop_pct must be a number, got {known['crop_pct']!r}")
         return cls(**known)
 
     # --- geometry ------------------------------------------------------------------------------
@@ -136,6 +151,14 @@ class Preprocess:
         patch = resize_maps(saliency, (round(bottom) - round(top), round(right) - round(left))).float().cpu().numpy()
         canvas[y0:y1, x0:x1] = patch[y0 - round(top) : y1 - round(top), x0 - round(left) : x1 - round(left)]
         return np.clip(canvas, 0, 1)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def model_inputs(images: Any, device: torch.device) -> torch.Tensor:

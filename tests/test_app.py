@@ -339,7 +339,7 @@ def test_train_page_trains_a_head_and_pushes_it(app, tmp_path, sample_images, fa
     app.text_input(key="train_folder").input(str(data)).run()
     app.text_input(key="train_name").input("tiny").run()
     app.select_slider(key="train_batch").set_value(4).run()
-    ok(app.number_input(key="train_epochs").set_value(1).run())
+    ok(app.number_input(key="train_epochs_little-data").set_value(1).run())
     ok(app.button(key="train_start").click().run())
     job = app.session_state["workspace"].jobs["train"]
     assert job.wait(600) and job.state is JobState.DONE, job.error
@@ -369,7 +369,7 @@ def test_train_page_stop_and_resume_keep_the_loss_history_and_say_what_happened(
     app.text_input(key="train_folder").input(str(data)).run()
     app.text_input(key="train_name").input("resumable").run()
     app.select_slider(key="train_batch").set_value(4).run()
-    ok(app.number_input(key="train_epochs").set_value(3).run())  # 2 steps an epoch, 6 in all
+    ok(app.number_input(key="train_epochs_little-data").set_value(3).run())  # 2 steps an epoch, 6 in all
     ok(app.button(key="train_start").click().run())
     job = app.session_state["workspace"].jobs["train"]
     deadline = time.monotonic() + 300

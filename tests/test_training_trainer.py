@@ -30,7 +30,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 def tiny_config(folder: Path, out: Path, **overrides) -> TrainConfig:
-    options = {"backbone": TINY, "weights": "random", "epochs": 2, "batch_size": 4, "checkpoint_every": 2, "progress": False,
+    options = {"backbone": TINY, "weights": "random", "recipe": "paper", "epochs": 2, "batch_size": 4, "checkpoint_every": 2, "progress": False,
                "lr": 0.05}
     options.update(overrides)
     return TrainConfig(data=folder, out=out, **options)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
 from ..head import FUSERS, VARIANTS
-from .common import fraction, non_negative_float, non_negative_int, positive_float, positive_int, writable_folder
+from .common import add_classifier_options, fraction, non_negative_float, non_negative_int, positive_float, positive_int, writable_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..training import AUGMENTATIONS, INITS, MASK_ORDERS, SPLITS, LossWeights
+    from ..training import AUGMENTATIONS, DEFAULT_RECIPE, INITS, MASK_ORDERS, RECIPES, SPLITS, LossWeights
 
     parser = subparsers.add_parser("train", help="train a head on a folder of images", description=__doc__)
     parser.add_argument("--data", required=True, type=Path, nargs="+", metavar="SOURCE",
@@ -27,10 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="head checkpoint to write (.safetensors + .json card)")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default: {DEFAULT_BACKBONE})")
-    model.add_argument("--weights", default="pretrained", help="backbone weights: pretrained, random or a file")
-    model.add_argument("--layers", nargs="+", help="layers to tap (default: the backbone's; see `tame layers`)")
+    add_classifier_options(model, weights_default="pretrained")
+    model.add_argument("--layers", nargs="+",
+                       help="layers to tap (default: the backbone's; for the little-data recipe its last two and the layer its classifier pools; see `tame layers`)")
     model.add_argument("--variant", choices=sorted(VARIANTS), default="tame", help="head variant")
-    model.add_argument("--fuser", choices=FUSERS, default="class",
+    model.add_argument("--fuser", choices=FUSERS,
                        help="class: one learned fuser row per class (the papers'); tied: the classifier's rows times a "
                             "projection shared by all classes, so every image trains every class; tied_residual: plus a per-class residual")
     data = parser.add_argument_group("data")
@@ -39,16 +40,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--limit", type=positive_int, help="use only the first N images")
     data.add_argument("--exclude-targets", choices=("heldout",),
                       help="heldout: drop images whose target is one of the project's 200 held-out ImageNet classes")
-    data.add_argument("--augment", choices=AUGMENTATIONS, default="standard", help="augmentation (default: standard = resize, random crop, flip)")
+    data.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation (standard = resize, random crop, flip; heavy: crops of 25-100%% of the picture)")
     data.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: 0 on CPU, 4 on GPU)")
-    recipe = parser.add_argument_group("recipe (defaults: the papers')")
-    recipe.add_argument("--epochs", type=positive_int, default=8)
+    recipe = parser.add_argument_group("recipe (options left out come from --recipe)")
+    recipe.add_argument(
+        "--recipe", choices=[DEFAULT_RECIPE, *RECIPES], default=DEFAULT_RECIPE,
+        help="little-data: works on a few thousand unlabelled photos: maps start from the class activation "
+             f"map, tied fuser ({_recipe_text('little-data')}); needs a classifier that global-pools one layer into one "
+             f"linear layer. paper: the papers' recipe ({_recipe_text('paper')}), for ImageNet-scale data, VGG or ViTs. "
+             "auto (default): little-data where the classifier allows it, else paper",
+    )
+    recipe.add_argument("--epochs", type=positive_int)
     recipe.add_argument("--batch-size", type=positive_int, default=32, help="per process")
-    recipe.add_argument("--lr", type=positive_float, default=1e-3, help="OneCycleLR max learning rate")
+    recipe.add_argument("--lr", type=positive_float, help="OneCycleLR max learning rate")
     recipe.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum, 0..1")
     recipe.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
     recipe.add_argument("--seed", type=int, default=0)
-    recipe.add_argument("--init", choices=INITS, default="random", help="cam: start every class from its class activation map")
+    recipe.add_argument("--init", choices=INITS, help="cam: start every class from its class activation map")
     recipe.add_argument("--freeze-fuser", action="store_true",
                         help="train only the branches (with --init cam, every class keeps reading its classifier weights)")
     recipe.add_argument("--top-k", type=positive_int, default=1, help="train the maps of each image's top-k predicted classes")
@@ -79,12 +87,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _recipe_text(name: str) -> str:
+    from ..training import RECIPES
+
+    return ", ".join(f"{key} {value}" for key, value in RECIPES[name].items() if key not in ("fuser", "init"))
+
+
 def config_from(args: argparse.Namespace):
     from ..training import LossWeights, TrainConfig
 
     loss = LossWeights(**{key[5:]: value for key, value in vars(args).items() if key.startswith("loss_")})
     return TrainConfig(
-        data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
+        data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, labels=args.labels,
+        input_size=args.input_size, mean=args.mean, std=args.std, recipe=args.recipe, layers=args.layers,
         variant=args.variant, fuser=args.fuser, exclude_targets=args.exclude_targets, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
         init=args.init, freeze_fuser=args.freeze_fuser, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, device=args.device, amp=args.amp,

@@ -6,6 +6,7 @@ The run itself is :func:`tame_core.training.train_head`; this module only feeds 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -27,7 +28,8 @@ from ..explainer import Explainer
 from ..images import IMAGE_SUFFIXES, collect_images, load_image, tensor_to_pixels
 from ..maps import overlay
 from ..taps import check_layers, list_layers
-from ..training import TrainConfig, TrainingError, train_head
+from ..training import RECIPES, TrainConfig, TrainingError, train_head
+from ..training.trainer import default_layers_for
 from ..training.init import new_head
 from ..training.state import load_state
 from .jobs import JobContext
@@ -241,15 +243,20 @@ def run_outcome(records: Sequence[Any]) -> dict[str, Any] | None:
     return next((r for r in reversed(records) if isinstance(r, dict) and r.get("event") in ("done", "stopped")), None)
 
 
-def layer_choices(backbone: str) -> tuple[dict[str, str], list[str]]:
-    """({layer: "name (channels, map size)"} for every tappable layer, the default layers); random weights suffice."""
+def layer_choices(backbone: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({layer: "name (channels, map size)"} for every tappable layer, {recipe: its default layers} for the
+    recipes this backbone can train); random weights suffice."""
     net = load_backbone(backbone, weights="random")
     labels = {
         info.name: f"{info.name} ({info.channels} ch, {info.map_size[0]}×{info.map_size[1]})"
         for info in list_layers(net)
         if info.usable and info.map_size is not None
     }
-    return labels, list(net.default_layers)
+    defaults = {}
+    for recipe, values in RECIPES.items():
+        with contextlib.suppress(TrainingError):
+            defaults[recipe] = default_layers_for(net, values["init"] == "cam", recipe)
+    return labels, defaults
 
 
 def can_resume(config: TrainConfig) -> bool:

@@ -4,7 +4,7 @@
 """
 
 from ..errors import TrainingError
-from .config import TrainConfig
+from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from .data import AUGMENTATIONS, SPLITS, is_heldout_class, readable_images, split_files
 from .init import INITS, init_from_cam
 from .losses import LossTerms, LossWeights, area_loss, tame_loss, variation_loss
@@ -12,6 +12,8 @@ from .step import MASK_ORDERS, batch_loss, masked_logits
 from .trainer import train_head
 
 __all__ = [
+    "DEFAULT_RECIPE",
+    "RECIPES",
     "AUGMENTATIONS",
     "INITS",
     "MASK_ORDERS",

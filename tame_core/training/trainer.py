@@ -8,6 +8,7 @@ of its parameters or batch-norm statistics change; only the head trains.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import threading
@@ -21,14 +22,14 @@ from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
 from ..checkpoint import metadata_for, paths_for, save_head
-from ..classes import imagenet_wnids
+from ..classes import imagenet_wnids, read_labels
 from ..devices import autocast, autocast_dtype
 from ..errors import TrainingError
 from ..fingerprint import file_digest, files_digest
 from ..head import TAMEHead, TiedTAMEHead
 from ..stopping import check
 from ..taps import LayerTaps, check_layers
-from .config import TrainConfig
+from .config import AUTO, TrainConfig
 from .data import (
     HELDOUT_EVERY,
     HELDOUT_REMAINDER,
@@ -66,13 +67,48 @@ def _autocast(device: torch.device, amp: bool | None) -> tuple[contextlib.Abstra
     return autocast(device, True), autocast_dtype(device)
 
 
+def recipe_layers(backbone: Backbone, config: TrainConfig) -> list[str]:
+    """The layers a run taps when none are given: the backbone's defaults, and for a run that starts from
+    the class activation map, its last two stages and the layer the classifier pools (Lite0: ``bn2``)."""
+    return default_layers_for(backbone, config.init == "cam", config.recipe)
+
+
+def default_layers_for(backbone: Backbone, from_cam: bool, recipe: str = "little-data") -> list[str]:
+    """See :func:`recipe_layers`; a backbone whose classifier pools no layer cannot start from the CAM."""
+    defaults = list(backbone.default_layers)
+    if not from_cam:
+        return defaults
+    pooled = backbone.pooled_layer
+    if pooled is None:
+        fix = "use --recipe paper" if recipe == "little-data" else "leave out --init cam"
+        raise TrainingError(
+            f"the {recipe} recipe with --init cam starts each map from the class activation map, which needs a classifier "
+            f"that global-pools one layer into a linear layer; {backbone.name} has none: {fix}"
+        )
+    return defaults if defaults[-1] == pooled else [layer for layer in defaults[-2:] if layer != pooled] + [pooled]
+
+
+def public_recipe(config: TrainConfig) -> dict:
+    """The run's settings as the card records them: what reproduces the head, and no local paths."""
+    skip = ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device")
+    recipe = {k: v for k, v in config.to_dict().items() if k not in skip}
+    for key in ("weights", "labels"):
+        if recipe.get(key) not in (None, "pretrained", "random"):
+            recipe[key] = Path(recipe[key]).name
+    return recipe
+
+
 def train_head(
     config: TrainConfig,
     callback: Callback | None = None,
     stop: threading.Event | None = None,
     phase: Callable[[str], None] | None = None,
+    backbone: Backbone | None = None,
 ) -> Path:
     """Train a head as ``config`` says; returns the head checkpoint path (``config.out``).
+
+    ``backbone`` replaces ``config.backbone``/``weights``: any classifier :func:`~tame_core.backbones.wrap_classifier`
+    made (the head is then loaded with ``Explainer.load(head, backbone=...)``).
 
     ``callback(record)`` receives every log record (step records and events) on rank 0. Setting
     ``stop`` makes the run save its resumable state and the head so far, then return;
@@ -82,7 +118,7 @@ def train_head(
     """
     dist = Distributed.setup(config.device)
     try:
-        return _Run(config, dist, callback, stop, phase).train()
+        return _Run(config, dist, callback, stop, phase, backbone).train()
     finally:
         dist.close()
 
@@ -95,6 +131,7 @@ class _Run:
         callback: Callback | None,
         stop: threading.Event | None,
         on_phase: Callable[[str], None] | None = None,
+        backbone: Backbone | None = None,
     ) -> None:
         self.config, self.dist, self.stop = config, dist, stop
 
@@ -106,9 +143,18 @@ class _Run:
         self._on_every_rank(self._claim_outputs)  # before any slow work: a refused run fails at once
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        phase(f"loading the backbone ({config.backbone})")
-        self.backbone: Backbone = load_backbone(config.backbone, config.weights, dist.device)
-        self.layers = list(config.layers or self.backbone.default_layers)
+        phase(f"loading the backbone ({backbone.name if backbone is not None else config.backbone})")
+        self.backbone: Backbone = backbone.to(dist.device) if backbone is not None else load_backbone(
+            config.backbone, config.weights, dist.device,
+            class_names=read_labels(config.labels) if config.labels is not None else None,
+            preprocess=config.preprocess_overrides(),
+        )
+        if config.recipe == AUTO and config.settle_recipe(self.backbone.pooled_layer is not None) == "paper":
+            logging.getLogger("tame_core.training").warning(
+                "%s's classifier pools no single layer, so maps cannot start from its class activation maps: "
+                "training the papers' recipe, which needs far more photos (ImageNet-scale)", self.backbone.name
+            )
+        self.layers = list(config.layers or recipe_layers(self.backbone, config))
         channels = [info.channels for info in check_layers(self.backbone, self.layers)]
         phase("checking that every image can be read")
         files, problems = readable_images(config.data, config.split, config.limit, dist.rank, dist.world)
@@ -251,7 +297,7 @@ class _Run:
         config = self.config
         finished = self.step >= self.total_steps
         training = {
-            "recipe": {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device")},
+            "recipe": public_recipe(config),
             "steps": self.step,
             "total_steps": self.total_steps,
             "finished": finished,
