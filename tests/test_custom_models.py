@@ -352,3 +352,26 @@ def test_the_app_explains_a_fine_tune_with_its_own_names(custom_app, sample_imag
     at.switch_page("pages/demo.py").run()
     assert not at.exception and at.markdown[0].value.startswith("## chelsea.png: the model sees **my cat**")
 
+
+
+def test_the_sidebar_switches_to_a_fine_tune_with_its_weights_under_the_allowed_roots(monkeypatch, custom, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for path in (custom["head"], custom["head"].with_suffix(".json")):
+        (allowed / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setenv("TAME_ALLOWED_ROOTS", str(allowed))
+    monkeypatch.delenv("TAME_HEAD", raising=False)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.run()
+    at.sidebar.selectbox(key="head_source").set_value("file").run()
+    at.sidebar.text_input(key="head_path").input(str(allowed / custom["head"].name)).run()
+    assert not at.exception and "explains a fine-tuned efficientnet_lite0" in at.sidebar.error[0].value  # weights needed
+    at.sidebar.selectbox(key="weights_source").set_value("file").run()
+    at.sidebar.text_input(key="weights_path").input(str(custom["weights"])).run()  # outside the allowed folders
+    assert not at.exception and "outside the folders this server lets the app read" in at.sidebar.error[0].value
+    (allowed / "five.safetensors").write_bytes(custom["weights"].read_bytes())
+    at.sidebar.text_input(key="weights_path").input(str(allowed / "five.safetensors")).run()
+    assert not at.exception and not at.sidebar.error
+    assert at.session_state["model"].class_names == tuple(NAMES)

@@ -149,11 +149,7 @@ class _Run:
             class_names=read_labels(config.labels) if config.labels is not None else None,
             preprocess=config.preprocess_overrides(),
         )
-        if config.recipe == AUTO and config.settle_recipe(self.backbone.pooled_layer is not None) == "paper":
-            logging.getLogger("tame_core.training").warning(
-                "%s's classifier pools no single layer, so maps cannot start from its class activation maps: "
-                "training the papers' recipe, which needs far more photos (ImageNet-scale)", self.backbone.name
-            )
+        fell_back = config.recipe == AUTO and config.settle_recipe(self.backbone.pooled_layer is not None) == "paper"
         self.layers = list(config.layers or recipe_layers(self.backbone, config))
         channels = [info.channels for info in check_layers(self.backbone, self.layers)]
         phase("checking that every image can be read")
@@ -165,6 +161,11 @@ class _Run:
         if not self.files:
             sources = ", ".join(map(str, config.data))
             raise TrainingError(f"--data {sources}: no readable images (split {config.split!r})")
+        if fell_back and dist.is_main:  # said once the data is known to be usable, so a data error stays the only line
+            logging.getLogger("tame_core.training").warning(
+                "%s's classifier pools no single layer, so maps cannot start from its class activation maps: "
+                "training the papers' recipe, which needs far more photos (ImageNet-scale)", self.backbone.name
+            )
         mine = [(index, file_digest(path)) for index, path in enumerate(self.files) if index % dist.world == dist.rank]
         self.data_digest = files_digest(self.files, [content for _, content in sorted(dist.gather(mine))])
         self.dataset = ImageFiles(self.files, build_transform(self.backbone.preprocess, config.augment))
