@@ -51,7 +51,7 @@ def body() -> None:
         mode: column.selectbox(label, FILLS, FILLS.index(DEFAULT_FILLS[mode]), key=f"curve_fill_{mode}", help=help_text)
         for mode, column, label, help_text in (
             ("deletion", settings[2], "Deleted pixels become", "mean: the classifier's mean colour (RISE's deletion)"),
-            ("insertion", settings[3], "Insertion starts from", "blur: Gaussian, kernel 11, sigma 5 (RISE's insertion)"),
+            ("insertion", settings[3], "Insertion starts from", "blur: RISE's Gaussian blur (11 x 11, sigma 5), RISE's insertion"),
         )
     }
     baseline = fills_text(fills)

@@ -39,7 +39,7 @@ def config_form() -> EvaluationConfig | None:
             ),
             "insertion": insertion.selectbox(
                 "Insertion starts from", FILLS, FILLS.index(DEFAULT_FILLS["insertion"]), key="eval_fill_insertion",
-                help="blur: Gaussian, kernel 11, sigma 5 (RISE's insertion)",
+                help="blur: RISE's Gaussian blur (11 x 11, sigma 5), RISE's insertion",
             ),
         },
     }

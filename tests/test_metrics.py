@@ -184,10 +184,11 @@ def test_curve_steps_change_exactly_their_share_of_pixels():
 
 
 def test_curve_baselines():
-    """Blur of a flat image is the image (flat curve); a model without a mean colour deletes "mean" to black."""
+    """A model without a mean colour: "mean" deletes to black, and the blur pads with black (its normalised
+    zero), so the blur of a black image is the image (a flat curve)."""
     model = RegionModel(scale=4.0, bias=0.5)
-    flat = deletion_insertion(model, torch.ones(1, 3, SIZE, SIZE), region_map(1.0, 0.0)[None], 0, steps=4, baseline="blur")
-    assert flat.deletion[0].tolist() == pytest.approx([sigmoid(2.0)] * 5, rel=1e-5)
+    flat = deletion_insertion(model, torch.zeros(1, 3, SIZE, SIZE), region_map(1.0, 0.0)[None], 0, steps=4, baseline="blur")
+    assert flat.deletion[0].tolist() == pytest.approx([sigmoid(-2.0)] * 5, rel=1e-5)
     image = torch.ones(1, 3, SIZE, SIZE)
     counts = list(range(0, 101, 10))
     plain = deletion_insertion(model, image, region_map(1.0, 0.0)[None], 0, steps=10, baseline="deletion=mean,insertion=black")
@@ -197,11 +198,15 @@ def test_curve_baselines():
         deletion_insertion(model, image, region_map(1.0, 0.0)[None], 0, baseline="noise")
 
 
+BIG = 24
+C = (slice(6, 18), slice(6, 18))  # 144 pixels, a quarter of the picture, 6 from every border (the blur reaches 5)
+
+
 class ChannelNet(nn.Module):
-    """Logit of class 0 = 4 x the mean over R of the *normalised* red channel; class 1 = 0."""
+    """Logit of class 0 = 4 x the mean over C of the *normalised* red channel; class 1 = 0."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        score = 4.0 * x[:, 0, R[0], R[1]].mean(dim=(1, 2))
+        score = 4.0 * x[:, 0, C[0], C[1]].mean(dim=(1, 2))
         return torch.stack([score, torch.zeros_like(score)], dim=1)
 
 
@@ -209,16 +214,18 @@ def channel_backbone():
     from tame_core.backbones import Backbone
     from tame_core.preprocessing import Preprocess
 
-    preprocess = Preprocess(input_size=(SIZE, SIZE), mean=(0.25, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    preprocess = Preprocess(input_size=(BIG, BIG), mean=(0.25, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     return Backbone("channel", ChannelNet(), preprocess, ["red", "other"], [])
 
 
 def test_each_fill_gives_its_hand_computed_curves():
     """A white image: the normalised red channel is (1 - 0.25) / 0.5 = 1.5, so p0 = sigmoid(6). The ideal
-    map's first 25 % of pixels are R. Deleted to the mean colour R reads 0 (p = 1/2), to black
-    (0 - 0.25) / 0.5 = -0.5 (p = sigmoid(-2)); the blur of a flat image is the image (p stays sigmoid(6))."""
+    map's first 25 % of pixels are C. Deleted to the mean colour C reads 0 (p = 1/2), to black
+    (0 - 0.25) / 0.5 = -0.5 (p = sigmoid(-2)); the blur leaves C white (p stays sigmoid(6))."""
     backbone = channel_backbone()
-    image, ideal = torch.ones(1, 3, SIZE, SIZE), region_map(1.0, 0.0)[None]
+    ideal = torch.zeros(1, BIG, BIG)
+    ideal[0, C[0], C[1]] = 1.0
+    image = torch.ones(1, 3, BIG, BIG)
     top, mean, black = sigmoid(6.0), 0.5, sigmoid(-2.0)
 
     def auc(values):  # trapezoid over 5 points, 0.25 apart
@@ -242,18 +249,27 @@ def test_each_fill_gives_its_hand_computed_curves():
     assert stream == pytest.approx(expected["mean"][0], rel=1e-5)
 
 
-def test_the_blur_fill_is_rises_gaussian_of_size_11_and_sigma_5():
-    """One white pixel in a black 21 x 21 image blurs into the normalised 11 x 11 Gaussian kernel of sigma 5."""
-    from tame_core.metrics.curves import baseline_images
+def test_the_blur_fill_is_rises():
+    """RISE blurs with scipy's sigma-5 Gaussian filter of an 11 x 11 impulse, padding its normalised images
+    with zeros: in raw pixels, with the mean colour."""
+    from tame_core.metrics.curves import baseline_images, rise_kernel
 
+    ndimage = pytest.importorskip("scipy.ndimage")
+    impulse = torch.zeros(11, 11, dtype=torch.float64)
+    impulse[5, 5] = 1.0
+    kernel = torch.from_numpy(ndimage.gaussian_filter(impulse.numpy(), 5.0))
+    assert torch.allclose(rise_kernel().double(), kernel, atol=1e-8)
     image = torch.zeros(1, 3, 21, 21)
     image[:, :, 10, 10] = 1.0
-    blurred = baseline_images(image, "blur")
-    offsets = torch.arange(-5, 6, dtype=torch.float64)
-    line = torch.exp(-offsets**2 / (2 * 5.0**2))
-    kernel = torch.outer(line, line) / line.sum() ** 2
-    assert torch.allclose(blurred[0, 0, 5:16, 5:16].double(), kernel, atol=1e-7)
-    assert float(blurred[0, 0].sum()) == pytest.approx(1.0, abs=1e-6) and float(blurred[0, 0, 4, 10]) == 0.0
+    blurred = baseline_images(image, "blur")  # no mean colour: padded with black
+    assert torch.allclose(blurred[0, 0, 5:16, 5:16].double(), kernel, atol=1e-7) and float(blurred[0, 0, 4, 10]) == 0.0
+    grey = torch.tensor([0.25, 0.5, 0.75]).view(1, 3, 1, 1)
+    flat = grey.expand(1, 3, 21, 21)
+    assert torch.allclose(baseline_images(flat, "blur", grey), flat, atol=1e-6)  # the mean colour stays, borders too
+    white = baseline_images(torch.ones(1, 3, 21, 21), "blur", grey)
+    inside = kernel[5:, 5:].sum()  # the corner pixel keeps the kernel's quarter (plus its centre row and column) on the picture
+    assert float(white[0, 0, 0, 0]) == pytest.approx(0.25 + 0.75 * float(inside), rel=1e-5)
+    assert float(white[0, 0, 10, 10]) == pytest.approx(1.0, rel=1e-6)
 
 
 def test_curve_fills_are_parsed_strictly():

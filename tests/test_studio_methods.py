@@ -199,7 +199,8 @@ def test_perturbed_images_run_from_the_picture_to_the_baseline(model, chelsea):
     _, explanation = chelsea
     saliency = explanation.maps[0, 0]
     original = (explanation.inputs[0].clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
-    blurred = (baseline_images(explanation.inputs, "blur")[0] * 255 + 0.5).byte().permute(1, 2, 0).numpy()
+    mean = explanation.explainer.backbone.mean
+    blurred = (baseline_images(explanation.inputs, "blur", mean)[0] * 255 + 0.5).byte().permute(1, 2, 0).numpy()
     assert np.array_equal(perturbed_image(explanation, saliency, "deletion", 0, 10), original)
     grey = (explanation.explainer.backbone.mean[0, :, 0, 0] * 255 + 0.5).byte().numpy()  # the classifier's mean colour
     deleted = perturbed_image(explanation, saliency, "deletion", 10, 10)  # RISE's deletion: to the mean colour

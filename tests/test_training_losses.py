@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from tame_core.backbones import Backbone
+from tame_core.metrics.curves import baseline_images
 from tame_core.preprocessing import Preprocess
 from tame_core.taps import LayerTaps
 from tame_core.training import (
@@ -221,16 +222,10 @@ def test_the_new_terms_see_the_region_removed_to_the_mean_colour_or_pasted_on_th
     own = torch.sigmoid(torch.tensor([0.0, 3.0]))[:, None, None, None]  # image 0's red map, image 1's blue map
     grey = torch.full_like(images, 0.5)  # the probe's mean colour
     assert torch.allclose(removed, backbone.normalize(images * (1 - own) + grey * own), atol=1e-6)
-    blurred = torchvision_blur(images)
+    blurred = baseline_images(images, "blur", torch.full((1, 3, 1, 1), 0.5))  # RISE's blur, padded with the mean colour
     assert torch.allclose(inserted, backbone.normalize(images * own + blurred * (1 - own)), atol=1e-6)
     probs = (removed.mean(dim=(2, 3)) * 10).softmax(dim=1)
     assert terms.destroy.item() == pytest.approx(float((probs[0, 0] + probs[1, 2]) / 2), rel=1e-5)
-
-
-def torchvision_blur(images: torch.Tensor) -> torch.Tensor:
-    from torchvision.transforms.v2 import functional as TF
-
-    return TF.gaussian_blur(images, [11, 11], [5.0, 5.0])
 
 
 class SmoothNet(nn.Module):
@@ -267,7 +262,7 @@ def test_the_destroying_and_insertion_gradients_match_finite_differences():
         return destroy_loss(backbone(removed_inputs(backbone, images, upsampled(z))), targets)
 
     def insert(z: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(backbone(inserted_inputs(images, upsampled(z))), targets)
+        return F.cross_entropy(backbone(inserted_inputs(backbone, images, upsampled(z))), targets)
 
     assert torch.autograd.gradcheck(destroy, (maps,), eps=1e-6, atol=1e-8)
     assert torch.autograd.gradcheck(insert, (maps,), eps=1e-6, atol=1e-8)

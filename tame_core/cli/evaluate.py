@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
     run.add_argument("--baseline", metavar="CURVE=FILL,...",
                      help=f"each curve's fill, one of {', '.join(FILLS)}: mean = the classifier's mean colour (zeros of the "
-                          f"normalised input), black, blur = Gaussian 11, sigma 5; one fill sets both curves "
+                          f"normalised input), black, blur = RISE's (11 x 11, sigma 5); one fill sets both curves "
                           f"(default RISE's: {fills_text()})")
     run.add_argument("--batch-size", type=positive_int, default=8, help="images explained per batch")
     run.add_argument("--metric-batch-size", type=positive_int, help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")

@@ -7,7 +7,8 @@ AUC is the trapezoid area under the probability over the fraction of pixels chan
 
 Each curve has its own fill (:data:`FILLS`). The defaults are RISE's (Petsiuk et al., BMVC 2018):
 deletion sets pixels to zeros of the *normalised* input, i.e. the classifier's mean colour in raw
-[0, 1] space (``"mean"``), and insertion starts from a Gaussian blur of the image (kernel 11, sigma 5).
+[0, 1] space (``"mean"``), and insertion starts from RISE's blur of the image (:func:`rise_kernel`,
+11 x 11, sigma 5, borders padded with the mean colour: zeros of the normalised input, as RISE pads).
 ``"black"`` (raw zeros) is the other common deletion fill. A blurred fill keeps an image's low
 frequencies, so deletion to blur separates maps little (before this default every curve used blur).
 """
@@ -15,11 +16,12 @@ frequencies, so deletion to blur separates maps little (before this default ever
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator, Literal, Mapping, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import EvaluationError
 from ..batching import check_batch_size, class_vector, iter_scores, scores
@@ -39,8 +41,36 @@ DEFAULT_FILLS: dict[str, str] = {"deletion": "mean", "insertion": "blur"}
 #: What ``baseline=`` takes: one fill for both curves, ``"deletion=mean,insertion=blur"``, or a mapping.
 Baseline = Union[str, Mapping[str, str], None]
 DEFAULT_STEPS = 50
-#: RISE's insertion substrate: a Gaussian blur, kernel 11, sigma 5.
+#: RISE's insertion substrate: a Gaussian blur, kernel 11, sigma 5 (:func:`rise_kernel`).
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
+
+
+@lru_cache(maxsize=4)
+def rise_kernel(size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """RISE's blur kernel (size, size): a centred impulse smoothed by a Gaussian of ``sigma`` (cut at 4
+    sigma) with the edges mirrored half a sample out, as RISE builds it with scipy's ``gaussian_filter``.
+
+    The Gaussian's tails fold back inside, so the kernel is flatter than a cut-off Gaussian (11, sigma 5:
+    centre 0.0088 against 0.0120). With torchvision's cut-off kernel (the blur before) insertion AUCs came
+    out 0.014 higher on average over 24 photos, 0.03 per image: the kernel is RISE's own, so figures compare.
+    """
+    radius = int(4 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
+    weights = weights / weights.sum()
+    reads = (torch.arange(size)[:, None] + offsets.long()[None, :]) % (2 * size)  # (size, taps): the sample each tap reads
+    mirrored = torch.where(reads < size, reads, 2 * size - 1 - reads)  # half-sample mirror: d c b a | a b c d | d c b a
+    line = (weights[None, :] * (mirrored == size // 2)).sum(dim=1)  # the taps that land on the impulse
+    return torch.outer(line, line).float()
+
+
+def rise_blur(images01: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+    """``images01`` (B, C, H, W) convolved with :func:`rise_kernel`, the border padded with ``pad``
+    (1, C, 1, 1; None: zeros), the colour where RISE's normalised images are zero."""
+    kernel = rise_kernel().to(images01)
+    weight = kernel.expand(images01.shape[1], 1, *kernel.shape)
+    offset = pad.to(images01) if pad is not None else torch.zeros((), dtype=images01.dtype, device=images01.device)
+    return F.conv2d(images01 - offset, weight, padding=kernel.shape[-1] // 2, groups=images01.shape[1]) + offset
 
 
 def curve_fills(baseline: Baseline = None) -> dict[str, str]:
@@ -95,11 +125,11 @@ def baseline_images(images01: torch.Tensor, fill: str, mean: torch.Tensor | None
 
     ``"mean"``: the classifier's mean colour ``mean`` (1, 3, 1, 1), where the normalised input is zero
     (RISE's deletion; black when ``mean`` is None, see :func:`fill_colour`); ``"black"``: raw zeros;
-    ``"blur"``: a Gaussian blur of the image (RISE's insertion substrate, kernel 11, sigma 5).
+    ``"blur"``: RISE's blur of the image (:func:`rise_blur`, padded with ``mean``: RISE's insertion substrate).
     """
     _check_fill(fill, "the curve")
     if fill == "blur":
-        return TF.gaussian_blur(images01, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA])
+        return rise_blur(images01, mean)
     if fill == "mean" and mean is not None:
         return mean.to(images01).expand_as(images01).contiguous()
     return torch.zeros_like(images01)

@@ -42,9 +42,9 @@ def removed_inputs(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tens
     return inputs01 * (1 - masks) + fill * masks
 
 
-def inserted_inputs(inputs01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The masks' region of ``inputs01`` pasted on its blur (the insertion curves' canvas)."""
-    return inputs01 * masks + baseline_images(inputs01, "blur") * (1 - masks)
+def inserted_inputs(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The masks' region of ``inputs01`` pasted on its blur (the insertion curves' canvas, RISE's)."""
+    return inputs01 * masks + baseline_images(inputs01, "blur", fill_colour(backbone)) * (1 - masks)
 
 
 def choose_targets(candidates: torch.Tensor, count: int | None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,5 +107,5 @@ def batch_loss(
         if weights.destroy:
             extra["removed_logits"] = backbone(removed_inputs(backbone, repeated, flat))
         if weights.insert:
-            extra["inserted_logits"] = backbone(inserted_inputs(repeated, flat))
+            extra["inserted_logits"] = backbone(inserted_inputs(backbone, repeated, flat))
     return tame_loss(logits_masked, targets, masks, weights, **extra)
