@@ -184,6 +184,8 @@ def test_a_map_left_nearly_flat_by_the_branches_that_are_on_says_so(app, monkeyp
 def test_deletion_curves_are_drawn_with_their_auc(app):
     pick_sample(app)
     open_page(app, "curves")
+    fills = (app.selectbox(key="curve_fill_deletion"), app.selectbox(key="curve_fill_insertion"))
+    assert [box.value for box in fills] == ["mean", "blur"] and list(fills[0].options) == ["mean", "black", "blur"]  # RISE's
     ok(app.select_slider(key="curve_steps").set_value(10).run())
     finish_jobs(app)
     ok(app)

@@ -168,6 +168,8 @@ def test_train_out_with_a_dot_leaves_the_plain_name_alone(tmp_path, tiny_data, c
         ("--momentum", "nan", "argument --momentum: must be between 0 and 1, got nan"),
         ("--weight-decay", "-1", "argument --weight-decay: must be 0 or more, got -1"),
         ("--area-weight", "inf", "argument --area-weight: must be a finite number, got inf"),
+        ("--destroy-weight", "-1", "argument --destroy-weight: must be 0 or more, got -1"),
+        ("--insert-weight", "nan", "argument --insert-weight: must be a finite number, got nan"),
         ("--workers", "-1", "argument --workers: must be 0 or more, got -1"),
         ("--limit", "0", "argument --limit: must be at least 1, got 0"),
         ("--checkpoint-every", "0", "argument --checkpoint-every: must be at least 1, got 0"),
@@ -201,6 +203,19 @@ def test_evaluate_option_values(tmp_path, capsys, option, value, message):
         main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path), option, value])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("grey", "unknown fill 'grey'; choose one of mean, black, blur for both curves, or CURVE=FILL,... with curves deletion, insertion"),
+        ("deletion=grey", "unknown fill 'grey' for deletion; choose one of mean, black, blur"),
+        ("removal=black", "unknown curve 'removal' in the baseline; choose from deletion, insertion"),
+    ],
+)
+def test_evaluate_baseline_names_each_curves_fill_strictly(tmp_path, capsys, value, message):
+    assert main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path), "--baseline", value]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {message}"]  # before any model loads
 
 
 def test_evaluate_out_that_is_a_file_fails_before_the_run(tmp_path, sample_images, random_head_path, capsys):

@@ -25,7 +25,7 @@ STATE_FILE = "evaluation_state.json"
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..evaluation import METRIC_GROUPS
     from ..methods import list_methods
-    from ..metrics.curves import BASELINES, DEFAULT_STEPS
+    from ..metrics.curves import DEFAULT_STEPS, FILLS, fills_text
     from ..training.data import SPLITS
 
     parser = subparsers.add_parser("evaluate", help="measure TAME and comparison methods: AD/IC, ROAD, deletion/insertion", description=__doc__)
@@ -46,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--metric-limit", action="append", default=[], metavar="GROUP=N",
                      help="compute a metric group on the first N images only, e.g. road=50 (repeatable)")
     run.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
-    run.add_argument("--baseline", choices=BASELINES, default="blur", help="what deleted pixels become (default blur)")
+    run.add_argument("--baseline", metavar="CURVE=FILL,...",
+                     help=f"each curve's fill, one of {', '.join(FILLS)}: mean = the classifier's mean colour (zeros of the "
+                          f"normalised input), black, blur = RISE's (11 x 11, sigma 5); one fill sets both curves "
+                          f"(default RISE's: {fills_text()})")
     run.add_argument("--batch-size", type=positive_int, default=8, help="images explained per batch")
     run.add_argument("--metric-batch-size", type=positive_int, help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")
     run.add_argument("--seed", type=int, default=0, help="seed of the ROAD noise")

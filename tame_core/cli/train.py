@@ -71,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("area_power", "--area-power", "area exponent"),
         ("tv", "--tv-weight", "total-variation weight"),
         ("tv_border", "--tv-border", "TV border-value factor"),
+        ("destroy", "--destroy-weight", "destroying term (Dabkowski & Gal 2017): p(class) with the map's region set to the "
+                                        "mean colour must fall; one more forward per step when on; 0 = off, the papers'"),
+        ("insert", "--insert-weight", "insertion term: the map's region pasted on the blurred image must keep the class "
+                                      "(cross-entropy); one more forward per step when on; 0 = off"),
     ):
         default = getattr(defaults, name)
         recipe.add_argument(flag, dest=f"loss_{name}", type=non_negative_float, default=default, help=f"{text} (default {default})")

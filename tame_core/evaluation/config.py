@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import EvaluationError
 from ..methods import get_method, list_methods
 from ..metrics.base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES
-from ..metrics.curves import BASELINES, DEFAULT_STEPS
+from ..metrics.curves import DEFAULT_STEPS, Baseline, curve_fills
 from ..training.data import SPLITS
 
 #: Metric groups an evaluation can run (all by default).
@@ -25,6 +25,8 @@ class EvaluationConfig:
     (``{"rise": {"masks": 1000}}``); ``method_limits`` runs a method on the first N images only, and
     ``metric_limits`` a metric group (``{"road": 50}``). ``metric_batch_size`` is the number of perturbed
     images per forward (None: the metrics' default for the device); ``seed`` seeds the ROAD noise.
+    ``baseline`` becomes the checked fill of each curve, ``{"deletion": "mean", "insertion": "blur"}``
+    by default (:func:`~tame_core.metrics.curves.curve_fills`); the run's settings (and so a resume) include it.
     """
 
     data: str
@@ -35,7 +37,7 @@ class EvaluationConfig:
     batch_size: int = 8
     metrics: tuple[str, ...] = METRIC_GROUPS
     steps: int = DEFAULT_STEPS
-    baseline: str = "blur"
+    baseline: Baseline = None  # each curve's fill: None (RISE's), "blur" (both), "deletion=black", {...}
     road_percentages: tuple[int, ...] = DEFAULT_ROAD_PERCENTAGES
     method_options: Mapping[str, Mapping[str, Any]] | None = field(default_factory=dict)
     method_limits: Mapping[str, int] | None = field(default_factory=dict)
@@ -57,8 +59,7 @@ class EvaluationConfig:
         unknown = sorted(set(self.metrics) - set(METRIC_GROUPS))
         if unknown or not self.metrics:
             raise EvaluationError(f"unknown metric group {unknown[0] if unknown else ''!r}; choose from {', '.join(METRIC_GROUPS)}")
-        if self.baseline not in BASELINES:
-            raise EvaluationError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+        assign("baseline", curve_fills(self.baseline))
         if self.split not in SPLITS:
             raise EvaluationError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
         if self.batch_size < 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for the card and the saved state."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["loss"] = asdict(self.loss)
+        values["loss"] = self.loss.to_dict()  # the destroying/insertion weights only when on
         values["data"] = [str(source) for source in self.data]
         for key in ("input_size", "mean", "std"):
             values[key] = list(values[key]) if values[key] is not None else None

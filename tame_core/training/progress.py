@@ -50,7 +50,7 @@ class RunReporter:
         self._emit(record)
         self.bar.update(1)
         self.bar.set_postfix(
-            {k: f"{record[k]:.3g}" for k in ("loss", "ce", "area", "tv", "lr")} | {"epoch": record["epoch"]},
+            {k: f"{record[k]:.3g}" for k in ("loss", "ce", "area", "tv", "destroy", "insert", "lr") if k in record} | {"epoch": record["epoch"]},
             refresh=False,
         )
 

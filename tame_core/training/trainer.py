@@ -373,7 +373,8 @@ class _Run:
         )
         if terms is None:  # every image targeted an excluded class: an empty step keeps the schedule (and DDP) in step
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            terms = LossTerms(zero, zero.detach(), zero.detach(), zero.detach())
+            nil = zero.detach()
+            terms = LossTerms(zero, nil, nil, nil, nil if config.loss.destroy else None, nil if config.loss.insert else None)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
         self.scaler.step(self.optimizer)
@@ -381,11 +382,12 @@ class _Run:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
-        values = dist.mean(torch.stack([terms.loss, terms.ce, terms.area, terms.tv]).detach().float()).tolist()
+        logged = terms.logged()  # the same names on every rank: the terms that are on
+        values = dist.mean(torch.stack(list(logged.values())).detach().float()).tolist()
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
         self.images += inputs.shape[0] * dist.world
-        record = {"step": self.step, "epoch": epoch, **dict(zip(("loss", "ce", "area", "tv"), values)),
+        record = {"step": self.step, "epoch": epoch, **dict(zip(logged, values)),
                   "lr": lr, "images": inputs.shape[0] * dist.world, "seconds": round(elapsed, 4)}
         self.reporter.step(record)
         stopping = dist.any(self.stop is not None and self.stop.is_set())
