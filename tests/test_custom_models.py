@@ -375,3 +375,35 @@ def test_the_sidebar_switches_to_a_fine_tune_with_its_weights_under_the_allowed_
     at.sidebar.text_input(key="weights_path").input(str(allowed / "five.safetensors")).run()
     assert not at.exception and not at.sidebar.error
     assert at.session_state["model"].class_names == tuple(NAMES)
+
+
+def test_cli_evaluate_loads_the_fine_tune_from_its_card_and_weights(custom, sample_images, tmp_path, capsys):
+    data = tmp_path / "photos"
+    data.mkdir()
+    for name in ("chelsea", "coffee"):
+        Image.fromarray(sample_images[name]).save(data / f"{name}.png")
+    code = main(["evaluate", "--data", str(data), "--head", str(custom["head"]), "--weights", str(custom["weights"]),
+                 "--methods", "tame,gradcam", "--metrics", "adic", "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    table = capsys.readouterr().out
+    assert "tame" in table and "gradcam" in table
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["settings"]["images"] == 2
+
+
+def test_the_default_recipe_is_the_bundled_heads_recipe(tmp_path, lite0):
+    """`tame train --data ... --out H` (plus the evaluation protocol's --exclude-targets) trains exactly what
+    scripts/train_bundled_head.py trained for the bundled head, whose card records it."""
+    from tame_core.cli import build_parser
+    from tame_core.cli.train import config_from
+    from tame_core.training.trainer import recipe_layers
+
+    args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "h"), "--exclude-targets", "heldout"])
+
+    config = config_from(args)
+    config.settle_recipe(lite0.pooled_layer is not None)
+    config.layers = recipe_layers(lite0, config)
+    shipped = load_head(bundled_head_path("efficientnet_lite0"))[1].training["recipe"]
+    ours = config.schedule_key()
+    differing = {k for k in ours if k in shipped and ours[k] != shipped[k]}
+    assert differing == set() and ours["recipe"] == "little-data"
