@@ -11,7 +11,7 @@ from tame_core.methods import list_methods
 from tame_core.metrics.curves import BASELINES, DEFAULT_STEPS
 from tame_core.studio.costs import evaluation_estimate, with_relative_times
 from tame_core.studio.evaluation import can_resume, column_title, evaluation_work, state_path
-from tame_core.studio.storage import server_path
+from tame_core.studio.storage import public_message, server_path
 from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
@@ -39,7 +39,7 @@ def config_form() -> EvaluationConfig | None:
         return None
     path = server_path(folder, "Folder")
     if not path.is_dir():
-        st.error(f"{path}: not a folder on this server")
+        st.error(f"{folder.strip()}: not a folder on this server")
         return None
     return EvaluationConfig(data=str(path), methods=tuple(methods), **values)
 
@@ -88,7 +88,7 @@ def body() -> None:
         try:
             count = len(select_files(config.data, config.split, limit=config.limit))
         except TameError as error:
-            st.error(str(error))
+            st.error(public_message(str(error)))
     if config is not None and count is not None:
         states = session_folder().evaluations  # this session's: a fresh run never deletes another session's
         state = state_path(config, model.choice, states)

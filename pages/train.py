@@ -41,7 +41,7 @@ def training_data() -> Path | None:
             return None
         folder = server_path(text, "Folder")
         if not folder.is_dir():
-            st.error(f"{folder}: not a folder on this server")
+            st.error(f"{text.strip()}: not a folder on this server")
             return None
         return folder
     upload = st.file_uploader("Zip of images", type=["zip"], key="train_zip")
@@ -150,7 +150,7 @@ def body() -> None:
     if config is not None:
         mine = job is not None and job.tag == config.out  # this session's own run of that name
         if config.out.exists() and not mine:
-            st.warning(f"{config.out} exists: a new run replaces it (or pick another name).")
+            st.warning(f"{config.out.name} exists: a new run replaces it (or pick another name).")
         go, again = st.columns(2)
         if go.button("Start training", type="primary", disabled=running, key="train_start"):
             start(config, resume=False)
