@@ -260,10 +260,26 @@ def save_head(head: TAMEHead, metadata: HeadMetadata, path: str | os.PathLike) -
         with atomic_path(tensor_path) as temporary:
             save_file(state, str(temporary), metadata={_HEADER_KEY: metadata.to_json()})
         metadata.weights_sha256 = sha256_of(tensor_path)
-        write_atomically(card_path, metadata.to_json() + "\n")
+        _write_card(card_path, metadata, tensor_path)
+    except OutputError:
+        raise
     except OSError as error:
         raise OutputError(f"{tensor_path}: cannot write the head ({error.strerror or error})") from None
     return tensor_path, card_path
+
+
+def _write_card(card_path: Path, metadata: HeadMetadata, tensor_path: Path) -> None:
+    """The card, after its tensors: if it cannot be written, an old card (which would now disagree with the
+    new tensors) is removed, so the head still loads from the metadata inside its file."""
+    try:
+        write_atomically(card_path, metadata.to_json() + "\n")
+    except OutputError as error:
+        card_path.unlink(missing_ok=True)
+        reason = str(error).split("cannot write (", 1)[-1].split(")", 1)[0]
+        raise OutputError(
+            f"{card_path}: cannot write ({reason}); the new head was saved in {tensor_path.name} "
+            "and loads from the metadata inside it"
+        ) from None
 
 
 def read_metadata(path: str | os.PathLike) -> HeadMetadata:

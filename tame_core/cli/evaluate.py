@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..atomic import OutputLock
 from ..errors import EvaluationError
 from .common import add_model_options, explainer_from, positive_int, writable_folder
 
@@ -69,6 +70,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     writable_folder(args.out)  # now, not after the run: results and the resumable state go there
     state = args.out / STATE_FILE
+    with OutputLock(state, "--out"):  # one run per --out: a second one is refused before it touches the state
+        return _run_locked(args, config, state)
+
+
+def _run_locked(args: argparse.Namespace, config: Any, state: Path) -> int:
+    from ..evaluation import evaluate
+
     if state.exists() and not args.resume:
         state.unlink()  # a fresh run; --resume keeps it
     explainer = explainer_from(args)

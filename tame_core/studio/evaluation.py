@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import OutputLock
 from ..evaluation import EvaluationConfig, EvaluationReport, evaluate
 from ..metrics import spec_for
 from .jobs import JobContext
@@ -45,8 +46,9 @@ def evaluation_work(
     def progress(done: int, total: int, message: str) -> None:
         context.progress(done / total if total else 0.0, message)
 
-    with context.watching(explainer.backbone):  # counts the forwards for the page; evaluate checks Stop itself
-        return evaluate(explainer, config, progress, state_path=state_path(config, choice, state_folder), stop=context.stop_event)
+    state = state_path(config, choice, state_folder)
+    with OutputLock(state, "this evaluation"), context.watching(explainer.backbone):  # one job per state; evaluate checks Stop itself
+        return evaluate(explainer, config, progress, state_path=state, stop=context.stop_event)
 
 
 def column_title(name: str) -> str:

@@ -23,7 +23,8 @@ from ..backbones import Backbone, load_backbone
 from ..checkpoint import metadata_for, paths_for, save_head
 from ..classes import imagenet_wnids
 from ..devices import autocast, autocast_dtype
-from ..errors import TrainingError
+from ..atomic import OutputLock
+from ..errors import TameError, TrainingError
 from ..fingerprint import file_digest, files_digest
 from ..head import TAMEHead, TiedTAMEHead
 from ..stopping import check
@@ -81,9 +82,11 @@ def train_head(
     the images: tens of seconds on a large folder), on rank 0.
     """
     dist = Distributed.setup(config.device)
+    lock = OutputLock(config.out, "--out")  # one writer per head: held from before the first check to the end
     try:
-        return _Run(config, dist, callback, stop, phase).train()
+        return _Run(config, dist, callback, stop, phase, lock).train()
     finally:
+        lock.release()
         dist.close()
 
 
@@ -95,8 +98,9 @@ class _Run:
         callback: Callback | None,
         stop: threading.Event | None,
         on_phase: Callable[[str], None] | None = None,
+        lock: OutputLock | None = None,
     ) -> None:
-        self.config, self.dist, self.stop = config, dist, stop
+        self.config, self.dist, self.stop, self.lock = config, dist, stop, lock
 
         def phase(text: str) -> None:  # before the first step: say what takes the time, honour Stop
             check(stop)
@@ -183,16 +187,18 @@ class _Run:
         if self.dist.is_main:
             try:
                 outcome = check()
-            except TrainingError as error:
+            except TameError as error:
                 outcome = error
         outcome = self.dist.broadcast(outcome)
-        if isinstance(outcome, TrainingError):
+        if isinstance(outcome, TameError):
             raise outcome
         return outcome
 
     def _claim_outputs(self) -> None:
         """A new run never silently replaces an earlier run's state, log or head: it needs --overwrite."""
         config = self.config
+        if self.lock is not None:
+            self.lock.acquire()  # a second run on this --out stops here, before it reads or removes anything
         if config.resume:
             return
         head, card = paths_for(config.out)
