@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..atomic import OutputLock
 from ..errors import EvaluationError
-from .common import add_model_options, explainer_from, positive_int, writable_folder
+from .common import MAX_BATCH, add_model_options, explainer_from, int_between, positive_int, seed, writable_folder
 
 STATE_FILE = "evaluation_state.json"
 
@@ -26,6 +26,7 @@ STATE_FILE = "evaluation_state.json"
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..evaluation import METRIC_GROUPS
     from ..methods import list_methods
+    from ..evaluation.config import MAX_CURVE_STEPS
     from ..metrics.curves import BASELINES, DEFAULT_STEPS
     from ..training.data import SPLITS
 
@@ -46,11 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="run a slow method on the first N images only, e.g. scorecam=50 (repeatable)")
     run.add_argument("--metric-limit", action="append", default=[], metavar="GROUP=N",
                      help="compute a metric group on the first N images only, e.g. road=50 (repeatable)")
-    run.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
+    run.add_argument("--steps", type=int_between(1, MAX_CURVE_STEPS), default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
     run.add_argument("--baseline", choices=BASELINES, default="blur", help="what deleted pixels become (default blur)")
-    run.add_argument("--batch-size", type=positive_int, default=8, help="images explained per batch")
-    run.add_argument("--metric-batch-size", type=positive_int, help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the ROAD noise")
+    run.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=8, help="images explained per batch")
+    run.add_argument("--metric-batch-size", type=int_between(1, MAX_BATCH), help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")
+    run.add_argument("--seed", type=seed, default=0, help="seed of the ROAD noise (0 to 2**32-1)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("."), help="folder for results.json and results.csv (default: .)")
     output.add_argument("--resume", action="store_true", help=f"continue the run saved in --out/{STATE_FILE}")

@@ -15,7 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..atomic import OutputLock
+from ..errors import EvaluationError, TameError
 from ..evaluation import EvaluationConfig, EvaluationReport, evaluate
+from ..evaluation.state import MAX_STATE_BYTES, checked_tally
+from ..reading import read_json
 from ..metrics import spec_for
 from .jobs import JobContext
 from .models import ModelChoice, load_model
@@ -30,9 +33,10 @@ def state_path(config: EvaluationConfig, choice: ModelChoice, folder: str | Path
 def can_resume(config: EvaluationConfig, choice: ModelChoice, state_folder: str | Path) -> bool:
     """Whether a stopped run of this evaluation left images still to do."""
     try:
-        saved = json.loads(state_path(config, choice, state_folder).read_text())
-        return int(saved["tally"]["images_done"]) < int(saved["settings"]["images"])
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = read_json(state_path(config, choice, state_folder), EvaluationError, MAX_STATE_BYTES)
+        tally = checked_tally(saved["tally"], saved["settings"], "")
+        return tally.get("images_done", 0) < saved["settings"]["images"]
+    except (TameError, KeyError, TypeError, AttributeError):
         return False
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -30,6 +29,7 @@ from ..taps import check_layers, list_layers
 from ..training import TrainConfig, TrainingError, train_head
 from ..training.init import new_head
 from ..training.state import load_state
+from ..reading import parse_json, read_regular
 from .jobs import JobContext
 from .storage import check_quota, public_message
 
@@ -43,6 +43,9 @@ MAX_ZIP_MEMBERS = 50_000
 MAX_ZIP_DEPTH = 32
 MAX_MEMBER_NAME = 1024
 _CHUNK = 1 << 20
+
+#: Largest training log read back for the loss chart.
+MAX_LOG_BYTES = 256 * 2**20
 
 #: Pictures from the training folder shown with their current maps while a head trains.
 PREVIEW_IMAGES = 3
@@ -214,14 +217,14 @@ def logged_steps(log_path: Path, up_to: int) -> list[dict[str, Any]]:
     resumed run that repeated steps after a crash logs them twice), in step order."""
     by_step: dict[int, dict[str, Any]] = {}
     try:
-        lines = Path(log_path).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = read_regular(log_path, MAX_LOG_BYTES, TrainingError).decode("utf-8", errors="replace").splitlines()
+    except TameError:
         return []
     for line in lines:
         try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
+            record = parse_json(line, TrainingError, "log line")
+        except TameError:
+            continue  # a line cut short by a crash, or one edited by hand
         if isinstance(record, dict) and "loss" in record and isinstance(record.get("step"), int) and record["step"] <= up_to:
             by_step[record["step"]] = record
     return [by_step[step] for step in sorted(by_step)]

@@ -112,6 +112,8 @@ class _Run:
         random.seed(config.seed)
         phase(f"loading the backbone ({config.backbone})")
         self.backbone: Backbone = load_backbone(config.backbone, config.weights, dist.device)
+        if config.top_k > self.backbone.num_classes:
+            raise TrainingError(f"--top-k {config.top_k}: {config.backbone} has only {self.backbone.num_classes} classes")
         self.layers = list(config.layers or self.backbone.default_layers)
         channels = [info.channels for info in check_layers(self.backbone, self.layers)]
         phase("checking that every image can be read")
@@ -321,6 +323,9 @@ class _Run:
         dist.barrier()
         return config.out
 
+    def _check_finite(self, loss: float) -> None:
+        _finite_or_stop(self, loss)
+
     def _train_step(self, model: torch.nn.Module, taps: LayerTaps, images: torch.Tensor, epoch: int) -> bool:
         """One optimisation step; True when the run must stop (the state is then saved)."""
         config, dist = self.config, self.dist
@@ -341,6 +346,7 @@ class _Run:
         self.scheduler.step()
         self.step += 1
         values = dist.mean(torch.stack([terms.loss, terms.ce, terms.area, terms.tv]).detach().float()).tolist()
+        self._check_finite(values[0])
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
         self.images += inputs.shape[0] * dist.world
@@ -351,6 +357,17 @@ class _Run:
         if stopping or self.step % config.checkpoint_every == 0:
             self._save_state()
         return stopping
+
+
+def _finite_or_stop(run: "_Run", loss: float) -> None:
+    """Stop the run in one line on a NaN or infinite loss: nothing more is saved, so the last state and head
+    on disk are the last good ones."""
+    if math.isfinite(loss):
+        return
+    kept = f"the state saved at step {run.saved_step} is kept" if run.saved_step > 0 else "no head or state was saved"
+    raise TrainingError(
+        f"step {run.step}: the loss is {loss} (the head diverged; try a lower --lr than {run.config.lr:g}); {kept}"
+    )
 
 
 def _difference(name: str, saved: Any, now: Any) -> str:
