@@ -421,3 +421,15 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, tiny_data, delay):
     assert process.returncode in (130, -signal.SIGINT), err
     last = err.strip().splitlines()[-1] if err.strip() else ""
     assert last in ("", "interrupted", "stopped before the first step; nothing was saved") or last.startswith("stopped; state saved to"), err
+
+
+def test_an_uploaded_head_with_nan_weights_is_refused_and_not_kept(tmp_path, lite0):
+    from tame_core.studio import store_uploaded_head
+
+    weight = next(name for name, t in TAMEHead([40, 112, 320], 1000).state_dict().items() if t.is_floating_point())
+    data = _saved_with(tmp_path, lite0, "nan", weight, float("nan")).read_bytes()
+    folder = tmp_path / "uploads"
+    with pytest.raises(CheckpointError) as error:
+        store_uploaded_head("mine.safetensors", data, folder)
+    assert str(error.value).startswith(f"mine.safetensors: {weight} holds 3 NaN or infinite value(s)")
+    assert str(tmp_path) not in str(error.value) and list(folder.iterdir()) == []

@@ -22,7 +22,7 @@ import torch
 
 from ..atomic import write_atomically
 from ..backbones import DEFAULT_BACKBONE
-from ..checkpoint import locate_head, read_metadata
+from ..checkpoint import load_head, locate_head
 from ..errors import CheckpointError, TameError
 from ..explainer import Explainer, Explanation
 from ..hub import is_repo_id
@@ -161,8 +161,9 @@ def store_uploaded_head(name: str, data: bytes, folder: str | os.PathLike | None
         check_quota(len(data))
         write_atomically(path, data)
     try:
-        read_metadata(path)
+        load_head(path)  # every check a load makes (digests, shapes, finite weights): a refused head is not kept
     except TameError as error:
         path.unlink(missing_ok=True)
-        raise CheckpointError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
+        message = str(error).replace(str(path.with_suffix(".json")), name).replace(str(path), name)
+        raise CheckpointError(message if message.startswith(name) else f"{name}: {message}") from None
     return path
