@@ -11,7 +11,7 @@ from tame_core.methods import list_methods
 from tame_core.metrics.curves import BASELINES, DEFAULT_STEPS
 from tame_core.studio.costs import evaluation_estimate, with_relative_times
 from tame_core.studio.evaluation import can_resume, column_title, evaluation_work, state_path
-from tame_core.studio.storage import public_message, server_path
+from tame_core.studio.storage import public_message, server_folder
 from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
@@ -37,7 +37,7 @@ def config_form() -> EvaluationConfig | None:
     if not folder.strip() or not methods:
         st.info("Name a folder of images on the server and at least one method.")
         return None
-    path = server_path(folder, "Folder")
+    path = server_folder(folder, "Folder")
     if not path.is_dir():
         st.error(f"{folder.strip()}: not a folder on this server")
         return None

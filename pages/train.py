@@ -11,7 +11,7 @@ from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.head import VARIANTS
 from tame_core.hub import push_head
 from tame_core.studio import JobState, plots
-from tame_core.studio.storage import server_path
+from tame_core.studio.storage import server_folder
 from tame_core.studio.training import (
     TrainingPreview,
     can_resume,
@@ -39,7 +39,7 @@ def training_data() -> Path | None:
         text = st.text_input("Folder (searched recursively)", key="train_folder", placeholder="/data/my-images")
         if not text.strip():
             return None
-        folder = server_path(text, "Folder")
+        folder = server_folder(text, "Folder")
         if not folder.is_dir():
             st.error(f"{text.strip()}: not a folder on this server")
             return None

@@ -307,3 +307,29 @@ def test_messages_for_the_browser_hold_no_server_paths():
     assert public_message("C:\\Users\\me\\h.json: not valid JSON") == "h.json: not valid JSON"
     assert public_message("Hub repo 'a/b' does not exist") == "Hub repo 'a/b' does not exist"  # a repo id is not a path
     assert public_message("cannot reach the Hub at https://huggingface.co/x") == "cannot reach the Hub at https://huggingface.co/x"
+
+
+def test_a_typed_folder_is_refused_when_links_inside_it_lead_outside(tmp_path, monkeypatch):
+    from tame_core.studio.storage import server_folder
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "photos" / "deep").mkdir(parents=True)
+    (allowed / "other").mkdir()
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png(0))
+    (allowed / "other" / "fine.png").write_bytes(png(1))
+    (allowed / "photos" / "inside.png").symlink_to(allowed / "other" / "fine.png")  # a link that stays inside
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(allowed))
+    assert server_folder(str(allowed / "photos")) == allowed / "photos"
+    for name, target in (("deep/leak.png", outside / "secret.png"), ("deep/door", outside), ("etc", Path("/etc"))):
+        link = allowed / "photos" / name
+        link.symlink_to(target)
+        with pytest.raises(AccessError) as error:
+            server_folder(str(allowed / "photos"))
+        assert str(error.value) == (
+            f"Folder {allowed / 'photos'}: {name} links outside the folders this server lets the app read (see {ALLOWED_ROOTS_ENV})"
+        )
+        link.unlink()
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV)
+    (allowed / "photos" / "leak.png").symlink_to(outside / "secret.png")
+    assert server_folder(str(allowed / "photos")) == allowed / "photos"  # unset: one user's own machine

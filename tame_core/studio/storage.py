@@ -186,3 +186,24 @@ def check_quota(adding: int, root: str | os.PathLike | None = None) -> None:
 
 def _mb(count: int) -> str:
     return f"{count / 2**20:.0f} MB"
+
+
+def server_folder(text: str | os.PathLike, what: str = "Folder") -> Path:
+    """A typed folder (:func:`server_path`) whose links, walked below it, all stay inside the allowed roots:
+    the files a run reads from it are checked too, not the folder's own name alone. Unset roots: no walk."""
+    folder = server_path(text, what)
+    roots = allowed_roots()
+    if roots is None or not folder.is_dir():
+        return folder
+    for parent, folders, files in os.walk(folder):  # links are not followed, only resolved
+        for name in folders + files:
+            entry = Path(parent) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not any(target == root or root in target.parents for root in roots):
+                    shown = entry.relative_to(folder)
+                    raise AccessError(
+                        f"{what} {str(text).strip()}: {_short(str(shown))} links outside the folders this server lets "
+                        f"the app read (see {ALLOWED_ROOTS_ENV})"
+                    )
+    return folder
