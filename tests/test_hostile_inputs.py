@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import signal
@@ -27,7 +25,7 @@ from PIL import Image
 from tame_core import TAMEHead, load_head, load_image, save_head
 from tame_core.checkpoint import metadata_for, paths_for, read_metadata
 from tame_core.cli import main
-from tame_core.errors import CheckpointError, EvaluationError, ImageLoadError, OptionError, TameError, TrainingError
+from tame_core.errors import CheckpointError, EvaluationError, ImageLoadError, OptionError, TrainingError
 from tame_core.reading import MAX_JSON_DEPTH, parse_json, read_json, read_regular
 
 ROOT = Path(__file__).resolve().parents[1]

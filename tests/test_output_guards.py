@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from tame_core import load_head
-from tame_core.atomic import OutputLock, atomic_path, write_atomically
+from tame_core.atomic import OutputLock, atomic_path
 from tame_core.cli import main
 from tame_core.errors import OutputError
 
