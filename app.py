@@ -26,7 +26,7 @@ from tame_core.studio import (
 )
 from tame_core.studio.jobs import share_cpu_between_threads
 from tame_core.studio.models import MAX_HEAD_UPLOAD_MB, available_devices
-from tame_core.studio.storage import server_path
+from tame_core.studio.storage import hub_repo_id, server_head
 
 st.set_page_config(page_title="TAME Explorer", page_icon=":material/local_fire_department:", layout="wide")
 
@@ -81,15 +81,15 @@ def model_sidebar() -> ModelChoice | None:
             st.caption(f"`checkpoints/{bundled_head_path(DEFAULT_BACKBONE).name}` on the embedded {DEFAULT_BACKBONE}.")
     elif source == "file":
         typed = st.text_input("Path to a head (.safetensors)", key="head_path").strip()
-        head = str(server_path(typed, "Head", also=[CHECKPOINT_DIR, session_folder().heads])) if typed else None
+        head = str(server_head(typed, "Head", also=[CHECKPOINT_DIR, session_folder().heads])) if typed else None
     elif source == "upload":
         upload = st.file_uploader(
             "Head checkpoint", type=["safetensors"], key="head_upload", max_upload_size=MAX_HEAD_UPLOAD_MB
         )
         if upload is not None:
-            head = str(store_uploaded_head(upload.name, upload.getvalue()))
+            head = str(store_uploaded_head(upload.name, upload.getvalue(), session_folder().uploaded_heads))
     else:
-        head = st.text_input("Repo id", placeholder="owner/name", key="hub_repo").strip() or None
+        head = hub_repo_id(typed) if (typed := st.text_input("Repo id", placeholder="owner/name", key="hub_repo").strip()) else None
         revision = st.text_input("Revision", placeholder="main", key="hub_revision").strip() or None
     backbones = [AS_HEAD_SAYS, *list_backbones()]
     backbone = st.selectbox("Backbone", backbones, key="backbone", help="The classifier the head explains.")

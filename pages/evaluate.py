@@ -11,7 +11,7 @@ from tame_core.methods import list_methods
 from tame_core.metrics.curves import DEFAULT_FILLS, DEFAULT_STEPS, FILLS
 from tame_core.studio.costs import evaluation_estimate, with_relative_times
 from tame_core.studio.evaluation import can_resume, column_title, evaluation_work, state_path
-from tame_core.studio.storage import server_path
+from tame_core.studio.storage import public_message, server_folder
 from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
@@ -46,9 +46,9 @@ def config_form() -> EvaluationConfig | None:
     if not folder.strip() or not methods:
         st.info("Name a folder of images on the server and at least one method.")
         return None
-    path = server_path(folder, "Folder")
+    path = server_folder(folder, "Folder")
     if not path.is_dir():
-        st.error(f"{path}: not a folder on this server")
+        st.error(f"{folder.strip()}: not a folder on this server")
         return None
     return EvaluationConfig(data=str(path), methods=tuple(methods), **values)
 
@@ -97,7 +97,7 @@ def body() -> None:
         try:
             count = len(select_files(config.data, config.split, limit=config.limit))
         except TameError as error:
-            st.error(str(error))
+            st.error(public_message(str(error)))
     if config is not None and count is not None:
         states = session_folder().evaluations  # this session's: a fresh run never deletes another session's
         state = state_path(config, model.choice, states)

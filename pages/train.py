@@ -11,7 +11,7 @@ from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.head import VARIANTS
 from tame_core.hub import push_head
 from tame_core.studio import JobState, plots
-from tame_core.studio.storage import server_path
+from tame_core.studio.storage import server_folder
 from tame_core.studio.training import (
     TrainingPreview,
     can_resume,
@@ -41,9 +41,9 @@ def training_data() -> Path | None:
         text = st.text_input("Folder (searched recursively)", key="train_folder", placeholder="/data/my-images")
         if not text.strip():
             return None
-        folder = server_path(text, "Folder")
+        folder = server_folder(text, "Folder")
         if not folder.is_dir():
-            st.error(f"{folder}: not a folder on this server")
+            st.error(f"{text.strip()}: not a folder on this server")
             return None
         return folder
     upload = st.file_uploader("Zip of images", type=["zip"], key="train_zip")
@@ -161,7 +161,7 @@ def body() -> None:
     if config is not None:
         mine = job is not None and job.tag == config.out  # this session's own run of that name
         if config.out.exists() and not mine:
-            st.warning(f"{config.out} exists: a new run replaces it (or pick another name).")
+            st.warning(f"{config.out.name} exists: a new run replaces it (or pick another name).")
         go, again = st.columns(2)
         if go.button("Start training", type="primary", disabled=running, key="train_start"):
             start(config, resume=False)

@@ -35,6 +35,7 @@ import torch
 
 from .atomic import atomic_path, write_atomically
 from .errors import CheckpointError, OutputError
+from .reading import check_regular, parse_json, read_json
 from .head import VARIANTS, TAMEHead
 
 FORMAT = "tame-head"
@@ -54,6 +55,7 @@ MAX_CLASSES = 1_000_000
 MAX_FUSED_RESOLUTION = 4_096
 MAX_INPUT_SIDE = 8_192
 _MAX_HEADER_BYTES = 16 * 2**20
+MAX_HEAD_BYTES = 4 * 2**30
 
 #: safetensors dtype names and their sizes in bytes.
 _DTYPE_BYTES = {
@@ -195,7 +197,12 @@ def _classifier_problem(value: Any) -> str | None:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    if isinstance(value, int) and value.bit_length() > 128:  # repr of a 5,000-digit int raises
+        return f"a whole number of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = repr(value)
+    except ValueError:  # a huge whole number inside a list or dict
+        return f"a {type(value).__name__} holding a number too long to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -322,16 +329,33 @@ def save_head(head: TAMEHead, metadata: HeadMetadata, path: str | os.PathLike) -
     if metadata.head_config() != head.config():
         raise CheckpointError(f"metadata {metadata.head_config()} does not describe the head {head.config()}")
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    check_weights(state, f"{tensor_path.name} (not saved)")
     metadata.weights_sha256 = None  # a file cannot hold its own digest; the card gets it below
     metadata.tensors_sha256 = _state_digest(state)
     try:
         with atomic_path(tensor_path) as temporary:
             save_file(state, str(temporary), metadata={_HEADER_KEY: metadata.to_json()})
         metadata.weights_sha256 = sha256_of(tensor_path)
-        write_atomically(card_path, metadata.to_json() + "\n")
+        _write_card(card_path, metadata, tensor_path)
+    except OutputError:
+        raise
     except OSError as error:
         raise OutputError(f"{tensor_path}: cannot write the head ({error.strerror or error})") from None
     return tensor_path, card_path
+
+
+def _write_card(card_path: Path, metadata: HeadMetadata, tensor_path: Path) -> None:
+    """The card, after its tensors: if it cannot be written, an old card (which would now disagree with the
+    new tensors) is removed, so the head still loads from the metadata inside its file."""
+    try:
+        write_atomically(card_path, metadata.to_json() + "\n")
+    except OutputError as error:
+        card_path.unlink(missing_ok=True)
+        reason = str(error).split("cannot write (", 1)[-1].split(")", 1)[0]
+        raise OutputError(
+            f"{card_path}: cannot write ({reason}); the new head was saved in {tensor_path.name} "
+            "and loads from the metadata inside it"
+        ) from None
 
 
 def read_metadata(path: str | os.PathLike) -> HeadMetadata:
@@ -369,9 +393,21 @@ def load_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> tu
         state = load_tensors(raw)
     except (SafetensorError, ValueError) as error:
         raise CheckpointError(f"{tensor_path}: not a readable safetensors file ({error})") from None
+    check_weights(state, str(tensor_path))
     head = TAMEHead(**metadata.head_config())
     head.load_state_dict(state)
     return head.to(device).eval(), metadata
+
+
+def check_weights(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse, in one line, a head whose weights would give NaN maps: a non-finite value anywhere, or a
+    negative BatchNorm ``running_var`` (its square root is NaN). Checked at every load and every save."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{where}: {name} holds {bad} NaN or infinite value(s); the head is unusable")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise CheckpointError(f"{where}: {name} holds negative variances; the head is unusable")
 
 
 def check_fits(metadata: HeadMetadata, backbone: Any, layers: Sequence[str], channels: Sequence[int]) -> None:
@@ -396,22 +432,13 @@ def check_fits(metadata: HeadMetadata, backbone: Any, layers: Sequence[str], cha
 
 # --- reading and checking ---------------------------------------------------------------------------
 def _read_card(card_path: Path) -> HeadMetadata:
-    try:
-        data = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{card_path}: not valid JSON ({error})") from None
-    except OSError as error:
-        raise CheckpointError(f"{card_path}: cannot read ({error.strerror or error})") from None
-    return HeadMetadata.from_dict(data, str(card_path))
+    return HeadMetadata.from_dict(read_json(card_path, CheckpointError), str(card_path))
 
 
 def _embedded_metadata(tensor_path: Path, header_metadata: dict[str, str]) -> HeadMetadata | None:
     if _HEADER_KEY not in header_metadata:
         return None
-    try:
-        data = json.loads(header_metadata[_HEADER_KEY])
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{tensor_path}: the metadata in its header is not valid JSON ({error})") from None
+    data = parse_json(header_metadata[_HEADER_KEY], CheckpointError, f"{tensor_path}: the metadata in its header")
     return HeadMetadata.from_dict(data, f"{tensor_path} (embedded metadata)")
 
 
@@ -419,7 +446,7 @@ def _read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]
     """(tensor entries, ``__metadata__``) of a safetensors file, each entry checked to lie inside the file."""
     try:
         with open(path, "rb") as handle:
-            return _parse_header(handle, os.fstat(handle.fileno()).st_size, path)
+            return _parse_header(handle, check_regular(handle.fileno(), MAX_HEAD_BYTES, CheckpointError, str(path)), path)
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
 
@@ -432,8 +459,8 @@ def _parse_header(handle: BinaryIO, size: int, path: Path) -> tuple[dict[str, di
         header = json.loads(handle.read(length))
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_short(str(error))})") from None
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: not a readable safetensors file (malformed __metadata__)")

@@ -20,7 +20,7 @@ from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
 from .checkpoint import HeadMetadata, check_fits, classifier_weights_for, load_head, locate_head
 from .classes import ClassChoice, class_matrix
 from .devices import auto_device, autocast
-from .errors import CheckpointError, LayerError
+from .errors import CheckpointError, LayerError, OptionError
 from .head import TAMEHead
 from .maps import minmax_normalize, resize_maps
 from .preprocessing import INPUT, Geometry, as_image_tensors, check_geometry, model_inputs
@@ -88,11 +88,18 @@ class Explanation:
     def map_at_original(self, index: int = 0, k: int = 0) -> np.ndarray:
         """Map ``k`` of image ``index`` as float32 (H, W) at the original picture's size (see
         :meth:`~tame_core.preprocessing.Preprocess.map_on_picture`); the model input's size for inputs."""
-        saliency = self.maps[index, k]
+        saliency = self.maps[_checked_index(index, self.maps.shape[0], "image"), _checked_index(k, self.maps.shape[1], "class")]
         if not self.original_sizes:
             return saliency.float().cpu().numpy()
         height, width = self.original_sizes[index]
         return self.explainer.backbone.preprocess.map_on_picture(saliency, height, width, self.geometry)
+
+
+def _checked_index(index: Any, count: int, what: str) -> int:
+    """``index`` as a position among ``count`` (negative counts from the end), or one OptionError line."""
+    if not isinstance(index, numbers.Integral) or isinstance(index, bool) or not -count <= int(index) < count:
+        raise OptionError(f"{what} index {index!r} is out of range: this explanation has {count} {what}(s), 0 to {count - 1}")
+    return int(index)
 
 
 class Explainer:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,28 +141,41 @@ def _stage_classifier(metadata: HeadMetadata, weights: str | os.PathLike, folder
 
 
 def public_metadata(metadata: HeadMetadata) -> HeadMetadata:
-    """A copy of ``metadata`` fit to publish: every absolute local path in it becomes its file name."""
-    return replace(
-        metadata,
-        preprocessing=_without_local_paths(metadata.preprocessing),
-        training=_without_local_paths(metadata.training),
-        data=_without_local_paths(metadata.data),
-        metrics=_without_local_paths(metadata.metrics),
-    )
+    """A copy of ``metadata`` fit to publish: in every field (dict keys included) a local path becomes its
+    file name and a URL becomes ``(link removed)``. tame_core itself writes neither, so only what a user
+    added to a card is changed; the fields that say what the head is (backbone, layers, sizes, digests) stay."""
+    changed = {
+        item.name: scrub_local_paths(getattr(metadata, item.name), urls=True)
+        for item in fields(metadata)
+        if item.name not in _STRUCTURAL
+    }
+    return replace(metadata, **changed)
 
+
+#: Card fields that describe the head's shape and identity: published as they are.
+_STRUCTURAL = frozenset({"layers", "channels", "num_classes", "variant", "max_resolution", "input_size",
+                         "format", "format_version", "weights_sha256", "tensors_sha256"})
 
 #: A string that is a local path (POSIX, home, Windows drive or share, file URL), and a path of two or
 #: more parts inside other text; URLs (``https://...``) match neither.
 _LOCAL_PATH = re.compile(r"^(~|/|[A-Za-z]:[\\/]|\\\\|file://)")
 _PATH_IN_TEXT = re.compile(r"""(?:^|(?<=[\s"'(=,]))(?:~|[A-Za-z]:)?(?:[\\/][^\s"'(),\\/]+){2,}""")
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>)\]]*")
+_MAX_SCRUB_DEPTH = 64
 
 
-def _without_local_paths(value: Any) -> Any:
+def scrub_local_paths(value: Any, urls: bool = False, depth: int = 0) -> Any:
+    """``value`` with every local path in its strings (dict keys too) cut to its file name, and with
+    ``urls`` every URL replaced by ``(link removed)``. Used for what is published and for app messages."""
+    if depth > _MAX_SCRUB_DEPTH:
+        return "(nested too deep)"
     if isinstance(value, dict):
-        return {key: _without_local_paths(item) for key, item in value.items()}
+        return {scrub_local_paths(str(k), urls, depth + 1): scrub_local_paths(v, urls, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_without_local_paths(item) for item in value]
+        return [scrub_local_paths(item, urls, depth + 1) for item in value]
     if isinstance(value, str):
+        if urls:
+            value = _URL.sub("(link removed)", value)
         if _LOCAL_PATH.match(value):
             return _file_name(value)
         return _PATH_IN_TEXT.sub(lambda found: _file_name(found.group(0)), value)

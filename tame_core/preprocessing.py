@@ -161,14 +161,27 @@ def _real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: Largest side of a model input given directly (geometry "input"): a 3000x3000 input would need tens of
+#: GB of activations; pictures of any size go through geometry "full" or "crop" instead.
+MAX_INPUT_SIDE = 2_048
+
+
 def model_inputs(images: Any, device: torch.device) -> torch.Tensor:
-    """Images that are model inputs already, on ``device``: a (B, 3, H, W) float tensor in [0, 1] (its
-    values are not scanned, so a batch on the GPU stays there without a sync)."""
+    """Images that are model inputs already, on ``device``: a (B, 3, H, W) float tensor in [0, 1], at most
+    :data:`MAX_INPUT_SIDE` a side, all finite (one ``isfinite`` reduction: a single sync per batch)."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ImageLoadError(f"geometry '{INPUT}' takes model inputs: a (B, 3, H, W) float tensor in [0, 1], got {shape}")
     if not len(images):
         raise ImageLoadError("no images given (a batch tensor of 0 images)")
+    height, width = images.shape[-2:]
+    if max(height, width) > MAX_INPUT_SIDE:
+        raise ImageLoadError(
+            f"geometry '{INPUT}' takes model inputs up to {MAX_INPUT_SIDE} pixels a side, got {width}x{height}; "
+            "resize them, or pass pictures with geometry 'full' or 'crop'"
+        )
+    check_image_size(height, width)
+    _check_values(images)
     return images.to(device)
 
 
@@ -237,11 +250,20 @@ def _tensor_image(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _check_values(tensor: torch.Tensor) -> None:
+    """The one check of a tensor's values that every geometry makes: real values (not on PyTorch's ``meta``
+    device, which holds none), all finite. One reduction, so one device sync per batch."""
+    if tensor.device.type == "meta":
+        raise ImageLoadError("the image tensor is on the 'meta' device, which holds no values; pass a real tensor")
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise ImageLoadError("image holds NaN or infinite values")
+
+
 def _check_range(tensor: torch.Tensor) -> None:
+    if tensor.device.type == "meta" or (tensor.dtype != torch.uint8 and tensor.numel()):
+        _check_values(tensor)
     if tensor.dtype == torch.uint8 or not tensor.numel():
         return
-    if not bool(torch.isfinite(tensor).all()):
-        raise ImageLoadError("image holds NaN or infinite values")
     low, high = torch.aminmax(tensor.detach())
     if float(low) < -1e-3 or float(high) > 1 + 1e-3:
         raise ImageLoadError("float image tensors must hold values in [0, 1] (raw, not normalised)")

@@ -298,7 +298,7 @@ def test_a_head_that_cannot_load_gives_an_error_not_a_traceback(app, tmp_path):
     app.sidebar.selectbox(key="head_source").set_value("file").run()
     app.sidebar.text_input(key="head_path").input(str(tmp_path / "missing.safetensors")).run()
     assert not app.exception
-    assert app.sidebar.error[0].value == f"Cannot load the model: no head checkpoint at {tmp_path / 'missing.safetensors'}"
+    assert app.sidebar.error[0].value == "Cannot load the model: no head checkpoint at missing.safetensors"  # no server path
     assert app.info[0].value.startswith("No model to explain with")
     app.sidebar.selectbox(key="head_source").set_value("bundled").run()
     ok(app)

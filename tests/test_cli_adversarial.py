@@ -320,3 +320,26 @@ def test_pull_of_a_hostile_card_is_one_line(fake_hub, random_head_path, capsys):
     assert main(["pull", "team/hostile"]) == 2
     errors = _errors(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].endswith("head.json: num_classes must be a whole number from 1 to 1000000, got '1000'")
+
+
+def test_push_scrubs_paths_and_urls_from_keys_values_and_every_free_field(fake_hub, lite0, tmp_path, capsys):
+    torch.manual_seed(4)
+    head = TAMEHead([40, 112, 320], 1000)
+    metadata = metadata_for(
+        head, lite0, lite0.default_layers,
+        training={"/home/alice/photos": 1, "from": "file:///home/alice/x/y.pth", "site": "see https://alice.example/private?key=1"},
+        data={"folders": ["~/photos/set1", "C:\\Users\\alice\\pics", {"nested": {"/srv/data/a": "\\\\share\\alice\\b"}}]},
+        metrics={"note": "log at /var/log/alice/run.txt"},
+    )
+    metadata.created = "2026-01-01T00:00:00+00:00 on /home/alice/box"
+    path = tmp_path / "mine.safetensors"
+    save_head(head, metadata, path)
+    assert main(["push", str(path), "team/no-leaks-2"]) == 0
+    capsys.readouterr()
+    files = fake_hub.resolve("team/no-leaks-2", "main")[1]
+    for name, content in files.items():
+        for secret in (b"/home/alice", b"alice.example", b"file://", b"Users", b"/srv/", b"share", b"/var/log"):
+            assert secret not in content, (name, secret)
+    card = json.loads(files["head.json"])
+    assert card["training"] == {"photos": 1, "from": "(link removed)", "site": "see (link removed)"}
+    assert card["data"]["folders"][:2] == ["set1", "pics"] and card["layers"] == list(lite0.default_layers)

@@ -56,7 +56,8 @@ def test_the_config_is_checked_when_made_before_any_model_loads():
     assert (unset.method_options, unset.method_limits, unset.metric_limits) == ({"tame": {}}, {}, {})
     for wrong, message in [
         (dict(split="val"), "unknown split 'val'; choose one of all, train, heldout"),
-        (dict(steps=0), "curve steps must be at least 1, got 0"),
+        (dict(steps=0), "curve steps must be from 1 to 1000, got 0"),
+        (dict(steps=100_000_000), "curve steps must be from 1 to 1000, got 100000000"),
         (dict(batch_size=0), "batch size must be at least 1, got 0"),
         (dict(baseline="grey"), "unknown fill 'grey'; choose one of mean, black, blur"),
         (dict(baseline="deletion=grey"), "unknown fill 'grey' for deletion; choose one of mean, black, blur"),

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..devices import auto_device
+from ..devices import parse_device
 from ..errors import OutputError
 from ..explainer import Explainer
 
@@ -49,7 +49,7 @@ def classifier_overrides(args: argparse.Namespace) -> tuple[tuple[str, ...] | No
 
 
 def device_from(args: argparse.Namespace) -> torch.device:
-    return auto_device() if args.device == "auto" else torch.device(args.device)
+    return parse_device(args.device)
 
 
 def explainer_from(args: argparse.Namespace) -> Explainer:
@@ -75,6 +75,40 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+#: Upper bounds of counts, checked where the command line is parsed: far beyond real use, small enough that
+#: a slip of the keyboard cannot ask for gigabytes or a run of years.
+MAX_BATCH = 4_096
+MAX_CLASSES_PER_IMAGE = 1_000
+MAX_EPOCHS = 100_000
+MAX_WORKERS = 256
+MAX_SEED = 2**32 - 1  # what numpy, Python and PyTorch generators all take
+
+
+def int_between(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high`` (refusals are one usage line)."""
+
+    def parse(text: str) -> int:
+        value = _whole(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {'at least 1' if low == 1 else f'{low} or more'}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {_shown(text)}")
+        return value
+
+    parse.__name__ = f"whole number from {low} to {high}"
+    return parse
+
+
+def seed(text: str) -> int:
+    """A random seed: a whole number from 0 to 2**32 - 1."""
+    return int_between(0, MAX_SEED)(text)
+
+
+def _shown(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= 24 else f"a number of {len(text)} digits"
 
 
 def _number(text: str) -> float:
@@ -137,6 +171,8 @@ def rgb_triple(text: str) -> tuple[float, float, float]:
 
 
 def _whole(text: str) -> int:
+    if len(text.strip()) > 40:  # also keeps Python's 4300-digit limit for int() out of the way
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a whole number this option can take")
     try:
         return int(text)
     except ValueError:

@@ -16,8 +16,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..atomic import OutputLock
 from ..errors import EvaluationError
-from .common import add_model_options, explainer_from, positive_int, writable_folder
+from .common import MAX_BATCH, add_model_options, explainer_from, int_between, positive_int, seed, writable_folder
 
 STATE_FILE = "evaluation_state.json"
 
@@ -25,6 +26,7 @@ STATE_FILE = "evaluation_state.json"
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..evaluation import METRIC_GROUPS
     from ..methods import list_methods
+    from ..evaluation.config import MAX_CURVE_STEPS
     from ..metrics.curves import DEFAULT_STEPS, FILLS, fills_text
     from ..training.data import SPLITS
 
@@ -45,14 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="run a slow method on the first N images only, e.g. scorecam=50 (repeatable)")
     run.add_argument("--metric-limit", action="append", default=[], metavar="GROUP=N",
                      help="compute a metric group on the first N images only, e.g. road=50 (repeatable)")
-    run.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
+    run.add_argument("--steps", type=int_between(1, MAX_CURVE_STEPS), default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
     run.add_argument("--baseline", metavar="CURVE=FILL,...",
                      help=f"each curve's fill, one of {', '.join(FILLS)}: mean = the classifier's mean colour (zeros of the "
                           f"normalised input), black, blur = RISE's (11 x 11, sigma 5); one fill sets both curves "
                           f"(default RISE's: {fills_text()})")
-    run.add_argument("--batch-size", type=positive_int, default=8, help="images explained per batch")
-    run.add_argument("--metric-batch-size", type=positive_int, help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the ROAD noise")
+    run.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=8, help="images explained per batch")
+    run.add_argument("--metric-batch-size", type=int_between(1, MAX_BATCH), help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")
+    run.add_argument("--seed", type=seed, default=0, help="seed of the ROAD noise (0 to 2**32-1)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("."), help="folder for results.json and results.csv (default: .)")
     output.add_argument("--resume", action="store_true", help=f"continue the run saved in --out/{STATE_FILE}")
@@ -72,6 +74,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     writable_folder(args.out)  # now, not after the run: results and the resumable state go there
     state = args.out / STATE_FILE
+    with OutputLock(state, "--out"):  # one run per --out: a second one is refused before it touches the state
+        return _run_locked(args, config, state)
+
+
+def _run_locked(args: argparse.Namespace, config: Any, state: Path) -> int:
+    from ..evaluation import evaluate
+
     if state.exists() and not args.resume:
         state.unlink()  # a fresh run; --resume keeps it
     explainer = explainer_from(args)

@@ -15,7 +15,20 @@ from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
 from ..head import FUSERS, VARIANTS
-from .common import add_classifier_options, fraction, non_negative_float, non_negative_int, positive_float, positive_int, writable_folder
+from .common import (
+    add_classifier_options,
+    MAX_BATCH,
+    MAX_CLASSES_PER_IMAGE,
+    MAX_EPOCHS,
+    MAX_WORKERS,
+    fraction,
+    int_between,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed,
+    writable_folder,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--exclude-targets", choices=("heldout",),
                       help="heldout: drop images whose target is one of the project's 200 held-out ImageNet classes")
     data.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation (standard = resize, random crop, flip; heavy: crops of 25-100%% of the picture)")
-    data.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: 0 on CPU, 4 on GPU)")
+    data.add_argument("--workers", type=int_between(0, MAX_WORKERS), help="data-loading processes (default: 0 on CPU, 4 on GPU)")
     recipe = parser.add_argument_group("recipe (options left out come from --recipe)")
     recipe.add_argument(
         "--recipe", choices=[DEFAULT_RECIPE, *RECIPES], default=DEFAULT_RECIPE,
@@ -50,17 +63,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              f"linear layer. paper: the papers' recipe ({_recipe_text('paper')}), for ImageNet-scale data, VGG or ViTs. "
              "auto (default): little-data where the classifier allows it, else paper",
     )
-    recipe.add_argument("--epochs", type=positive_int)
-    recipe.add_argument("--batch-size", type=positive_int, default=32, help="per process")
+    recipe.add_argument("--epochs", type=int_between(1, MAX_EPOCHS))
+    recipe.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=32, help="per process")
     recipe.add_argument("--lr", type=positive_float, help="OneCycleLR max learning rate")
     recipe.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum, 0..1")
     recipe.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
-    recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--seed", type=seed, default=0, help="0 to 2**32-1")
     recipe.add_argument("--init", choices=INITS, help="cam: start every class from its class activation map")
     recipe.add_argument("--freeze-fuser", action="store_true",
                         help="train only the branches (with --init cam, every class keeps reading its classifier weights)")
-    recipe.add_argument("--top-k", type=positive_int, default=1, help="train the maps of each image's top-k predicted classes")
-    recipe.add_argument("--classes-per-image", type=positive_int,
+    recipe.add_argument("--top-k", type=int_between(1, MAX_CLASSES_PER_IMAGE), default=1, help="train the maps of each image's top-k predicted classes")
+    recipe.add_argument("--classes-per-image", type=int_between(1, MAX_CLASSES_PER_IMAGE),
                         help="train only this many of the top-k per image and step, drawn at random (default: all k)")
     recipe.add_argument("--mask-order", choices=MASK_ORDERS, default="raw", help="normalized: T-TAME's order for ViTs")
     defaults = LossWeights()
@@ -113,6 +126,7 @@ def config_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..stopping import Stopped
     from ..training import train_head
 
     config = config_from(args)
@@ -123,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _stopper(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         out = train_head(config, stop=stop)
+    except Stopped:  # Ctrl-C before the first step (the backbone loading, the images being checked)
+        print("stopped before the first step; nothing was saved", file=sys.stderr)
+        return 130
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

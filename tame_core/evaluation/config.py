@@ -15,6 +15,9 @@ from ..training.data import SPLITS
 #: Metric groups an evaluation can run (all by default).
 METRIC_GROUPS = ("adic", "road", "curves")
 
+#: Most deletion/insertion steps: each is two forwards per image, and a 224x224 input has 50,176 pixels.
+MAX_CURVE_STEPS = 1_000
+
 
 @dataclass(frozen=True)
 class EvaluationConfig:
@@ -64,8 +67,8 @@ class EvaluationConfig:
             raise EvaluationError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
         if self.batch_size < 1:
             raise EvaluationError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.steps < 1:
-            raise EvaluationError(f"curve steps must be at least 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_CURVE_STEPS:
+            raise EvaluationError(f"curve steps must be from 1 to {MAX_CURVE_STEPS}, got {self.steps}")
         options = {m: dict((self.method_options or {}).get(m, {})) for m in methods}  # None: no options
         for method, given in options.items():
             get_method(method).check_options(given)

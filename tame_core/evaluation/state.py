@@ -7,15 +7,19 @@ A state file holds the run's settings beside its tally, so a run resumes only wh
 from __future__ import annotations
 
 import json
+import math
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from ..atomic import write_atomically
 from ..errors import EvaluationError
+from ..reading import read_json
 from ..metrics import METRICS
+
+#: Largest evaluation state read back: per-image values of every method for a large folder.
+MAX_STATE_BYTES = 512 * 2**20
 
 
 class Tally:
@@ -67,12 +71,9 @@ class Tally:
 
 def load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> Tally:
     """The saved tally of an interrupted run with exactly these settings (same head tensors, same files)."""
-    if path is None or not Path(path).exists():
+    if path is None or not os.path.lexists(path):
         return Tally()
-    try:
-        saved = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EvaluationError(f"cannot read evaluation state {path}: {' '.join(str(error).split())}") from None
+    saved = read_json(path, EvaluationError, MAX_STATE_BYTES, label=f"evaluation state {path}")
     here = json.loads(json.dumps(settings, default=plain))
     before = saved.get("settings") if isinstance(saved, dict) else None
     if not isinstance(before, dict) or not isinstance(saved.get("tally"), dict):
@@ -84,11 +85,55 @@ def load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> Tall
             f"evaluation state {path} was saved with other settings ({details} differ); "
             "delete it or choose another --out to start afresh"
         )
-    return Tally(saved["tally"])
+    return Tally(checked_tally(saved["tally"], saved["settings"], path))
 
 
 #: How a state's settings mismatch is named for the user.
 _NAMES = {"head_tensors_sha256": "head weights", "data_files_sha256": "image files", "data": "data folder"}
+
+
+def checked_tally(tally: dict[str, Any], settings: dict[str, Any], path: Any) -> dict[str, Any]:
+    """A saved tally whose every field has the type and range tame_core writes, or one EvaluationError line
+    (a hand-edited ``"images_done": "2"``, a list, a negative count, a cost that is not a number)."""
+    images = settings.get("images")
+    problem = None
+    if not _whole(images):
+        problem = "settings.images is not a whole number of 0 or more"
+    elif not (_whole(tally.get("images_done", 0)) and tally.get("images_done", 0) <= images):
+        problem = f"images_done must be a whole number from 0 to {images}, got {_shown(tally.get('images_done'))}"
+    elif not _mapping_of(tally.get("values", {}), lambda row: _mapping_of(row, lambda v: isinstance(v, list) and all(_number(x) for x in v))):
+        problem = "values must map each method to lists of numbers"
+    elif not _mapping_of(tally.get("costs", {}), _cost):
+        problem = "costs must map each method to images, seconds, forwards and backwards (numbers of 0 or more)"
+    elif not _mapping_of(tally.get("counts", {}), lambda row: _mapping_of(row, _whole)):
+        problem = "counts must map each method to whole numbers of 0 or more"
+    elif not (isinstance(tally.get("skipped", []), list) and all(isinstance(x, str) for x in tally.get("skipped", []))):
+        problem = "skipped must be a list of texts"
+    if problem:
+        raise EvaluationError(f"evaluation state {path} was changed by hand or is damaged ({problem}); delete it to start afresh")
+    return tally
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cost(value: Any) -> bool:
+    names = ("images", "seconds", "forwards", "backwards")
+    return isinstance(value, dict) and all(_number(value.get(n)) and math.isfinite(value[n]) and value[n] >= 0 for n in names)
+
+
+def _mapping_of(value: Any, check: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and check(v) for k, v in value.items())
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 30 else text[:27] + "..."
 
 
 def save_state(path: str | os.PathLike | None, settings: dict[str, Any], tally: Tally) -> None:

@@ -22,11 +22,11 @@ import torch
 
 from ..atomic import write_atomically
 from ..backbones import DEFAULT_BACKBONE
-from ..checkpoint import locate_head, read_metadata
-from ..errors import CheckpointError
+from ..checkpoint import load_head, locate_head
+from ..errors import CheckpointError, TameError
 from ..explainer import Explainer, Explanation
 from ..hub import is_repo_id
-from .storage import studio_dir
+from .storage import check_quota, hub_repo_id, studio_dir
 
 #: Environment variable naming a head to use instead of the bundled one (a deployment on your own model).
 HEAD_ENV = "TAME_HEAD"
@@ -136,7 +136,7 @@ class LoadedModel:
 def load_model(choice: ModelChoice) -> LoadedModel:
     """Load the head and backbone a choice names (slow: the app caches the result per process)."""
     fingerprint = choice.fingerprint()
-    explainer = Explainer.load(choice.head, choice.backbone, device=choice.device, revision=choice.revision, weights=choice.weights)
+    explainer = Explainer.load(_head_source(choice), choice.backbone, device=choice.device, revision=choice.revision, weights=choice.weights)
     return LoadedModel(choice, explainer, fingerprint)
 
 
@@ -155,6 +155,7 @@ def store_uploaded_weights(name: str, data: bytes, folder: str | os.PathLike) ->
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
     if not path.exists():
+        check_quota(len(data))
         write_atomically(path, data)
     try:
         read_weights(path)
@@ -164,8 +165,23 @@ def store_uploaded_weights(name: str, data: bytes, folder: str | os.PathLike) ->
     return path
 
 
+def _head_source(choice: ModelChoice) -> str | None:
+    """What the app hands :meth:`Explainer.load`: a Hub head (a relative ``owner/name`` from the sidebar's Hub
+    field) is pulled from the Hub and never looked up on this server's disk; local heads come as absolute
+    paths the sidebar has already checked (:func:`~.storage.server_head`), or from ``$TAME_HEAD``."""
+    head = choice.head
+    if head is None or Path(head).is_absolute() or head == os.environ.get(HEAD_ENV):
+        return head
+    from ..hub import pull_head
+
+    return str(pull_head(hub_repo_id(head), revision=choice.revision))
+
+
 def store_uploaded_head(name: str, data: bytes, folder: str | os.PathLike | None = None) -> Path:
     """Keep an uploaded ``.safetensors`` head under a content-hash name and check it is a TAME head.
+
+    The app passes its session's ``uploaded_heads`` folder, so uploads go with the session; a refused
+    upload is deleted at once, and the studio folder's quota (:func:`~.storage.check_quota`) is kept.
 
     The card travels inside the file's header, so one file is enough. Identical uploads share a file,
     which also makes the upload a stable model-cache key.
@@ -180,10 +196,12 @@ def store_uploaded_head(name: str, data: bytes, folder: str | os.PathLike | None
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{hashlib.sha256(data).hexdigest()[:20]}.safetensors"
     if not path.exists():  # a temporary file of its own: two sessions uploading the same head never mix writes
+        check_quota(len(data))
         write_atomically(path, data)
     try:
-        read_metadata(path)
-    except CheckpointError as error:
+        load_head(path)  # every check a load makes (digests, shapes, finite weights): a refused head is not kept
+    except TameError as error:
         path.unlink(missing_ok=True)
-        raise CheckpointError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
+        message = str(error).replace(str(path.with_suffix(".json")), name).replace(str(path), name)
+        raise CheckpointError(message if message.startswith(name) else f"{name}: {message}") from None
     return path

@@ -24,7 +24,8 @@ from ..backbones import Backbone, load_backbone
 from ..checkpoint import metadata_for, paths_for, save_head
 from ..classes import imagenet_wnids, read_labels
 from ..devices import autocast, autocast_dtype
-from ..errors import TrainingError
+from ..atomic import OutputLock
+from ..errors import TameError, TrainingError
 from ..fingerprint import file_digest, files_digest
 from ..head import TAMEHead, TiedTAMEHead
 from ..stopping import check
@@ -117,9 +118,11 @@ def train_head(
     the images: tens of seconds on a large folder), on rank 0.
     """
     dist = Distributed.setup(config.device)
+    lock = OutputLock(config.out, "--out")  # one writer per head: held from before the first check to the end
     try:
-        return _Run(config, dist, callback, stop, phase, backbone).train()
+        return _Run(config, dist, callback, stop, phase, lock, backbone).train()
     finally:
+        lock.release()
         dist.close()
 
 
@@ -131,9 +134,10 @@ class _Run:
         callback: Callback | None,
         stop: threading.Event | None,
         on_phase: Callable[[str], None] | None = None,
+        lock: OutputLock | None = None,
         backbone: Backbone | None = None,
     ) -> None:
-        self.config, self.dist, self.stop = config, dist, stop
+        self.config, self.dist, self.stop, self.lock = config, dist, stop, lock
 
         def phase(text: str) -> None:  # before the first step: say what takes the time, honour Stop
             check(stop)
@@ -149,6 +153,8 @@ class _Run:
             class_names=read_labels(config.labels) if config.labels is not None else None,
             preprocess=config.preprocess_overrides(),
         )
+        if config.top_k > self.backbone.num_classes:
+            raise TrainingError(f"--top-k {config.top_k}: {self.backbone.name} has only {self.backbone.num_classes} classes")
         fell_back = config.recipe == AUTO and config.settle_recipe(self.backbone.pooled_layer is not None) == "paper"
         self.layers = list(config.layers or recipe_layers(self.backbone, config))
         channels = [info.channels for info in check_layers(self.backbone, self.layers)]
@@ -230,16 +236,18 @@ class _Run:
         if self.dist.is_main:
             try:
                 outcome = check()
-            except TrainingError as error:
+            except TameError as error:
                 outcome = error
         outcome = self.dist.broadcast(outcome)
-        if isinstance(outcome, TrainingError):
+        if isinstance(outcome, TameError):
             raise outcome
         return outcome
 
     def _claim_outputs(self) -> None:
         """A new run never silently replaces an earlier run's state, log or head: it needs --overwrite."""
         config = self.config
+        if self.lock is not None:
+            self.lock.acquire()  # a second run on this --out stops here, before it reads or removes anything
         if config.resume:
             return
         head, card = paths_for(config.out)
@@ -362,6 +370,9 @@ class _Run:
         dist.barrier()
         return config.out
 
+    def _check_finite(self, loss: float) -> None:
+        _finite_or_stop(self, loss)
+
     def _train_step(self, model: torch.nn.Module, taps: LayerTaps, images: torch.Tensor, epoch: int) -> bool:
         """One optimisation step; True when the run must stop (the state is then saved)."""
         config, dist = self.config, self.dist
@@ -384,6 +395,7 @@ class _Run:
         self.step += 1
         logged = terms.logged()  # the same names on every rank: the terms that are on
         values = dist.mean(torch.stack(list(logged.values())).detach().float()).tolist()
+        self._check_finite(values[0])
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
         self.images += inputs.shape[0] * dist.world
@@ -394,6 +406,17 @@ class _Run:
         if stopping or self.step % config.checkpoint_every == 0:
             self._save_state()
         return stopping
+
+
+def _finite_or_stop(run: "_Run", loss: float) -> None:
+    """Stop the run in one line on a NaN or infinite loss: nothing more is saved, so the last state and head
+    on disk are the last good ones."""
+    if math.isfinite(loss):
+        return
+    kept = f"the state saved at step {run.saved_step} is kept" if run.saved_step > 0 else "no head or state was saved"
+    raise TrainingError(
+        f"step {run.step}: the loss is {loss} (the head diverged; try a lower --lr than {run.config.lr:g}); {kept}"
+    )
 
 
 def _difference(name: str, saved: Any, now: Any) -> str:
