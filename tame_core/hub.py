@@ -154,7 +154,8 @@ def public_metadata(metadata: HeadMetadata) -> HeadMetadata:
 
 #: Card fields that describe the head's shape and identity: published as they are.
 _STRUCTURAL = frozenset({"layers", "channels", "num_classes", "variant", "max_resolution", "input_size",
-                         "format", "format_version", "weights_sha256", "tensors_sha256"})
+                         "format", "format_version", "weights_sha256", "tensors_sha256",
+                         "class_names", "classifier"})  # the classes it explains (checked names) and the weights' file name and digest
 
 #: A string that is a local path (POSIX, home, Windows drive or share, file URL), and a path of two or
 #: more parts inside other text; URLs (``https://...``) match neither.

@@ -28,7 +28,7 @@ from ..images import IMAGE_SUFFIXES, collect_images, load_image, tensor_to_pixel
 from ..maps import overlay
 from ..taps import check_layers, list_layers
 from ..training import RECIPES, TrainConfig, TrainingError, train_head
-from ..training.trainer import default_layers_for
+from ..training.trainer import default_layers_for, recipe_layers
 from ..training.init import new_head
 from ..training.state import load_state
 from ..reading import parse_json, read_regular
@@ -205,7 +205,8 @@ class TrainingPreview:
             return []
         if self._backbone is None:
             self._backbone = load_backbone(self.config.backbone, self.config.weights)
-        layers = list(self.config.layers or self._backbone.default_layers)
+        self.config.settle_recipe(self._backbone.pooled_layer is not None)  # the layers the run itself taps
+        layers = list(self.config.layers or recipe_layers(self._backbone, self.config))
         channels = [info.channels for info in check_layers(self._backbone, layers)]
         head = new_head(channels, self._backbone, self.config.variant, self.config.fuser)
         head.load_state_dict(load_state(self.config.state_path)["head"])
