@@ -34,7 +34,7 @@ def curve_figure(points: Sequence[CurvePoint], mode: str, methods: Sequence[str]
     figure.update_layout(
         title=f"{mode.capitalize()} (AUC: {auc_direction(mode)})",
         xaxis={"title": "fraction of pixels " + ("deleted" if mode == "deletion" else "inserted"), "range": [0, 1]},
-        yaxis={"title": "class probability", "rangemode": "tozero"},
+        yaxis={"title": "class probability", "range": [0, 1]},  # a probability: fixed before the first point
         height=height,
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
         legend={"orientation": "h", "y": -0.25},
