@@ -129,14 +129,16 @@ def test_several_uploads_are_all_explained(app, sample_images):
 
 
 def branch_tiles(at: AppTest) -> list:
-    return [i for i in at.main.get("image") if i.captions and i.captions[0].startswith("blocks.")]
+    return [i for i in at.main.get("image") if i.captions and "of the total" in i.captions[0]]
 
 
 def test_branch_toggles_change_the_map_and_show_ad_ic(app):
     pick_sample(app)
     ok(open_page(app, "branches"))
     toggles = [t for t in app.toggle if t.key.startswith("branch-")]
-    assert [t.label for t in toggles] == ["`blocks.2`", "`blocks.4`", "`blocks.6`"] and all(t.value for t in toggles)
+    assert [t.label.split(", ")[0] for t in toggles] == ["fine detail (blocks.2", "parts (blocks.4", "whole object (blocks.6"]
+    assert [t.label.split(", ")[1] for t in toggles] == ["28×43)", "14×22)", "7×11)"]  # the grid over this (wide) picture
+    assert all(t.value for t in toggles) and "channels" not in toggles[0].help
     finish_jobs(app)
     ok(app)
     metrics = {m.label: m.value for m in app.metric}
@@ -148,7 +150,10 @@ def test_branch_toggles_change_the_map_and_show_ad_ic(app):
     shares = [float(t.captions[0].split(": ")[1].split("%")[0]) for t in branch_tiles(app)]
     assert sum(shares) == pytest.approx(100, abs=2)  # each branch's share of one signed scale
     captions = " ".join(c.value for c in app.main.caption)
-    assert "red raises the map, blue lowers it" in captions and "share one scale" in captions
+    assert "red raises the map, blue lowers it" in captions and "its own scale" in captions
+    reading = next(m.value for m in app.markdown if m.value.startswith("Keeping only the map's area"))
+    assert "the model's confidence in Egyptian cat " in reading and "top 15 % of pixels" in reading  # this picture's AD/IC
+    assert "% of images" not in " ".join(m.help for m in app.metric)
     assert "IC is 100 % when the kept part scores higher, else 0 %" in captions  # one picture's AD/IC explained
     levels = app.dataframe[0].value
     assert list(levels["pixels kept"]) == ["100 %", "50 %", "15 %"]
@@ -157,10 +162,14 @@ def test_branch_toggles_change_the_map_and_show_ad_ic(app):
     ok(toggles[0].set_value(False).run())
     finish_jobs(app)  # nothing to measure: every combination was measured already
     assert image_urls(app)[0] != full_map
-    assert [t.captions[0].split(":")[0] for t in branch_tiles(app)] == ["blocks.2 (off)", "blocks.4", "blocks.6"]
+    assert [t.captions[0].split(":")[0] for t in branch_tiles(app)] == [
+        "fine detail (blocks.2, 28×43) (off)", "parts (blocks.4, 14×22)", "whole object (blocks.6, 7×11)"
+    ]
     assert [url for tile in branch_tiles(app) for url in tile.value] == contributions  # terms do not depend on toggles
     assert {m.label: m.value for m in app.metric} != metrics
-    assert all(m.delta for m in app.metric)  # compared with all branches on
+    changed = {m.label: m.delta for m in app.metric if m.delta}
+    assert changed  # compared with all branches on
+    assert not [d for d in changed.values() if d.lstrip("+-").split(" ")[0] in ("0", "0.0")]  # nothing changed: no arrow
 
     for toggle in [t for t in app.toggle if t.key.startswith("branch-")][1:]:
         toggle.set_value(False)
@@ -176,7 +185,7 @@ def test_a_map_left_nearly_flat_by_the_branches_that_are_on_says_so(app, monkeyp
     assert not [w for w in app.warning if "nearly flat" in w.value]
     shares = {"value": [0.01, 0.02, 0.97]}  # as a head that leans on its deepest branch
     monkeypatch.setattr(ablation.BranchTerms, "share", lambda self: shares["value"])
-    toggle = next(t for t in app.toggle if t.key.startswith("branch-") and t.label == "`blocks.6`")
+    toggle = next(t for t in app.toggle if t.key.startswith("branch-") and "blocks.6" in t.label)
     ok(toggle.set_value(False).run())
     assert "move only 3% of this map: it is nearly flat" in app.warning[0].value
 

@@ -22,7 +22,7 @@ from tame_core.studio.evaluation import column_title, evaluation_work, state_pat
 from tame_core.studio.evaluation import can_resume as can_resume_evaluation
 from tame_core.methods import list_methods
 from tame_core.studio import costs
-from tame_core.studio.ablation import branch_terms
+from tame_core.studio.ablation import SEES, branch_terms
 from tame_core.studio.methods import (
     CurvePoint,
     MethodMap,
@@ -120,6 +120,24 @@ def test_branch_terms_are_signed_share_one_scale_and_add_up_to_the_map(model, ch
         raw = head.fuse(explanation.branch_features, explanation.classes)[0, 0]  # the logit map the terms add up to
         expected = resize_maps(raw - head.fuser.bias[281], explanation.inputs.shape[-2:]).numpy()
     np.testing.assert_allclose(terms.terms.sum(axis=0), expected, atol=1e-4)
+
+
+def test_branches_are_named_by_what_they_see_and_read_plainly():
+    from tame_core.studio.ablation import AblationRow, BranchTerms, branch_names, plain_reading
+    from tame_core.studio.render import delta_text
+
+    names = branch_names(["blocks.2", "blocks.4", "blocks.6"], [(28, 28), (14, 14), (7, 7)])
+    assert names == ["fine detail (blocks.2, 28×28)", "parts (blocks.4, 14×14)", "whole object (blocks.6, 7×7)"]
+    assert branch_names(["bn2", "blocks.4"], [(7, 7), (14, 14)]) == ["whole object (bn2, 7×7)", "fine detail (blocks.4, 14×14)"]
+    assert [n.split(" (")[0] for n in branch_names(["a", "b", "c"], [(14, 14)] * 3)] == list(SEES)  # ViT: by depth
+    row = AblationRow((True,), 0.30, {}, 0.60, {100: 0.30, 50: 0.45, 15: 0.66})
+    assert plain_reading(row, "tabby").startswith(
+        "Keeping only the map's area, the model's confidence in tabby drops by 50% (60.0% → 30.0%); "
+        "keeping only the map's top 15 % of pixels, it rises by 10% (60.0% → 66.0%)."
+    )
+    assert delta_text(0.04) is None and delta_text(-0.0) is None and delta_text(1.25, 1, " pts") == "+1.2 pts"
+    terms = BranchTerms(np.stack([np.full((2, 2), 4.0), np.full((2, 2), -0.1)]).astype(np.float32))
+    assert terms.own_scales() == pytest.approx([4.0, 0.1])  # the small one drawn on its own scale: visible
 
 
 # --- curves and comparison --------------------------------------------------------------------------

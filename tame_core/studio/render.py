@@ -96,6 +96,13 @@ def colour_scale(labels: tuple[str, ...], colormap: str | None = "jet", width: i
     return bar_image
 
 
+def delta_text(change: float, digits: int = 1, unit: str = "") -> str | None:
+    """A metric's change as ``+1.2 pts``, or None (no arrow, no colour) when it rounds to nothing."""
+    if round(float(change), digits) == 0:
+        return None
+    return f"{change:+.{digits}f}{unit}"
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
