@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -275,6 +276,10 @@ def test_demo_mode_presents_the_curated_set_without_job_controls(app):
 
     ok(open_page(app, "demo"))
     assert app.markdown[0].value.startswith("## Cup of coffee: the model sees **espresso**")
+    assert any("stSidebar" in h.value and "display: none" in h.value for h in app.get("html"))  # no technical sidebar
+    assert app.main.get("image")[1].captions[0] == "Where it looks for espresso"  # no class index
+    runners_up = [m.value for m in app.markdown if m.value.startswith("Runners-up: ")]
+    assert all(int(p) > 1 for line in runners_up for p in re.findall(r"\((\d+)%\)", line))  # no "0 %" runner-up
     assert not [b for b in app.button if b.key and b.key.startswith("stop-")] and not app.get("progress")
     titles = []
     for _ in DEMO:
@@ -297,9 +302,12 @@ def test_demo_mode_can_present_the_users_own_pictures(app, sample_images):
     open_page(app, "explain")
     files = [(f"{name}.png", png(sample_images[name]), "image/png") for name in ("rocket", "coffee")]
     ok(app.file_uploader(key="uploads").set_value(files).run())
+    assert not [h for h in app.get("html") if "stSidebar" in h.value]  # the sidebar is hidden on the demo page only
     ok(open_page(app, "demo"))
+    ok(app.button(key="demo_next").click().run())  # the curated set, picture 2
     ok(app.radio(key="demo_source").set_value("My pictures").run())
     assert app.markdown[0].value.startswith("## rocket.png: the model sees **")
+    assert "Picture 1 of 2." in [c.value for c in app.caption]  # another set opens at its first picture
     ok(app.multiselect(key="demo_mine").set_value([app.multiselect(key="demo_mine").options[1]]).run())
     assert app.markdown[0].value.startswith("## coffee.png: the model sees **espresso**")
     ok(app.button(key="demo_next").click().run())
