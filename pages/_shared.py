@@ -28,6 +28,7 @@ from tame_core.studio import (
 from tame_core.studio.costs import Estimate
 from tame_core.studio.jobs import STOPPED_BY_USER
 from tame_core.studio.methods import AUTO_START_SECONDS
+from tame_core.studio.samples import GETS_IT_WRONG, mispredicted
 from tame_core.studio.storage import SessionFolder, public_message
 
 log = logging.getLogger("tame_core.studio.app")
@@ -168,8 +169,12 @@ def image_picker() -> None:
             st.error(message)
     st.caption("…or pick a sample photo (public domain / CC0, shipped with scikit-image and matplotlib):")
     columns = st.columns(len(GALLERY))
+    model = st.session_state.get("model")
+    wrong = mispredicted(model) if model is not None else frozenset()
     for column, (key, sample) in zip(columns, GALLERY.items()):
         column.button(sample.title, key=f"sample-{key}", on_click=_use_sample, args=(key,), width="stretch")
+        if key in wrong:
+            column.caption(GETS_IT_WRONG)
 
 
 def class_picker(model: LoadedModel, image: ActiveImage) -> int:

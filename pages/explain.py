@@ -56,6 +56,9 @@ def body() -> None:
     with pictures:
         left, right = st.columns(2)
         left.image(overlaid, caption=f"{label}: p = {probability:.1%}", output_format="JPEG")
+        for note in (render.unlikely_class_note(probability), render.tiny_picture_note(image.pixels)):
+            if note:
+                left.info(note)
         heatmap = render.heatmap_image(saliency, colormap)
         right.image(heatmap, caption="The map alone (all branches)", output_format="JPEG")
         stem = f"{render.file_stem(image.name)}_{render.file_stem(model.class_names[class_index])}"

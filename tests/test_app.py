@@ -92,6 +92,18 @@ def test_explain_a_sample_then_switch_class(app):
     opacity = app.slider(key="alpha")
     ok(opacity.set_value(0.9).run())
     assert image_urls(app)[0] != after[0] and image_urls(app)[1] == after[1]  # only the overlay
+    assert not [i for i in app.info if "where it would look" in i.value]
+    ok(picker.set_value(967).run())  # espresso: the model all but rules it out for a cat
+    assert any(i.value.startswith("The model gives this class 0.") and "not what it sees" in i.value for i in app.info)
+    wrong = [c.value for c in app.caption if c.value == "the model gets this wrong: see why"]
+    assert len(wrong) == 1  # the Falcon 9 launch (read as a drilling platform)
+
+
+def test_a_tiny_picture_gets_a_note(app):
+    open_page(app, "explain")
+    tiny = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    ok(app.file_uploader(key="uploads").set_value([("tiny.png", png(tiny), "image/png")]).run())
+    assert any(i.value.startswith("This picture is only 16×12 pixels") for i in app.info)
 
 
 def test_uploads_good_and_bad_keep_the_app_usable(app, sample_images):

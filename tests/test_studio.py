@@ -328,3 +328,16 @@ def test_layer_choices_label_each_tappable_layer_with_channels_and_map_size():
     assert labels["blocks.2"] == "blocks.2 (40 ch, 28×28)" and labels["bn2"] == "bn2 (1280 ch, 7×7)"
     assert set(defaults["paper"]) <= set(labels) and "classifier" not in labels  # the logits are not a spatial map
     assert list(layer_choices("vit_b_16")[1]) == ["paper"]  # a class token, no pooled map: no CAM start
+
+
+def test_caveats_for_unlikely_classes_and_tiny_pictures():
+    import numpy as np
+
+    from tame_core.studio import render
+
+    assert render.unlikely_class_note(0.003) == (
+        "The model gives this class 0.3%: the map shows where it would look, not what it sees."
+    )
+    assert render.unlikely_class_note(0.01) is None
+    assert render.tiny_picture_note(np.zeros((20, 31, 3), np.uint8)).startswith("This picture is only 31×20 pixels")
+    assert render.tiny_picture_note(np.zeros((32, 500, 3), np.uint8)) is None

@@ -96,6 +96,30 @@ def colour_scale(labels: tuple[str, ...], colormap: str | None = "jet", width: i
     return bar_image
 
 
+#: Below this probability a class's map shows where the model would look for it, not what it sees.
+UNLIKELY_CLASS = 0.01
+#: A picture smaller than this on a side is blown up many times before the model sees it.
+TINY_SIDE = 32
+
+
+def unlikely_class_note(probability: float) -> str | None:
+    """The caveat under a map of a class the model all but rules out (None when there is nothing to say)."""
+    if probability >= UNLIKELY_CLASS:
+        return None
+    return f"The model gives this class {probability:.1%}: the map shows where it would look, not what it sees."
+
+
+def tiny_picture_note(pixels: np.ndarray) -> str | None:
+    """A word on pictures under :data:`TINY_SIDE` pixels a side (None for the others)."""
+    height, width = pixels.shape[:2]
+    if min(height, width) >= TINY_SIDE:
+        return None
+    return (
+        f"This picture is only {width}×{height} pixels: the model sees it blown up, so its answer and its map "
+        "rest on very little."
+    )
+
+
 def delta_text(change: float, digits: int = 1, unit: str = "") -> str | None:
     """A metric's change as ``+1.2 pts``, or None (no arrow, no colour) when it rounds to nothing."""
     if round(float(change), digits) == 0:
