@@ -404,6 +404,7 @@ def test_train_page_stop_and_resume_keep_the_loss_history_and_say_what_happened(
     app.text_input(key="train_name").input("resumable").run()
     app.select_slider(key="train_batch").set_value(4).run()
     ok(app.number_input(key="train_epochs_little-data").set_value(3).run())  # 2 steps an epoch, 6 in all
+    assert app.button(key="train_start").proto.type == "primary"  # nothing to resume yet
     ok(app.button(key="train_start").click().run())
     job = app.session_state["workspace"].jobs["train"]
     deadline = time.monotonic() + 300
@@ -420,6 +421,8 @@ def test_train_page_stop_and_resume_keep_the_loss_history_and_say_what_happened(
     assert not app.success  # a stopped run is not "Saved"
     assert app.info[0].value.startswith(f"Stopped at step {len(done)} of 6.")
     assert not [w for w in app.warning if "a new run replaces it" in w.value]  # not about our own run
+    assert app.button(key="train_resume").proto.type == "primary" and app.button(key="train_start").proto.type == "secondary"
+    assert "**ce**: how badly the classifier misses the class" in " ".join(c.value for c in app.caption)
 
     ok(app.button(key="train_resume").click().run())
     resumed = app.session_state["workspace"].jobs["train"]

@@ -353,6 +353,18 @@ def test_training_job_streams_losses_previews_and_resumes(tmp_path):
     assert figure.data[0].x == (1, 2, 3, 4) and figure.layout.shapes[0].x0 == len(steps)
 
 
+def test_the_loss_chart_reads_plainly():
+    from tame_core.studio.plots import LOSS_MEANINGS, LOSS_TERMS, log_ticks, loss_terms
+
+    records = [{"step": 1, "loss": 4.0, "ce": 2.0, "area": 0.9, "tv": 0.03}, {"step": 2, "loss": 3.1, "ce": 1.5, "area": 0.8, "tv": 0.04}]
+    assert log_ticks(records) == [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]  # 1-2-5, labelled in full
+    figure = loss_figure(records)
+    assert list(figure.layout.yaxis.ticktext) == ["0.02", "0.05", "0.1", "0.2", "0.5", "1", "2", "5"]
+    assert [trace.name for trace in figure.data] == ["loss", "ce", "area", "tv"] == loss_terms(records)
+    assert loss_terms([{**records[0], "destroy": 0.4}]) == ["loss", "ce", "area", "tv", "destroy"]  # only when on
+    assert set(LOSS_MEANINGS) == set(LOSS_TERMS) and log_ticks([{"loss": 0.001}, {"loss": 500.0}])[:2] == [0.001, 0.01]
+
+
 def test_a_resumed_run_replays_its_log_up_to_the_saved_step(tmp_path):
     log = tmp_path / "head.log.jsonl"
     lines = [{"event": "start", "total_steps": 9}, *({"step": s, "loss": float(s)} for s in range(1, 6)),
