@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages._shared import class_picker, colour_scale, guarded, image_or_stop, image_picker, model_or_stop, workspace
 from tame_core.maps import COLORMAPS
-from tame_core.studio import LoadedModel, render
+from tame_core.studio import ActiveImage, LoadedModel, render
 
 GRID_COLUMNS = 4
 
@@ -23,6 +23,15 @@ def all_images(model: LoadedModel, alpha: float, colormap: str) -> None:
         column.button(f"{image.name}: {label}", key=f"open-{image.digest}", on_click=ws.select, args=(image.digest,))
 
 
+def _explain_row(model: LoadedModel, image: ActiveImage, picked: list[int], rows: list[dict[str, object]], key: str) -> None:
+    """A click on a top-5 row explains that class: the picker is reset to follow it (a click is acted on once)."""
+    if not picked or st.session_state.get(f"{key}-done") == picked:
+        return
+    st.session_state[f"{key}-done"] = picked
+    workspace().choose_class(model, image, int(rows[picked[0]]["index"]))
+    st.session_state.pop(f"class-{model.tag}-{image.digest}", None)
+
+
 def body() -> None:
     st.title("Explain")
     image_picker()
@@ -35,15 +44,22 @@ def body() -> None:
     controls, pictures = st.columns([2, 3], gap="large")
     with controls:
         st.subheader(image.name)
-        st.dataframe(
-            render.prediction_rows(base),
+        rows = render.prediction_rows(base)
+        top5 = f"top5-{model.tag}-{image.digest}"
+        clicked = st.dataframe(
+            rows,
             hide_index=True,
+            key=top5,
+            on_select="rerun",
+            selection_mode="single-row",
             column_order=("rank", "class", "probability"),
             column_config={
                 "rank": st.column_config.NumberColumn("#", width="small"),
                 "probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
             },
         )
+        st.caption("Click a row to explain that class.")
+        _explain_row(model, image, list(clicked["selection"]["rows"]), rows, top5)
         class_index = class_picker(model, image)
         alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
         colormap = st.selectbox("Colormap", list(COLORMAPS), key="colormap")

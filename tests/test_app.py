@@ -99,6 +99,19 @@ def test_explain_a_sample_then_switch_class(app):
     assert len(wrong) == 1  # the Falcon 9 launch (read as a drilling platform)
 
 
+def test_a_click_on_a_top5_row_explains_that_class(app):
+    pick_sample(app)
+    table = app.dataframe[0]
+    assert list(table.proto.selection_mode) == [0]  # single-row selection
+    app.session_state[table.key] = {"selection": {"rows": [2], "columns": [], "cells": []}}  # as a click on row 3 sets it
+    ok(app.run())
+    assert app.main.get("image")[0].captions[0].startswith("tabby (281): p = ")
+    picker = next(s for s in app.selectbox if s.key.startswith("class-"))
+    assert picker.value == TABBY  # the picker follows the click
+    ok(picker.set_value(967).run())  # and a later choice in the picker is not undone by the old click
+    assert app.main.get("image")[0].captions[0].startswith("espresso (967): p = ")
+
+
 def test_a_tiny_picture_gets_a_note(app):
     open_page(app, "explain")
     tiny = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
