@@ -19,6 +19,8 @@ from tame_core.metrics.curves import DEFAULT_FILLS, DEFAULT_STEPS, FILLS, MODES,
 from tame_core.studio import plots
 from tame_core.studio.methods import (
     auc_table,
+    coinciding,
+    coinciding_text,
     curve_points,
     curves_estimate,
     curves_so_far,
@@ -84,6 +86,9 @@ def body() -> None:
         rows = auc_table(points, steps)
         if rows:
             st.dataframe(rows, hide_index=True)
+        same = coinciding_text(coinciding(list(maps.values())))
+        if same:
+            st.caption(same)
         if maps:
             st.subheader("The picture at one step")
             pick, slider = st.columns([1, 3])

@@ -255,6 +255,16 @@ def test_compare_records_each_method_with_its_warm_cost(subject):
     assert job.forwards >= 2 * (1 + 5) + 1 + 5  # gradcam's rounds each ran TAME too
 
 
+def test_methods_that_give_the_same_map_are_named_together():
+    from tame_core.studio.methods import coinciding, coinciding_text
+
+    ramp = torch.linspace(0, 1, 16).reshape(4, 4)
+    maps = [MethodMap(m, ramp + shift, 1.0, 1, 1) for m, shift in (("tame", 0.3), ("gradcam", 0.0), ("xgradcam", 1e-5), ("hirescam", 0.0))]
+    assert coinciding(maps) == [["gradcam", "xgradcam", "hirescam"]]
+    assert coinciding_text(coinciding(maps)) == "gradcam, xgradcam and hirescam give the same map here: their curves lie on top of each other."
+    assert coinciding(maps[:2]) == [] and coinciding_text([]) is None
+
+
 def test_compare_costs_are_numbers_even_when_the_machine_was_busy():
     scattered = (0.010, 0.040, 0.012, 0.060, 0.020)
     maps = [MethodMap("tame", torch.zeros(4, 4), 20.0, 1, 0, scattered), MethodMap("gradcam", torch.zeros(4, 4), 50.0, 1, 1, scattered, 2.4)]

@@ -425,6 +425,28 @@ def cost_rows(maps: Sequence[MethodMap]) -> list[dict[str, object]]:
     return rows
 
 
+def coinciding(maps: Sequence[MethodMap], tolerance: float = 1e-3) -> list[list[str]]:
+    """Groups of methods whose maps are the same here (Grad-CAM, XGrad-CAM and HiRes-CAM can coincide on
+    one layer): their curves lie on top of each other, which the page says rather than hide."""
+    groups: list[list[MethodMap]] = []
+    for result in maps:
+        for group in groups:
+            if torch.allclose(group[0].saliency, result.saliency, atol=tolerance, rtol=0):
+                group.append(result)
+                break
+        else:
+            groups.append([result])
+    return [[m.method for m in group] for group in groups if len(group) > 1]
+
+
+def coinciding_text(groups: Sequence[Sequence[str]]) -> str | None:
+    """``gradcam, xgradcam and hirescam give the same map here: one curve hides the others.``"""
+    if not groups:
+        return None
+    said = ["{} and {}".format(", ".join(group[:-1]), group[-1]) for group in groups]
+    return "; ".join(said) + " give the same map here: their curves lie on top of each other."
+
+
 def perturbed_image(
     explanation: Explanation, saliency: torch.Tensor, mode: str, step: int, steps: int, baseline: Baseline = None
 ) -> np.ndarray:
