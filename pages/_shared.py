@@ -206,7 +206,7 @@ def job_status(job: Job | None, key: str, controls: bool = True) -> None:
             text = job.message or f"{job.name}…"
             columns = st.columns([5, 1])
             columns[0].progress(job.progress, text=f"{text} ({job.elapsed:.0f} s)")
-            columns[1].button("Stop", key=f"stop-{key}", on_click=job.stop, width="stretch")
+            columns[1].button("Stop", key=f"stop-{key}", on_click=_stop_and_wait, args=(job,), width="stretch")
     elif job.state is JobState.FAILED:
         st.error(f"{job.name} failed: {public_message(str(job.error))}")
     elif not controls:
@@ -215,6 +215,16 @@ def job_status(job: Job | None, key: str, controls: bool = True) -> None:
         st.caption(f"{job.name}: done in {job.elapsed:.1f} s.")
     elif job.state is JobState.STOPPED:
         st.warning(stopped_text(job))
+
+
+#: After a Stop click the page waits this long for the job to end, so the next screen already says it stopped
+#: (rather than at the next poll, seconds later on a slowly polled page).
+STOP_WAIT_S = 3.0
+
+
+def _stop_and_wait(job: Job) -> None:
+    job.stop()
+    job.wait(STOP_WAIT_S)
 
 
 def start_when_ready(job: Job | None, what: str, estimate: Estimate, key: str, start: Callable[[], Job]) -> Job | None:

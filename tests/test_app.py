@@ -276,10 +276,9 @@ def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_within_two_s
     assert job.running
     ok(app.run())
     ok(app.button(key="stop-compare").click().run())
-    assert job.wait(2.0), "RISE ignored Stop"
+    assert not job.running, "RISE ignored Stop"
     assert job.state is JobState.STOPPED and job.stop_latency < 2.0
-    ok(app.run())
-    assert "stopped" in app.warning[0].value and "after you asked" in app.warning[0].value
+    assert "stopped" in app.warning[0].value and "after you asked" in app.warning[0].value  # on the very next screen
     assert app.button(key="compare_start").label.startswith("Run rise")  # offered again, not restarted
 
 
