@@ -25,7 +25,7 @@ from tame_core.studio import (
     read_upload,
     render,
 )
-from tame_core.studio.costs import Estimate
+from tame_core.studio.costs import Estimate, duration_text
 from tame_core.studio.jobs import STOPPED_BY_USER
 from tame_core.studio.methods import AUTO_START_SECONDS
 from tame_core.studio.samples import GETS_IT_WRONG, mispredicted
@@ -204,8 +204,10 @@ def job_status(job: Job | None, key: str, controls: bool = True) -> None:
     if job.running:
         if controls:
             text = job.message or f"{job.name}…"
+            left = job.remaining
+            timing = f"{job.elapsed:.0f} s" + (f", {duration_text(left)} left" if left is not None else "")
             columns = st.columns([5, 1])
-            columns[0].progress(job.progress, text=f"{text} ({job.elapsed:.0f} s)")
+            columns[0].progress(job.progress, text=f"{text} ({timing})")
             columns[1].button("Stop", key=f"stop-{key}", on_click=_stop_and_wait, args=(job,), width="stretch")
     elif job.state is JobState.FAILED:
         st.error(f"{job.name} failed: {public_message(str(job.error))}")

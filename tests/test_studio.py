@@ -140,6 +140,31 @@ def test_job_reports_progress_records_and_result():
     assert job.records == [{"step": 1}, {"step": 2}]
 
 
+def test_a_running_job_estimates_what_is_left_from_its_own_rate():
+    steps = [threading.Event() for _ in range(3)]
+
+    def work(context):
+        steps[0].wait(5)  # setup: not part of the rate
+        context.progress(0.1, "started")
+        steps[1].wait(5)
+        context.progress(0.4, "a third of the rest")
+        steps[2].wait(5)
+
+    job = Job("estimate", work).start()
+    time.sleep(0.6)
+    assert job.remaining is None  # no progress yet
+    steps[0].set()
+    time.sleep(1.2)
+    assert job.remaining is None  # a second in, but nothing more done since the first progress
+    steps[1].set()
+    deadline = time.monotonic() + 5
+    while job.progress < 0.4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.remaining == pytest.approx(1.2 / 0.3 * 0.6, rel=0.35)  # 0.3 done in ≈ 1.2 s, 0.6 to go
+    steps[2].set()
+    assert job.wait(5) and job.remaining is None
+
+
 def test_job_stops_at_its_next_check_and_keeps_its_records():
     started = threading.Event()
 
