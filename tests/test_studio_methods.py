@@ -255,6 +255,23 @@ def test_compare_records_each_method_with_its_warm_cost(subject):
     assert job.forwards >= 2 * (1 + 5) + 1 + 5  # gradcam's rounds each ran TAME too
 
 
+@pytest.mark.slow
+def test_compare_costs_are_numbers_while_another_process_keeps_both_cores_busy(subject):
+    import subprocess
+    import sys
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for _ in range(10):
+            rows = cost_rows(run(lambda context: compare_methods(subject, ["tame", "gradcam"], context)).result)
+            for row in rows:  # present, finite and positive: not timed
+                assert 0 < row["× TAME time"] < float("inf") and 0 < row["ms"] < float("inf"), row
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
 def test_methods_that_give_the_same_map_are_named_together():
     from tame_core.studio.methods import coinciding, coinciding_text
 
