@@ -86,8 +86,11 @@ def body() -> None:
             data=lambda: render.npy_bytes(saliency),
             file_name=f"{stem}_map.npy",
             mime="application/octet-stream",
-            help=f"float32 array {saliency.shape[0]}×{saliency.shape[1]} in [0, 1], the picture's size",
+            help=render.map_size_note(saliency.shape[:2], image.original_size),
         )
+        if tuple(saliency.shape[:2]) != tuple(image.original_size):
+            right.caption(f"Downloads are {saliency.shape[1]}×{saliency.shape[0]} px (the picture is "
+                          f"{image.original_size[1]}×{image.original_size[0]} px).")
         colour_scale(colormap, "the map is scaled to its own range, 0 where the class is least supported, 1 where most")
 
     if len(ws.images) > 1 and st.toggle(f"Show all {len(ws.images)} images", key="show_all"):

@@ -112,6 +112,14 @@ def test_a_click_on_a_top5_row_explains_that_class(app):
     assert app.main.get("image")[0].captions[0].startswith("espresso (967): p = ")
 
 
+def test_a_large_pictures_downloads_state_their_size(app):
+    open_page(app, "explain")
+    ramp = np.broadcast_to(np.linspace(0, 255, 2048, dtype=np.uint8)[None, :, None], (1536, 2048, 3)).copy()
+    ok(app.file_uploader(key="uploads").set_value([("large.png", png(ramp), "image/png")]).run())
+    assert "Downloads are 1024×768 px (the picture is 2048×1536 px)." in [c.value for c in app.caption]
+    assert "the picture is 1536×2048, worked on at 768×1024" in app.get("download_button")[1].proto.help
+
+
 def test_a_tiny_picture_gets_a_note(app):
     open_page(app, "explain")
     tiny = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)

@@ -355,6 +355,16 @@ def test_layer_choices_label_each_tappable_layer_with_channels_and_map_size():
     assert list(layer_choices("vit_b_16")[1]) == ["paper"]  # a class token, no pooled map: no CAM start
 
 
+def test_a_downloaded_maps_size_is_stated():
+    from tame_core.studio import render
+
+    assert render.map_size_note((300, 451), (300, 451)) == "float32 array 300×451 in [0, 1], the picture's size"
+    assert render.map_size_note((768, 1024), (6000, 8000)) == (
+        "float32 array 768×1024 in [0, 1]: the picture is 6000×8000, worked on at 768×1024; scale the map by "
+        "7.81 to lay it on the original"
+    )
+
+
 def test_caveats_for_unlikely_classes_and_tiny_pictures():
     import numpy as np
 

@@ -120,6 +120,19 @@ def tiny_picture_note(pixels: np.ndarray) -> str | None:
     )
 
 
+def map_size_note(size: tuple[int, int], original_size: tuple[int, int]) -> str:
+    """What a downloaded map's size is, said plainly when it is not the picture's own (a large picture is
+    worked on downscaled)."""
+    (height, width), (original_h, original_w) = size, original_size
+    text = f"float32 array {height}×{width} in [0, 1]"
+    if (height, width) == (original_h, original_w):
+        return text + ", the picture's size"
+    return (
+        f"{text}: the picture is {original_h}×{original_w}, worked on at {height}×{width}; scale the map by "
+        f"{original_w / width:.2f} to lay it on the original"
+    )
+
+
 def delta_text(change: float, digits: int = 1, unit: str = "") -> str | None:
     """A metric's change as ``+1.2 pts``, or None (no arrow, no colour) when it rounds to nothing."""
     if round(float(change), digits) == 0:
