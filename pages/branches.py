@@ -75,7 +75,9 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
         st.metric(
             "P(class | image × map)",
             f"{row.masked_probability:.1%}",
-            delta=None if full is None or row is full else render.delta_text((row.masked_probability - full.masked_probability) * 100, 1, " pts"),
+            delta=None
+            if full is None or row is full
+            else render.delta_text((row.masked_probability - full.masked_probability) * 100, 1, " pts"),
             help="The model's confidence in the class when the picture is dimmed where the map is cold: what "
             "the head is trained to keep high",
         )
@@ -85,7 +87,9 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
                 column.metric(
                     name,
                     f"{row.scores[name]:.{digits}f}%",
-                    delta=None if full is None or row is full else render.delta_text(row.scores[name] - full.scores[name], digits),
+                    delta=None
+                    if full is None or row is full
+                    else render.delta_text(row.scores[name] - full.scores[name], digits),
                     delta_color="inverse" if spec.direction == "lower" else "normal",
                     help=METRIC_HELP[name[:2]].format(kept=kept) + f"; {spec.direction} is better",
                 )

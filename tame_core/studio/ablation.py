@@ -149,11 +149,15 @@ def feature_sizes(explanation: Explanation) -> list[tuple[int, int]]:
 def plain_reading(row: AblationRow, class_name: str) -> str:
     """What AD/IC mean for this picture, in one sentence: how the confidence in the class moves when only
     the map's area (and only its top 15 %) is kept."""
+
     def change(probability: float) -> str:
-        if not row.clean_probability or abs(probability - row.clean_probability) < 0.0005:
+        if not row.clean_probability > 0:  # zero or not measured: nothing to compare with
+            return f"is {probability:.1%}"
+        if abs(probability - row.clean_probability) < 0.0005:
             return "stays the same"
         relative = (probability - row.clean_probability) / row.clean_probability
-        return f"{'drops' if relative < 0 else 'rises'} by {abs(relative):.0%} ({row.clean_probability:.1%} → {probability:.1%})"
+        direction = "drops" if relative < 0 else "rises"
+        return f"{direction} by {abs(relative):.0%} ({row.clean_probability:.1%} → {probability:.1%})"
 
     sentence = f"Keeping only the map's area, the model's confidence in {class_name} {change(row.masked_probability)}"
     smallest = min(row.kept) if row.kept else None
