@@ -16,7 +16,7 @@ HEATMAP, TOP = "Heatmap", "Most important quarter"
 TOP_FRACTION = 0.25
 RUNNERS_UP_ABOVE = 0.01  # a runner-up the model gives less than this is not worth saying
 #: Demo mode shows no technical sidebar: st.set_page_config cannot change per page, so this page alone hides it.
-HIDE_SIDEBAR = "<style>[data-testid='stSidebar'], [data-testid='stSidebarCollapsedControl'] {display: none;}</style>"
+HIDE_SIDEBAR = "<style>[data-testid='stSidebar'], [data-testid='stExpandSidebarButton'] {display: none;}</style>"
 
 
 def _step(offset: int, count: int) -> None:
@@ -104,6 +104,7 @@ def body() -> None:
     if st.button("Open this picture in Explain", key="demo_open"):
         ws.add(image)
         st.switch_page("pages/explain.py")
+    st.page_link("pages/explain.py", label="Leave demo mode", icon=":material/logout:")  # the sidebar is hidden here
 
 
 guarded(body)

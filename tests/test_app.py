@@ -309,6 +309,7 @@ def test_demo_mode_presents_the_curated_set_without_job_controls(app):
     ok(open_page(app, "demo"))
     assert app.markdown[0].value.startswith("## Cup of coffee: the model sees **espresso**")
     assert any("stSidebar" in h.value and "display: none" in h.value for h in app.get("html"))  # no technical sidebar
+    assert [link.proto.label for link in app.get("page_link")] == ["Leave demo mode"]  # the way out without it
     assert app.main.get("image")[1].captions[0] == "Where it looks for espresso"  # no class index
     runners_up = [m.value for m in app.markdown if m.value.startswith("Runners-up: ")]
     assert all(int(p) > 1 for line in runners_up for p in re.findall(r"\((\d+)%\)", line))  # no "0 %" runner-up
