@@ -143,9 +143,7 @@ def single_image_note(row: AblationRow) -> None:
     )
 
 
-def contributions_panel(
-    model: LoadedModel, image: ActiveImage, terms: BranchTerms, mask: tuple[bool, ...], names: list[str]
-) -> None:
+def contributions_panel(image: ActiveImage, terms: BranchTerms, mask: tuple[bool, ...], names: list[str]) -> None:
     """Each branch's signed term of the map, each on its own symmetric scale so that it is visible, with
     its share of the total in the caption."""
     st.caption(
@@ -204,7 +202,7 @@ def body() -> None:
         scores_panel(model, image, class_index, mask, names)
 
     st.subheader("Each branch's contribution")
-    contributions_panel(model, image, terms, mask, names)
+    contributions_panel(image, terms, mask, names)
 
 
 guarded(body)

@@ -25,11 +25,12 @@ def all_images(model: LoadedModel, alpha: float, colormap: str) -> None:
 
 def _explain_row(model: LoadedModel, image: ActiveImage, picked: list[int], rows: list[dict[str, object]], key: str) -> None:
     """A click on a top-5 row explains that class: the picker is reset to follow it (a click is acted on once)."""
-    if not picked or st.session_state.get(f"{key}-done") == picked:
+    if st.session_state.get(f"{key}-done") == picked:
         return
-    st.session_state[f"{key}-done"] = picked
-    workspace().choose_class(model, image, int(rows[picked[0]]["index"]))
-    st.session_state.pop(f"class-{model.tag}-{image.digest}", None)
+    st.session_state[f"{key}-done"] = picked  # a row unselected and clicked again counts again
+    if picked:
+        workspace().choose_class(model, image, int(rows[picked[0]]["index"]))
+        st.session_state.pop(f"class-{model.tag}-{image.digest}", None)
 
 
 def body() -> None:

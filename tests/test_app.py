@@ -110,6 +110,11 @@ def test_a_click_on_a_top5_row_explains_that_class(app):
     assert picker.value == TABBY  # the picker follows the click
     ok(picker.set_value(967).run())  # and a later choice in the picker is not undone by the old click
     assert app.main.get("image")[0].captions[0].startswith("espresso (967): p = ")
+    app.session_state[table.key] = {"selection": {"rows": [], "columns": [], "cells": []}}
+    ok(app.run())
+    app.session_state[table.key] = {"selection": {"rows": [2], "columns": [], "cells": []}}  # the same row again
+    ok(app.run())
+    assert app.main.get("image")[0].captions[0].startswith("tabby (281): p = ")
 
 
 def test_a_large_pictures_downloads_state_their_size(app):
