@@ -25,9 +25,10 @@ from tame_core.studio import (
     read_upload,
     render,
 )
-from tame_core.studio.costs import Estimate
+from tame_core.studio.costs import Estimate, duration_text
 from tame_core.studio.jobs import STOPPED_BY_USER
 from tame_core.studio.methods import AUTO_START_SECONDS
+from tame_core.studio.samples import GETS_IT_WRONG, mispredicted
 from tame_core.studio.storage import SessionFolder, public_message
 
 log = logging.getLogger("tame_core.studio.app")
@@ -168,8 +169,12 @@ def image_picker() -> None:
             st.error(message)
     st.caption("…or pick a sample photo (public domain / CC0, shipped with scikit-image and matplotlib):")
     columns = st.columns(len(GALLERY))
+    model = st.session_state.get("model")
+    wrong = mispredicted(model) if model is not None else frozenset()
     for column, (key, sample) in zip(columns, GALLERY.items()):
         column.button(sample.title, key=f"sample-{key}", on_click=_use_sample, args=(key,), width="stretch")
+        if key in wrong:
+            column.caption(GETS_IT_WRONG)
 
 
 def class_picker(model: LoadedModel, image: ActiveImage) -> int:
@@ -199,9 +204,11 @@ def job_status(job: Job | None, key: str, controls: bool = True) -> None:
     if job.running:
         if controls:
             text = job.message or f"{job.name}…"
+            left = job.remaining
+            timing = f"{job.elapsed:.0f} s" + (f", {duration_text(left)} left" if left is not None else "")
             columns = st.columns([5, 1])
-            columns[0].progress(job.progress, text=f"{text} ({job.elapsed:.0f} s)")
-            columns[1].button("Stop", key=f"stop-{key}", on_click=job.stop, width="stretch")
+            columns[0].progress(job.progress, text=f"{text} ({timing})")
+            columns[1].button("Stop", key=f"stop-{key}", on_click=_stop_and_wait, args=(job,), width="stretch")
     elif job.state is JobState.FAILED:
         st.error(f"{job.name} failed: {public_message(str(job.error))}")
     elif not controls:
@@ -210,6 +217,16 @@ def job_status(job: Job | None, key: str, controls: bool = True) -> None:
         st.caption(f"{job.name}: done in {job.elapsed:.1f} s.")
     elif job.state is JobState.STOPPED:
         st.warning(stopped_text(job))
+
+
+#: After a Stop click the page waits this long for the job to end, so the next screen already says it stopped
+#: (rather than at the next poll, seconds later on a slowly polled page).
+STOP_WAIT_S = 3.0
+
+
+def _stop_and_wait(job: Job) -> None:
+    job.stop()
+    job.wait(STOP_WAIT_S)
 
 
 def start_when_ready(job: Job | None, what: str, estimate: Estimate, key: str, start: Callable[[], Job]) -> Job | None:

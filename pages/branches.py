@@ -12,33 +12,45 @@ from tame_core.studio.ablation import (
     AblationRow,
     BranchTerms,
     ablation_rows,
+    branch_names,
     combinations,
+    feature_sizes,
+    plain_reading,
 )
 
 FRACTIONS = (100, 50, 15)  # % of the map's pixels kept
 NEARLY_FLAT = 0.05  # branches that move less of the map than this leave it nearly flat
+METRIC_HELP = {  # about this one picture, not a set of images
+    "AD": "How much the model's confidence drops, in % of its confidence on the whole picture, when only the "
+    "map's top {kept} % of pixels are kept (0 when it does not drop)",
+    "IC": "100 % when keeping only the map's top {kept} % of pixels raises the model's confidence on this picture, "
+    "else 0 %",
+}
 
 
-def branch_toggles(model: LoadedModel) -> tuple[bool, ...]:
+def branch_toggles(model: LoadedModel, names: list[str]) -> tuple[bool, ...]:
     ws = workspace()
     current = ws.branch_mask(model)
-    channels = model.explainer.head.channels
     columns = st.columns(len(model.layers))
     mask = tuple(
         column.toggle(
-            f"`{layer}`", value=current[index], key=f"branch-{model.tag}-{index}", help=f"{channels[index]} channels"
+            name,
+            value=current[index],
+            key=f"branch-{model.tag}-{index}",
+            help=f"What the model's layer {layer} adds to the map; its grid over the picture is in brackets "
+            "(a finer grid sees finer detail)",
         )
-        for index, (column, layer) in enumerate(zip(columns, model.layers))
+        for index, (column, layer, name) in enumerate(zip(columns, model.layers, names))
     )
     ws.set_branch_mask(model, mask)
     return mask
 
 
-def mask_label(model: LoadedModel, mask: tuple[bool, ...]) -> str:
-    return " + ".join(layer for layer, on in zip(model.layers, mask) if on)
+def mask_label(names: list[str], mask: tuple[bool, ...]) -> str:
+    return " + ".join(name.rsplit(", ", 1)[0] + ")" for name, on in zip(names, mask) if on)
 
 
-def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...]) -> None:
+def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...], names: list[str]) -> None:
     """AD/IC of the current map, measured for every branch combination in the background."""
     ws = workspace()
     every_combination = len(mask) <= MAX_COMBINATIONS_BRANCHES  # else one job per mask
@@ -63,8 +75,11 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
         st.metric(
             "P(class | image × map)",
             f"{row.masked_probability:.1%}",
-            delta=None if full is None or row is full else f"{(row.masked_probability - full.masked_probability) * 100:+.1f} pts",
-            help="The class probability when the image is multiplied by the map: what the head is trained to keep high",
+            delta=None
+            if full is None or row is full
+            else render.delta_text((row.masked_probability - full.masked_probability) * 100, 1, " pts"),
+            help="The model's confidence in the class when the picture is dimmed where the map is cold: what "
+            "the head is trained to keep high",
         )
         for column, kept in zip(st.columns(len(FRACTIONS)), FRACTIONS):
             for name, digits in ((f"AD{kept}", 1), (f"IC{kept}", 0)):  # IC of one picture is 0 or 100: "100.0%" would not fit
@@ -72,17 +87,20 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
                 column.metric(
                     name,
                     f"{row.scores[name]:.{digits}f}%",
-                    delta=None if full is None or row is full else f"{row.scores[name] - full.scores[name]:+.{digits}f}",
+                    delta=None
+                    if full is None or row is full
+                    else render.delta_text(row.scores[name] - full.scores[name], digits),
                     delta_color="inverse" if spec.direction == "lower" else "normal",
-                    help=f"{spec.description}; {spec.direction} is better",
+                    help=METRIC_HELP[name[:2]].format(kept=kept) + f"; {spec.direction} is better",
                 )
+        st.markdown(plain_reading(row, model.class_names[class_index]))
         single_image_note(row)
         if len(rows) > 1:
             with st.expander("Every combination of branches", expanded=False):
                 st.dataframe(
                     [
                         {
-                            "branches on": mask_label(model, r.mask),
+                            "branches on": mask_label(names, r.mask),
                             "current": "◀" if r.mask == mask else "",
                             "P(class | image × map)": r.masked_probability,
                             **r.scores,
@@ -125,22 +143,22 @@ def single_image_note(row: AblationRow) -> None:
     )
 
 
-def contributions_panel(model: LoadedModel, image: ActiveImage, terms: BranchTerms, mask: tuple[bool, ...]) -> None:
-    """Each branch's signed term of the map, all on one symmetric scale, with that scale drawn."""
-    scale = terms.scale
+def contributions_panel(image: ActiveImage, terms: BranchTerms, mask: tuple[bool, ...], names: list[str]) -> None:
+    """Each branch's signed term of the map, each on its own symmetric scale so that it is visible, with
+    its share of the total in the caption."""
     st.caption(
         "Each branch's own term of the map for this class, before the sigmoid that makes the map: red raises "
-        "the map, blue lowers it, white leaves it. All branches share one scale, so their sizes compare; the "
-        "share is how much of the total each branch moves."
+        "the map, blue lowers it, white leaves it. Each is drawn on its own scale so that even a small one "
+        "shows; the share says how much of the total each branch moves."
     )
-    shares = terms.share()
-    for column, layer, term, on, share in zip(st.columns(len(model.layers)), model.layers, terms.terms, mask, shares):
+    shares, scales = terms.share(), terms.own_scales()
+    for column, name, term, on, share, scale in zip(st.columns(len(names)), names, terms.terms, mask, shares, scales):
         column.image(
             render.signed_overlay(image.preview, term, scale),
-            caption=f"{layer}{'' if on else ' (off)'}: {share:.0%} of the total",
+            caption=f"{name}{'' if on else ' (off)'}: {share:.0%} of the total (scale ±{scale:.2g})",
             output_format="JPEG",
         )
-    st.image(render.colour_scale((f"-{scale:.2g}", "0", f"+{scale:.2g}"), None), caption="Shared scale of the terms.")
+    st.image(render.colour_scale(("-max", "0", "+max"), None), caption="Each map's own scale, from its largest value.")
 
 
 def body() -> None:
@@ -155,7 +173,8 @@ def body() -> None:
         "(no backbone run); each branch's own term of the map is shown below."
     )
     class_index = class_picker(model, image)
-    mask = branch_toggles(model)
+    names = branch_names(model.layers, feature_sizes(base))
+    mask = branch_toggles(model, names)
     view = ws.view(model, image, class_index, mask)
     probability = float(base.with_classes(class_index).class_probs[0, 0])
     label = render.class_label(class_index, model.class_names)
@@ -174,16 +193,16 @@ def body() -> None:
         saliency = render.saliency(view)
         st.image(
             render.overlay_image(image.pixels, saliency),
-            caption=f"{label}: p = {probability:.1%} on the image; map from {mask_label(model, mask) or 'no branch'}",
+            caption=f"{label}: p = {probability:.1%} on the image; map from {mask_label(names, mask) or 'no branch'}",
             output_format="JPEG",
         )
         colour_scale()
     with right:
         st.subheader("What the map keeps")
-        scores_panel(model, image, class_index, mask)
+        scores_panel(model, image, class_index, mask, names)
 
     st.subheader("Each branch's contribution")
-    contributions_panel(model, image, terms, mask)
+    contributions_panel(image, terms, mask, names)
 
 
 guarded(body)

@@ -75,7 +75,7 @@ def body() -> None:
             return
         columns = st.columns(COLUMNS)
         for position, result in enumerate(done):
-            cost = "time noisy" if result.timing_note else f"{result.milliseconds:,.0f} ms"
+            cost = f"{result.relative:.1f}× TAME ({result.milliseconds:,.0f} ms)"
             columns[position % COLUMNS].image(
                 render.overlay_image(image.preview, result.saliency.cpu().numpy()),
                 caption=f"{result.method}: {cost}, {result.forward_passes:,} forward / {result.backward_passes:,} backward",
@@ -89,13 +89,15 @@ def body() -> None:
                 "ms": st.column_config.NumberColumn(f"ms {spec_for('ms_per_image').arrow}", format="%.1f"),
                 "forward passes": st.column_config.NumberColumn(f"forward passes {spec_for('forward_passes').arrow}", format="%d"),
                 "backward passes": st.column_config.NumberColumn(f"backward passes {spec_for('backward_passes').arrow}", format="%d"),
-                "× TAME time": st.column_config.NumberColumn(format="%.1f×"),
+                "× TAME time": st.column_config.NumberColumn(
+                    format="%.1f×", help="Timed in turns with TAME, so a busy machine slows both alike"
+                ),
             },
         )
         st.caption(
-            f"All maps explain {label}. Times are each method's own work on this machine, warm: cheap methods "
-            "are run once untimed and then timed several times (the median is shown); an empty cell says why "
-            "a time was not worth printing. TAME's time is its backbone forward plus its head."
+            f"All maps explain {label}. Times are each method's own work on this machine, warm: each method runs "
+            "in turns with TAME (cheap ones several times, the median shown), so × TAME holds even when the "
+            "machine is busy. TAME's time is its backbone forward plus its head."
         )
 
     live(job, draw, every=5.0)

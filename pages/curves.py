@@ -18,8 +18,9 @@ from tame_core.methods import list_methods
 from tame_core.metrics.curves import DEFAULT_FILLS, DEFAULT_STEPS, FILLS, MODES, fills_text
 from tame_core.studio import plots
 from tame_core.studio.methods import (
-    auc_direction,
-    auc_rows,
+    auc_table,
+    coinciding,
+    coinciding_text,
     curve_points,
     curves_estimate,
     curves_so_far,
@@ -82,18 +83,12 @@ def body() -> None:
         maps = {m.method: m for m in maps_so_far(subject, methods, ws.results, live_records)}
         for column, mode in zip(st.columns(2), MODES):
             column.plotly_chart(plots.curve_figure(points, mode, methods), key=f"curve-{mode}", width="stretch")
-        rows = auc_rows(points)
+        rows = auc_table(points, steps)
         if rows:
-            st.dataframe(
-                rows,
-                hide_index=True,
-                column_config={
-                    "deletion_auc": st.column_config.NumberColumn(f"deletion AUC ({auc_direction('deletion')})", format="%.3f"),
-                    "insertion_auc": st.column_config.NumberColumn(
-                        f"insertion AUC ({auc_direction('insertion')})", format="%.3f"
-                    ),
-                },
-            )
+            st.dataframe(rows, hide_index=True)
+        same = coinciding_text(coinciding(list(maps.values())))
+        if same:
+            st.caption(same)
         if maps:
             st.subheader("The picture at one step")
             pick, slider = st.columns([1, 3])

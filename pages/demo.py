@@ -14,10 +14,18 @@ from tame_core.studio import DEMO, ActiveImage, load_sample, render
 CURATED, MINE = "Curated samples", "My pictures"
 HEATMAP, TOP = "Heatmap", "Most important quarter"
 TOP_FRACTION = 0.25
+RUNNERS_UP_ABOVE = 0.01  # a runner-up the model gives less than this is not worth saying
+#: Demo mode shows no technical sidebar: st.set_page_config cannot change per page, so this page alone hides it.
+HIDE_SIDEBAR = "<style>[data-testid='stSidebar'], [data-testid='stExpandSidebarButton'] {display: none;}</style>"
 
 
 def _step(offset: int, count: int) -> None:
     st.session_state["demo_index"] = (st.session_state.get("demo_index", 0) + offset) % count
+
+
+def _first() -> None:
+    """Another set of pictures opens at its first one."""
+    st.session_state["demo_index"] = 0
 
 
 def demo_set(imagenet: bool) -> tuple[list[ActiveImage], dict[str, str]]:
@@ -28,7 +36,7 @@ def demo_set(imagenet: bool) -> tuple[list[ActiveImage], dict[str, str]]:
         st.info("This model has its own classes: upload the pictures to present on the Explain page, then come back.")
         return [], {}
     sources = ([CURATED] if imagenet else []) + ([MINE] if ws.images else [])
-    source = st.radio("Show", sources, horizontal=True, key="demo_source", label_visibility="collapsed")
+    source = st.radio("Show", sources, horizontal=True, key="demo_source", label_visibility="collapsed", on_change=_first)
     if source == MINE:
         chosen = st.multiselect(
             "Pictures to present",
@@ -36,6 +44,7 @@ def demo_set(imagenet: bool) -> tuple[list[ActiveImage], dict[str, str]]:
             default=list(ws.images),
             format_func=lambda digest: ws.images[digest].name,
             key="demo_mine",
+            on_change=_first,
         )
         return [ws.images[digest] for digest in chosen], {}
     samples = [load_sample(key) for key in DEMO]
@@ -43,6 +52,7 @@ def demo_set(imagenet: bool) -> tuple[list[ActiveImage], dict[str, str]]:
 
 
 def body() -> None:
+    st.html(HIDE_SIDEBAR)
     model = model_or_stop()
     ws = workspace()
     images, credits = demo_set(model.knows_imagenet)
@@ -67,7 +77,7 @@ def body() -> None:
     title.markdown(f"## {image.name}: the model sees **{name}** ({probability:.0%})")
     picture, explained = st.columns(2, gap="medium")
     picture.image(image.pixels, caption=credits.get(image.digest, image.name), width="stretch")
-    label = render.class_label(index_top, model.class_names)
+    label = model.class_names[index_top]  # words only: no class indices in a demo
     saliency = render.saliency(explanation)
     if st.session_state.get("demo_view") != TOP:
         explained.image(
@@ -86,12 +96,15 @@ def body() -> None:
             output_format="JPEG",
         )
     explained.segmented_control("Map", [HEATMAP, TOP], default=HEATMAP, key="demo_view", label_visibility="collapsed")
-    st.markdown("Runners-up: " + ", ".join(f"{other} ({p:.0%})" for _, other, p in others))
+    runners_up = [f"{other} ({p:.0%})" for _, other, p in others if p > RUNNERS_UP_ABOVE]
+    if runners_up:
+        st.markdown("Runners-up: " + ", ".join(runners_up))
     st.caption(f"Picture {index + 1} of {count}.")
     live(job, lambda: job_status(job, "demo", controls=False))
     if st.button("Open this picture in Explain", key="demo_open"):
         ws.add(image)
         st.switch_page("pages/explain.py")
+    st.page_link("pages/explain.py", label="Leave demo mode", icon=":material/logout:")  # the sidebar is hidden here
 
 
 guarded(body)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages._shared import class_picker, colour_scale, guarded, image_or_stop, image_picker, model_or_stop, workspace
 from tame_core.maps import COLORMAPS
-from tame_core.studio import LoadedModel, render
+from tame_core.studio import ActiveImage, LoadedModel, render
 
 GRID_COLUMNS = 4
 
@@ -23,6 +23,16 @@ def all_images(model: LoadedModel, alpha: float, colormap: str) -> None:
         column.button(f"{image.name}: {label}", key=f"open-{image.digest}", on_click=ws.select, args=(image.digest,))
 
 
+def _explain_row(model: LoadedModel, image: ActiveImage, picked: list[int], rows: list[dict[str, object]], key: str) -> None:
+    """A click on a top-5 row explains that class: the picker is reset to follow it (a click is acted on once)."""
+    if st.session_state.get(f"{key}-done") == picked:
+        return
+    st.session_state[f"{key}-done"] = picked  # a row unselected and clicked again counts again
+    if picked:
+        workspace().choose_class(model, image, int(rows[picked[0]]["index"]))
+        st.session_state.pop(f"class-{model.tag}-{image.digest}", None)
+
+
 def body() -> None:
     st.title("Explain")
     image_picker()
@@ -35,15 +45,22 @@ def body() -> None:
     controls, pictures = st.columns([2, 3], gap="large")
     with controls:
         st.subheader(image.name)
-        st.dataframe(
-            render.prediction_rows(base),
+        rows = render.prediction_rows(base)
+        top5 = f"top5-{model.tag}-{image.digest}"
+        clicked = st.dataframe(
+            rows,
             hide_index=True,
+            key=top5,
+            on_select="rerun",
+            selection_mode="single-row",
             column_order=("rank", "class", "probability"),
             column_config={
                 "rank": st.column_config.NumberColumn("#", width="small"),
                 "probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
             },
         )
+        st.caption("Click a row to explain that class.")
+        _explain_row(model, image, list(clicked["selection"]["rows"]), rows, top5)
         class_index = class_picker(model, image)
         alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
         colormap = st.selectbox("Colormap", list(COLORMAPS), key="colormap")
@@ -56,6 +73,9 @@ def body() -> None:
     with pictures:
         left, right = st.columns(2)
         left.image(overlaid, caption=f"{label}: p = {probability:.1%}", output_format="JPEG")
+        for note in (render.unlikely_class_note(probability), render.tiny_picture_note(image.pixels)):
+            if note:
+                left.info(note)
         heatmap = render.heatmap_image(saliency, colormap)
         right.image(heatmap, caption="The map alone (all branches)", output_format="JPEG")
         stem = f"{render.file_stem(image.name)}_{render.file_stem(model.class_names[class_index])}"
@@ -67,8 +87,11 @@ def body() -> None:
             data=lambda: render.npy_bytes(saliency),
             file_name=f"{stem}_map.npy",
             mime="application/octet-stream",
-            help=f"float32 array {saliency.shape[0]}×{saliency.shape[1]} in [0, 1], the picture's size",
+            help=render.map_size_note(saliency.shape[:2], image.original_size),
         )
+        if tuple(saliency.shape[:2]) != tuple(image.original_size):
+            right.caption(f"Downloads are {saliency.shape[1]}×{saliency.shape[0]} px (the picture is "
+                          f"{image.original_size[1]}×{image.original_size[0]} px).")
         colour_scale(colormap, "the map is scaled to its own range, 0 where the class is least supported, 1 where most")
 
     if len(ws.images) > 1 and st.toggle(f"Show all {len(ws.images)} images", key="show_all"):

@@ -121,6 +121,7 @@ def progress_panel() -> None:
         if steps:
             resumed = [r["step"] for r in records if r.get("event") == "resume"]
             st.plotly_chart(plots.loss_figure(steps, resumed), key="train_losses", width="stretch")
+            st.caption("  \n".join(f"**{term}**: {plots.LOSS_MEANINGS[term]}" for term in plots.loss_terms(steps)))
         previews = [r for r in records if r.get("event") == "preview"]
         if previews:
             st.caption(f"Maps of the head saved at step {previews[-1]['step']}:")
@@ -163,10 +164,11 @@ def body() -> None:
         if config.out.exists() and not mine:
             st.warning(f"{config.out.name} exists: a new run replaces it (or pick another name).")
         go, again = st.columns(2)
-        if go.button("Start training", type="primary", disabled=running, key="train_start"):
+        resumable = can_resume(config)  # after a stop, Resume is the button to press: Start replaces the head
+        if go.button("Start training", type="secondary" if resumable else "primary", disabled=running, key="train_start"):
             start(config, resume=False)
             st.rerun()
-        if can_resume(config) and again.button("Resume the stopped run", disabled=running, key="train_resume"):
+        if resumable and again.button("Resume the stopped run", type="primary", disabled=running, key="train_resume"):
             start(config, resume=True)
             st.rerun()
     progress_panel()

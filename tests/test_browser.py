@@ -176,12 +176,14 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     nav(page, "Branches")
     page.get_by_role("heading", name="Branches").wait_for(timeout=LONG)
     page.get_by_text("AD100").first.wait_for(timeout=LONG)
-    page.get_by_text(f"map from {' + '.join(layers)}").wait_for(timeout=LONG)
+    every = r" \+ ".join(r"[a-z ]+ \(" + re.escape(layer) + r"\)" for layer in layers)  # "fine detail (blocks.4) + ..."
+    page.get_by_text(re.compile(f"map from {every}$")).wait_for(timeout=LONG)
     all_branches = main_image(page).get_attribute("src")
     # the deepest branch: the one every trained head leans on, so switching it off must change the map
     page.locator('[data-testid="stWidgetLabel"]').filter(has_text=layers[-1]).first.click()
-    page.get_by_text(f"{layers[-1]} (off)").wait_for(timeout=LONG)
-    page.get_by_text(f"map from {' + '.join(layers[:-1])}").wait_for(timeout=LONG)
+    page.get_by_text(re.compile(re.escape(layers[-1]) + r", \d+×\d+\) \(off\)")).wait_for(timeout=LONG)
+    rest = r" \+ ".join(r"[a-z ]+ \(" + re.escape(layer) + r"\)" for layer in layers[:-1])
+    page.get_by_text(re.compile(f"map from {rest}$")).wait_for(timeout=LONG)
     assert main_image(page).get_attribute("src") != all_branches  # a new map (media URLs are content hashes)
     images_loaded(page, 1 + len(layers))  # the map and each branch's contribution
     shot(page, "03-branch-off")
@@ -313,7 +315,7 @@ def test_demo_mode_shows_each_curated_sample_predicted_as_stated(server, page):
             title.wait_for(timeout=LONG)
             assert f"the model sees {names[sample.expected]} (" in title.inner_text(), title.inner_text()
             picture_with_caption(page, f"{sample.title} · ")  # this sample's photo, not the last one's
-            picture_with_caption(page, f"Where it looks for {names[sample.expected]} (")
+            picture_with_caption(page, f"Where it looks for {names[sample.expected]}")  # no class index
             assert page.locator('[data-testid="stMain"] [data-testid="stProgress"]').count() == 0
             assert page.get_by_role("button", name="Stop").count() == 0  # no job controls in a presentation
             shot(page, f"11-demo-{position + 1}-{key}")

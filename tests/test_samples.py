@@ -40,3 +40,11 @@ def test_the_demo_set_leaves_out_the_photos_the_classifier_gets_wrong(model):
     for key in ("rocket", "astronaut"):  # in the gallery to explore, not in the demo: lite0 misreads them
         top = int(model.explain(load_sample(key).pixels).classes[0, 0])
         assert names[top] in ("drilling platform", "bobsled"), names[top]
+
+
+def test_samples_the_model_gets_wrong_are_found_from_their_stated_classes(model):
+    from tame_core.studio.samples import mispredicted
+
+    assert GALLERY["rocket"].stated == (657, 744, 812) and GALLERY["astronaut"].stated == ()  # ImageNet has no astronaut
+    assert DEMO["coffee"].expected in DEMO["coffee"].stated
+    assert mispredicted(model) == {"rocket"}  # drilling platform; the astronaut is not judged

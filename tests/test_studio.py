@@ -140,6 +140,31 @@ def test_job_reports_progress_records_and_result():
     assert job.records == [{"step": 1}, {"step": 2}]
 
 
+def test_a_running_job_estimates_what_is_left_from_its_own_rate():
+    steps = [threading.Event() for _ in range(3)]
+
+    def work(context):
+        steps[0].wait(5)  # setup: not part of the rate
+        context.progress(0.1, "started")
+        steps[1].wait(5)
+        context.progress(0.4, "a third of the rest")
+        steps[2].wait(5)
+
+    job = Job("estimate", work).start()
+    time.sleep(0.6)
+    assert job.remaining is None  # no progress yet
+    steps[0].set()
+    time.sleep(1.2)
+    assert job.remaining is None  # a second in, but nothing more done since the first progress
+    steps[1].set()
+    deadline = time.monotonic() + 5
+    while job.progress < 0.4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.remaining == pytest.approx(1.2 / 0.3 * 0.6, rel=0.35)  # 0.3 done in ≈ 1.2 s, 0.6 to go
+    steps[2].set()
+    assert job.wait(5) and job.remaining is None
+
+
 def test_job_stops_at_its_next_check_and_keeps_its_records():
     started = threading.Event()
 
@@ -328,3 +353,26 @@ def test_layer_choices_label_each_tappable_layer_with_channels_and_map_size():
     assert labels["blocks.2"] == "blocks.2 (40 ch, 28×28)" and labels["bn2"] == "bn2 (1280 ch, 7×7)"
     assert set(defaults["paper"]) <= set(labels) and "classifier" not in labels  # the logits are not a spatial map
     assert list(layer_choices("vit_b_16")[1]) == ["paper"]  # a class token, no pooled map: no CAM start
+
+
+def test_a_downloaded_maps_size_is_stated():
+    from tame_core.studio import render
+
+    assert render.map_size_note((300, 451), (300, 451)) == "float32 array 300×451 in [0, 1], the picture's size"
+    assert render.map_size_note((768, 1024), (6000, 8000)) == (
+        "float32 array 768×1024 in [0, 1]: the picture is 6000×8000, worked on at 768×1024; scale the map by "
+        "7.81 to lay it on the original"
+    )
+
+
+def test_caveats_for_unlikely_classes_and_tiny_pictures():
+    import numpy as np
+
+    from tame_core.studio import render
+
+    assert render.unlikely_class_note(0.003) == (
+        "The model gives this class 0.3%: the map shows where it would look, not what it sees."
+    )
+    assert render.unlikely_class_note(0.01) is None
+    assert render.tiny_picture_note(np.zeros((20, 31, 3), np.uint8)).startswith("This picture is only 31×20 pixels")
+    assert render.tiny_picture_note(np.zeros((32, 500, 3), np.uint8)) is None

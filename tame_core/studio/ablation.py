@@ -99,6 +99,11 @@ class BranchTerms:
         """The largest magnitude of any term: the shared scale's ends are -scale and +scale."""
         return float(np.abs(self.terms).max()) if self.terms.size else 0.0
 
+    def own_scales(self) -> list[float]:
+        """Each term's own largest magnitude: drawn on its own symmetric scale, a small term is still visible
+        (white still means zero; the share says how much it moves compared with the others)."""
+        return [float(np.abs(term).max()) if term.size else 0.0 for term in self.terms]
+
     def share(self) -> list[float]:
         """Each branch's share of the summed absolute terms (how much of the map it moves), adding up to 1."""
         sizes = np.abs(self.terms).sum(axis=(1, 2))
@@ -115,3 +120,47 @@ def branch_terms(explanation: Explanation) -> BranchTerms:
     per_branch = [raw[0, 0, i] for i in range(raw.shape[2])] if isinstance(raw, torch.Tensor) else [t[0, 0] for t in raw]
     size = explanation.inputs.shape[-2:]
     return BranchTerms(np.stack([resize_maps(t.float(), size).cpu().numpy() for t in per_branch]).astype(np.float32))
+
+
+#: What a branch sees, from its map's size relative to the other branches' (finest first).
+SEES = ("fine detail", "parts", "whole object")
+
+
+def branch_names(layers: Sequence[str], sizes: Sequence[tuple[int, int]]) -> list[str]:
+    """Each branch named by what it sees, its layer and grid secondary: ``fine detail (blocks.4, 14×14)``.
+
+    The branch with the largest map sees fine detail, the smallest the whole object, those between parts;
+    equal sizes (a ViT's tokens) are told apart by depth, an earlier layer seeing finer detail.
+    """
+    order = sorted(range(len(layers)), key=lambda i: (-sizes[i][0] * sizes[i][1], i))
+    words = {}
+    for rank, index in enumerate(order):
+        words[index] = SEES[0] if rank == 0 else SEES[2] if rank == len(order) - 1 else SEES[1]
+    if len(layers) == 1:
+        words[0] = "the one branch"
+    return [f"{words[i]} ({layer}, {h}×{w})" for i, (layer, (h, w)) in enumerate(zip(layers, sizes))]
+
+
+def feature_sizes(explanation: Explanation) -> list[tuple[int, int]]:
+    """The (h, w) grid of each branch's feature map for this picture."""
+    return [(int(f.shape[-2]), int(f.shape[-1])) for f in explanation.branch_features]
+
+
+def plain_reading(row: AblationRow, class_name: str) -> str:
+    """What AD/IC mean for this picture, in one sentence: how the confidence in the class moves when only
+    the map's area (and only its top 15 %) is kept."""
+
+    def change(probability: float) -> str:
+        if not row.clean_probability > 0:  # zero or not measured: nothing to compare with
+            return f"is {probability:.1%}"
+        if abs(probability - row.clean_probability) < 0.0005:
+            return "stays the same"
+        relative = (probability - row.clean_probability) / row.clean_probability
+        direction = "drops" if relative < 0 else "rises"
+        return f"{direction} by {abs(relative):.0%} ({row.clean_probability:.1%} → {probability:.1%})"
+
+    sentence = f"Keeping only the map's area, the model's confidence in {class_name} {change(row.masked_probability)}"
+    smallest = min(row.kept) if row.kept else None
+    if smallest is not None and smallest < 100:
+        sentence += f"; keeping only the map's top {smallest} % of pixels, it {change(row.kept[smallest])}"
+    return sentence + ". AD measures the drops (lower is better), IC says whether it rose (higher is better)."

@@ -100,6 +100,18 @@ class JobContext:
             yield
 
     @property
+    def remaining(self) -> float | None:
+        """Seconds left at the rate this run has kept since its first progress (setup excluded, so a busy
+        machine's slowness is in it); None until a twentieth of the work and a second have passed."""
+        first = self._first_progress
+        if first is None or not self.running:
+            return None
+        since, done = time.monotonic() - first[0], self._progress - first[1]
+        if since < 1.0 or done < 0.05:
+            return None
+        return since / done * (1.0 - self._progress)
+
+    @property
     def forwards(self) -> int:
         """Images sent forward through watched models so far."""
         return self._job._forwards
@@ -108,6 +120,8 @@ class JobContext:
         with self._job._lock:
             if fraction is not None:
                 self._job._progress = min(1.0, max(0.0, float(fraction)))
+                if self._job._first_progress is None and self._job._progress > 0:
+                    self._job._first_progress = (time.monotonic(), self._job._progress)
             if message is not None:
                 self._job._message = message
 
@@ -149,6 +163,7 @@ class Job:
         self._thread: threading.Thread | None = None
         self._state = JobState.PENDING
         self._progress = 0.0
+        self._first_progress: tuple[float, float] | None = None  # (when, fraction) of the first progress made
         self._message = ""
         self._records: list[Any] = []
         self._result: Any = None
@@ -269,6 +284,18 @@ class Job:
         if self._started is None:
             return 0.0
         return (self._finished or time.monotonic()) - self._started
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left at the rate this run has kept since its first progress (setup excluded, so a busy
+        machine's slowness is in it); None until a twentieth of the work and a second have passed."""
+        first = self._first_progress
+        if first is None or not self.running:
+            return None
+        since, done = time.monotonic() - first[0], self._progress - first[1]
+        if since < 1.0 or done < 0.05:
+            return None
+        return since / done * (1.0 - self._progress)
 
     @property
     def forwards(self) -> int:

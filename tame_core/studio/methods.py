@@ -14,6 +14,7 @@ the curves share the maps.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from ..explainer import Explanation
 from ..images import tensor_to_pixels
 from ..methods import get_method
-from ..methods.base import timed_repeats
+from ..methods.base import MethodResult, explain_with, is_cheap, timed_repeats, warm_up
 from ..metrics import METRICS
 from ..metrics.base import prepare
 from ..metrics.curves import DEFAULT_STEPS, MODES, Baseline, CurveInputs, CurveResult, fill_colour, fills_text, stream_curve
@@ -33,6 +34,8 @@ from . import costs
 from .jobs import JobContext
 from .models import LoadedModel
 
+#: The method every cost is compared with.
+REFERENCE = "tame"
 #: Work estimated to take longer than this waits for the user's click (with the estimate on the button);
 #: shorter work starts at once, its estimate in the job's name.
 AUTO_START_SECONDS = 30.0
@@ -48,10 +51,11 @@ class MethodMap:
     forward_passes: int
     backward_passes: int
     repeats: tuple[float, ...] = ()  # seconds of each timed run
+    relative: float = 1.0  # time / TAME's time, timed in turns with TAME (median of the rounds' ratios)
 
     @property
     def timing_note(self) -> str | None:
-        """Why :attr:`milliseconds` is not worth printing, or None."""
+        """Why :attr:`milliseconds` alone says little (a busy machine, one tiny run), or None."""
         return costs.timing_note(self.milliseconds / 1000.0, self.repeats)
 
 
@@ -124,8 +128,9 @@ def method_map(
 ) -> MethodMap:
     """``method``'s map of the subject, from the cache or computed and timed as the method's own work.
 
-    A cheap method is warmed up and timed over several runs (again if the runs were too scattered);
-    an expensive one runs once. The model is held while it runs and every forward checks for Stop.
+    TAME is timed over several warm runs; every other method in turns with TAME (:func:`timed_in_turns`),
+    so its ratio to TAME holds on a busy machine. The model is held while it runs and every forward checks
+    for Stop.
     """
     key = subject.key("map", method)
     found = cache.get(key) if cache is not None else None
@@ -134,9 +139,10 @@ def method_map(
     model, explanation = subject.model, subject.explanation
     with model.busy() as explainer, _watching(context, explainer.backbone, on_forward):
         inputs, classes = explanation.inputs, explanation.classes[:, 0]
-        result = timed_repeats(explainer, inputs, classes, method)
-        if len(result.repeats) > 1 and costs.timing_note(result.seconds, result.repeats):
-            result = timed_repeats(explainer, inputs, classes, method)  # one more try on a calmer machine
+        if method == REFERENCE:
+            result, relative = timed_repeats(explainer, inputs, classes, method), 1.0
+        else:
+            result, relative = timed_in_turns(explainer, inputs, classes, method)
     made = MethodMap(
         method,
         result.maps[0].detach().float(),
@@ -144,10 +150,42 @@ def method_map(
         int(result.forward_passes),
         int(result.backward_passes),
         tuple(result.repeats),
+        relative,
     )
     if cache is not None:
         cache.put(key, made)
     return made
+
+
+def timed_in_turns(
+    explainer: Any, inputs: torch.Tensor, classes: torch.Tensor, method: str, rounds: int = 5, min_seconds: float = 0.25
+) -> tuple[MethodResult, float]:
+    """``method``'s result and its time relative to TAME's, the two run in turns so that a busy machine slows
+    both alike: a cheap method alternates with TAME for ``rounds`` rounds (more, up to 20, until
+    ``min_seconds`` passed) and the ratio is the median of the rounds' ratios; an expensive one runs once,
+    between two TAME runs on each side. ``seconds`` is the method's median run."""
+
+    def reference() -> float:
+        return explain_with(explainer, inputs, classes, REFERENCE).seconds
+
+    warm_up(explainer, inputs, classes, REFERENCE)
+    if not is_cheap(method, explainer):
+        before = [reference(), reference()]
+        result = explain_with(explainer, inputs, classes, method)
+        around = before + [reference(), reference()]
+        result.repeats = (result.seconds,)
+        return result, result.seconds / max(statistics.median(around), 1e-9)
+    warm_up(explainer, inputs, classes, method)
+    runs: list[MethodResult] = []
+    ratios: list[float] = []
+    while len(runs) < rounds or (sum(r.seconds for r in runs) < min_seconds and len(runs) < 20):
+        theirs = reference()
+        runs.append(explain_with(explainer, inputs, classes, method))
+        ratios.append(runs[-1].seconds / max(theirs, 1e-9))
+    seconds = tuple(r.seconds for r in runs)
+    last = runs[-1]
+    timed = MethodResult(last.maps, last.forward_passes, last.backward_passes, statistics.median(seconds), seconds)
+    return timed, statistics.median(ratios)
 
 
 class ForwardProgress:
@@ -340,29 +378,73 @@ def auc_rows(points: Sequence[CurvePoint]) -> list[dict[str, object]]:
     return rows
 
 
+def auc_table(points: Sequence[CurvePoint], steps: int) -> list[dict[str, str]]:
+    """The AUC table as shown: each cell the AUC to three decimals, or a dash with the reason while its
+    curve is being drawn (never an empty cell)."""
+    rows = []
+    for row in auc_rows(points):
+        shown: dict[str, str] = {"method": str(row["method"])}
+        for mode in MODES:
+            auc = row[f"{mode}_auc"]
+            drawn = sum(1 for p in points if p.method == row["method"] and p.mode == mode)
+            reason = f"still drawing: {drawn} of {int(steps) + 1} points" if drawn else "waiting for its turn"
+            shown[auc_title(mode)] = f"{auc:.3f}" if isinstance(auc, float) else f"– ({reason})"
+        rows.append(shown)
+    return rows
+
+
+def auc_title(mode: str) -> str:
+    """``deletion AUC (lower is better)``: a column title with the metric's direction."""
+    return f"{mode} AUC ({auc_direction(mode)})"
+
+
 def auc_direction(mode: str) -> str:
     """``"lower is better"`` for deletion, ``"higher is better"`` for insertion (from the metric registry)."""
     return f"{METRICS[f'{mode}_auc'].direction} is better"
 
 
 def cost_rows(maps: Sequence[MethodMap]) -> list[dict[str, object]]:
-    """Compare's cost table: time (None where it is noisy, with the reason), passes, and time relative to TAME."""
-    tame = next((m for m in maps if m.method == "tame" and m.timing_note is None and m.milliseconds), None)
+    """Compare's cost table, every cell a number: time relative to TAME first (it survives a busy machine),
+    then the median time and the passes; ``timing`` says how the time was taken."""
     rows = []
     for result in maps:
+        how = f"median of {len(result.repeats)} warm runs" if len(result.repeats) > 1 else "one run"
+        if result.method != REFERENCE:
+            how += ", in turns with TAME"
         note = result.timing_note
-        relative = None if note or tame is None else result.milliseconds / tame.milliseconds
         rows.append(
             {
                 "method": result.method,
-                "ms": None if note else result.milliseconds,
+                "× TAME time": result.relative,
+                "ms": result.milliseconds,
                 "forward passes": result.forward_passes,
                 "backward passes": result.backward_passes,
-                "× TAME time": relative,
-                "timing": note or (f"median of {len(result.repeats)} warm runs" if len(result.repeats) > 1 else "one run"),
+                "timing": f"{how}; {note}" if note else how,
             }
         )
     return rows
+
+
+def coinciding(maps: Sequence[MethodMap], tolerance: float = 1e-3) -> list[list[str]]:
+    """Groups of methods whose maps are the same here (Grad-CAM, XGrad-CAM and HiRes-CAM can coincide on
+    one layer): their curves lie on top of each other, which the page says rather than hide."""
+    groups: list[list[MethodMap]] = []
+    for result in maps:
+        for group in groups:
+            if torch.allclose(group[0].saliency, result.saliency, atol=tolerance, rtol=0):
+                group.append(result)
+                break
+        else:
+            groups.append([result])
+    return [[m.method for m in group] for group in groups if len(group) > 1]
+
+
+def coinciding_text(groups: Sequence[Sequence[str]]) -> str | None:
+    """``gradcam, xgradcam and hirescam give the same map here: one curve hides the others.``"""
+    if not groups:
+        return None
+    said = ["{} and {}".format(", ".join(group[:-1]), group[-1]) for group in groups]
+    return "; ".join(said) + " give the same map here: their curves lie on top of each other."
 
 
 def perturbed_image(

@@ -96,6 +96,50 @@ def colour_scale(labels: tuple[str, ...], colormap: str | None = "jet", width: i
     return bar_image
 
 
+#: Below this probability a class's map shows where the model would look for it, not what it sees.
+UNLIKELY_CLASS = 0.01
+#: A picture smaller than this on a side is blown up many times before the model sees it.
+TINY_SIDE = 32
+
+
+def unlikely_class_note(probability: float) -> str | None:
+    """The caveat under a map of a class the model all but rules out (None when there is nothing to say)."""
+    if probability >= UNLIKELY_CLASS:
+        return None
+    return f"The model gives this class {probability:.1%}: the map shows where it would look, not what it sees."
+
+
+def tiny_picture_note(pixels: np.ndarray) -> str | None:
+    """A word on pictures under :data:`TINY_SIDE` pixels a side (None for the others)."""
+    height, width = pixels.shape[:2]
+    if min(height, width) >= TINY_SIDE:
+        return None
+    return (
+        f"This picture is only {width}×{height} pixels: the model sees it blown up, so its answer and its map "
+        "rest on very little."
+    )
+
+
+def map_size_note(size: tuple[int, int], original_size: tuple[int, int]) -> str:
+    """What a downloaded map's size is, said plainly when it is not the picture's own (a large picture is
+    worked on downscaled)."""
+    (height, width), (original_h, original_w) = size, original_size
+    text = f"float32 array {height}×{width} in [0, 1]"
+    if (height, width) == (original_h, original_w):
+        return text + ", the picture's size"
+    return (
+        f"{text}: the picture is {original_h}×{original_w}, worked on at {height}×{width}; scale the map by "
+        f"{original_w / width:.2f} to lay it on the original"
+    )
+
+
+def delta_text(change: float, digits: int = 1, unit: str = "") -> str | None:
+    """A metric's change as ``+1.2 pts``, or None (no arrow, no colour) when it rounds to nothing."""
+    if round(float(change), digits) == 0:
+        return None
+    return f"{change:+.{digits}f}{unit}"
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")

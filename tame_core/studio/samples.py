@@ -13,6 +13,7 @@ map on the object.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ from PIL import Image
 
 from ..errors import ImageLoadError
 from .images import ActiveImage, active_image
+from .models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,12 @@ class Sample:
     source: str  # "skimage:<function>" or "matplotlib:<file in mpl-data/sample_data>"
     crop: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) in the original's pixels
     expected: int | None = None  # the ImageNet class the embedded classifier gives it (demo samples)
+    shows: tuple[int, ...] = ()  # ImageNet classes a right answer would be, when ImageNet has one
+
+    @property
+    def stated(self) -> tuple[int, ...]:
+        """The classes a right answer would be: ``shows``, else ``expected``, else none (nothing to judge)."""
+        return self.shows or ((self.expected,) if self.expected is not None else ())
 
     @property
     def available(self) -> bool:
@@ -72,9 +80,9 @@ def _pixels(sample: Sample) -> np.ndarray:
 
 
 _ALL = (
-    Sample("chelsea", "Chelsea the cat", "Stefan van der Walt, CC0", "skimage:chelsea", expected=285),
-    Sample("coffee", "Cup of coffee", "Rachel Michetti, CC0", "skimage:coffee", expected=967),
-    Sample("camera", "Cameraman", "Lav Varshney, CC0", "skimage:camera", expected=872),
+    Sample("chelsea", "Chelsea the cat", "Stefan van der Walt, CC0", "skimage:chelsea", expected=285, shows=(281, 282, 285)),
+    Sample("coffee", "Cup of coffee", "Rachel Michetti, CC0", "skimage:coffee", expected=967, shows=(967, 968, 504)),
+    Sample("camera", "Cameraman", "Lav Varshney, CC0", "skimage:camera", expected=872, shows=(872, 759, 732)),
     Sample(
         "grace_hopper",
         "Grace Hopper",
@@ -82,8 +90,8 @@ _ALL = (
         "matplotlib:grace_hopper.jpg",
         expected=652,
     ),
-    Sample("rocket", "Falcon 9 launch", "SpaceX, public domain", "skimage:rocket"),
-    Sample("astronaut", "Astronaut Eileen Collins", "NASA, public domain", "skimage:astronaut"),
+    Sample("rocket", "Falcon 9 launch", "SpaceX, public domain", "skimage:rocket", shows=(657, 744, 812)),
+    Sample("astronaut", "Astronaut Eileen Collins", "NASA, public domain", "skimage:astronaut"),  # ImageNet has no astronaut
 )
 
 #: The Explain page's samples, in showing order (those whose package is installed).
@@ -103,3 +111,23 @@ def load_sample(key: str) -> ActiveImage:
         raise ImageLoadError(f"no sample called {key!r}; choose one of {', '.join(GALLERY)}")
     sample = GALLERY[key]
     return active_image(_pixels(sample), sample.title, "sample")
+
+
+#: The label of a sample the model gets wrong: worth exploring, said so.
+GETS_IT_WRONG = "the model gets this wrong: see why"
+_WRONG: dict[object, frozenset[str]] = {}
+_JUDGING = threading.Lock()
+
+
+def mispredicted(model: LoadedModel) -> frozenset[str]:
+    """The gallery samples whose top-1 class (the whole picture, as Explain shows it) is none of their
+    stated classes; samples with no stated class, and models without ImageNet's classes, are not judged.
+    One backbone run per judged sample, once per model and process."""
+    if not model.knows_imagenet:
+        return frozenset()
+    with _JUDGING:
+        if model.key not in _WRONG:
+            judged = [key for key, sample in GALLERY.items() if sample.stated]
+            tops = [int(model.explain(load_sample(key).pixels).classes[0, 0]) for key in judged]
+            _WRONG[model.key] = frozenset(k for k, top in zip(judged, tops) if top not in GALLERY[k].stated)
+        return _WRONG[model.key]
