@@ -132,7 +132,7 @@ def evaluate(
                 pictures, positions, unreadable = [], [], []  # readable pictures and their indices in ``files``
                 for position, path in enumerate(paths, start):
                     try:
-                        pictures.append(image_to_tensor(load_image(path)))
+                        pictures.append(image_to_tensor(load_image(path, min_short_side=preprocess.decode_short_side)))
                         positions.append(position)
                     except ImageLoadError as error:
                         unreadable.append(str(error))
