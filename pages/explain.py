@@ -67,7 +67,10 @@ def body() -> None:
             data=lambda: render.npy_bytes(saliency),
             file_name=f"{stem}_map.npy",
             mime="application/octet-stream",
-            help=f"float32 array {saliency.shape[0]}×{saliency.shape[1]} in [0, 1], the picture's size",
+            help=(
+                f"float32 array {saliency.shape[0]}×{saliency.shape[1]} in [0, 1]: the picture at most 1024 px a side "
+                f"(uploaded {image.original_size[0]}×{image.original_size[1]})"
+            ),
         )
         colour_scale(colormap, "the map is scaled to its own range, 0 where the class is least supported, 1 where most")
 

@@ -1,9 +1,11 @@
 """``tame evaluate --data DIR``: the papers' faithfulness table for TAME and the comparison methods on a folder.
 
 Prints AD/IC at 100/50/15%, ROAD MoRF/LeRF, deletion/insertion AUC, milliseconds and forward passes
-per image for each method, and writes ``results.json`` and ``results.csv`` into ``--out``. The run
-saves its per-image results after every batch: after Ctrl-C, the same command with ``--resume``
-continues where it stopped. On a CPU shared with other jobs, ``OMP_NUM_THREADS=1`` can make a run
+per image for each method, and writes ``results.json``, ``results.csv`` (the means) and ``per_image.csv``
+(one row per image and method, keyed by the path relative to ``--data``) into ``--out``; ``--compare A,B``
+adds the paired difference of two methods on every metric with a 95 % bootstrap interval over images.
+The run saves its per-image results after every batch: after Ctrl-C, the same command with ``--resume``
+continues where it stopped, and redoes no finished image. On a CPU shared with other jobs, ``OMP_NUM_THREADS=1`` can make a run
 many times faster (the solver behind ROAD is many small tensor operations).
 """
 
@@ -53,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("."), help="folder for results.json and results.csv (default: .)")
     output.add_argument("--resume", action="store_true", help=f"continue the run saved in --out/{STATE_FILE}")
+    output.add_argument("--compare", metavar="A,B", help="also print method A against B on every metric: paired difference, 95%% bootstrap interval, verdict")
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_evaluate)
 
@@ -67,6 +70,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         method_limits=_limits(args.method_limit, "--method-limit"), metric_limits=_limits(args.metric_limit, "--metric-limit"),
         metric_batch_size=args.metric_batch_size, seed=args.seed,
     )
+    compared = _compared(args.compare, config.methods)
     writable_folder(args.out)  # now, not after the run: results and the resumable state go there
     state = args.out / STATE_FILE
     if state.exists() and not args.resume:
@@ -87,12 +91,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise
     bar.close()
     report.settings["head"] = str(args.head) if args.head else report.settings["head"]
-    json_path, csv_path = report.save(args.out)
+    json_path, csv_path, rows_path = report.save(args.out)
     print(report.table())
+    if compared:
+        print()
+        print(report.comparison_table(*compared))
     for skipped in report.skipped:
         print(f"skipped: {skipped}", file=sys.stderr)
-    print(f"wrote {json_path} and {csv_path}", file=sys.stderr)
+    print(f"wrote {json_path}, {csv_path} and {rows_path}", file=sys.stderr)
     return 0
+
+
+def _compared(text: str | None, methods: tuple[str, ...]) -> tuple[str, str] | None:
+    """``"tame,gradcam"`` -> ``("tame", "gradcam")``, two different methods of the run."""
+    if text is None:
+        return None
+    names = _names(text)
+    if len(names) != 2 or names[0] == names[1]:
+        raise EvaluationError(f"--compare {text!r} must name two different methods, e.g. tame,gradcam")
+    missing = [name for name in names if name not in methods]
+    if missing:
+        raise EvaluationError(f"--compare: method '{missing[0]}' is not in --methods ({','.join(methods)})")
+    return names[0], names[1]
 
 
 def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The resumable part of an evaluation run: per-image values and costs, saved after every batch.
+"""The resumable part of an evaluation run: one row per image and method, saved after every batch.
 
 A state file holds the run's settings beside its tally, so a run resumes only what the same settings
 (same head tensors, same files) started, and says which settings differ otherwise.
@@ -9,60 +9,39 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-import torch
+from typing import Any, Sequence
 
 from ..atomic import write_atomically
 from ..errors import EvaluationError
-from ..metrics import METRICS
 
 
 class Tally:
-    """Per-image metric values and summed costs of each method: what a state file holds."""
+    """What a state file holds: one row per finished (image, method), keyed by the image's path relative to
+    the data folder, and the images that could not be read. An image is finished when its rows are in."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         data = data or {}
-        self.values: dict[str, dict[str, list[float]]] = data.get("values", {})
-        self.costs: dict[str, dict[str, float]] = data.get("costs", {})
-        self.counts: dict[str, dict[str, int]] = data.get("counts", {})
-        self.images_done: int = data.get("images_done", 0)
-        self.skipped: list[str] = data.get("skipped", [])
+        # {"image", "method", "ms_per_image", "forward_passes", "backward_passes", "values": {group: {metric: value}}}
+        self.rows: list[dict[str, Any]] = data.get("rows", [])
+        self.done: list[str] = data.get("done", [])  # keys of the images finished (read or not), in the order done
+        self.skipped: list[str] = data.get("skipped", [])  # one message per unreadable image
 
-    def add(self, method: str, group: str, per_image: Mapping[str, torch.Tensor], images: int) -> None:
-        counts = self.counts.setdefault(method, {})
-        counts[group] = counts.get(group, 0) + images
-        row = self.values.setdefault(method, {})
-        for name, values in per_image.items():
-            row.setdefault(name, []).extend(float(v) for v in values.detach().float().cpu())
+    def finished(self) -> set[str]:
+        """Keys of the images done: measured by every method that takes them, or unreadable."""
+        return set(self.done)
 
-    def add_cost(self, method: str, images: int, seconds: float, forwards: float, backwards: float) -> None:
-        cost = self.costs.setdefault(method, {"images": 0, "seconds": 0.0, "forwards": 0.0, "backwards": 0.0})
-        cost["images"] += images
-        cost["seconds"] += seconds
-        cost["forwards"] += forwards * images
-        cost["backwards"] += backwards * images
+    @property
+    def images_done(self) -> int:
+        return len(self.done)
 
-    def summary(self, methods: Sequence[str]) -> dict[str, dict[str, float]]:
-        result = {}
-        for method in methods:
-            cost = self.costs.get(method)
-            if not cost or not cost["images"]:
-                continue
-            row = {name: sum(values) / len(values) for name, values in self.values.get(method, {}).items() if values}
-            row["ms_per_image"] = cost["seconds"] * 1000.0 / cost["images"]
-            row["forward_passes"] = cost["forwards"] / cost["images"]
-            row["backward_passes"] = cost["backwards"] / cost["images"]
-            row["images"] = cost["images"]
-            result[method] = {name: row[name] for name in _ordered(row)}
-            result[method].update({f"images_{group}": n for group, n in self.counts.get(method, {}).items()})
-        return result
+    def add(self, images: Sequence[str], rows: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> None:
+        """One batch: the keys of all its images, their rows and the messages of the unreadable ones."""
+        self.done.extend(images)
+        self.rows.extend(rows)
+        self.skipped.extend(skipped)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "values": self.values, "costs": self.costs, "counts": self.counts,
-            "images_done": self.images_done, "skipped": self.skipped,
-        }
+        return {"rows": self.rows, "done": self.done, "skipped": self.skipped, "images_done": self.images_done}
 
 
 def load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> Tally:
@@ -94,12 +73,6 @@ _NAMES = {"head_tensors_sha256": "head weights", "data_files_sha256": "image fil
 def save_state(path: str | os.PathLike | None, settings: dict[str, Any], tally: Tally) -> None:
     if path is not None:
         write_atomically(path, json.dumps({"settings": settings, "tally": tally.to_dict()}, default=plain))
-
-
-def _ordered(row: Mapping[str, float]) -> list[str]:
-    """Metric names in the registry's order, then any others, then the image count."""
-    known = [name for name in METRICS if name in row]
-    return [*known, *(name for name in row if name not in known and name != "images"), "images"]
 
 
 def plain(value: Any) -> Any:
