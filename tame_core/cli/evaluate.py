@@ -72,11 +72,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     compared = _compared(args.compare, config.methods)
     writable_folder(args.out)  # now, not after the run: results and the resumable state go there
-    state = args.out / STATE_FILE
-    if state.exists() and not args.resume:
+    from ..training.distributed import Distributed
+
+    dist = Distributed.setup(args.device)  # under torchrun: this rank's device (LOCAL_RANK), gloo or NCCL
+    try:
+        return _run_rank(args, config, compared, dist)
+    finally:
+        dist.close()
+
+
+def _run_rank(args: argparse.Namespace, config: Any, compared: tuple[str, str] | None, dist: Any) -> int:
+    """One process's part of ``tame evaluate`` (the only one without torchrun); rank 0 writes and prints."""
+    from ..evaluation import evaluate
+
+    args.device = str(dist.device)
+    state = state_file(args.out, dist.rank, dist.world)
+    if args.resume:
+        others = sorted(p.name for p in args.out.glob("evaluation_state*.json") if p.name != state.name)
+        if others and not state.exists():
+            raise EvaluationError(
+                f"--resume: {args.out} holds the state of a run with another number of processes ({others[0]}); "
+                f"resume with that many, or start afresh without --resume"
+            )
+    elif state.exists():
         state.unlink()  # a fresh run; --resume keeps it
     explainer = explainer_from(args)
-    bar = tqdm(total=0, unit="img", desc="evaluate", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+    disable = args.no_progress or not dist.is_main
+    bar = tqdm(total=0, unit="img", desc="evaluate", file=sys.stderr, disable=disable, dynamic_ncols=True)
 
     def progress(done: int, total: int, message: str) -> None:
         bar.total = total
@@ -84,12 +106,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         bar.set_postfix_str(message, refresh=True)
 
     try:
-        report = evaluate(explainer, config, progress, state_path=state)
+        report = evaluate(explainer, config, progress, state_path=state, dist=dist)
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: the images done are saved in {state}; add --resume to continue", file=sys.stderr)
         raise
     bar.close()
+    if not dist.is_main:
+        return 0
     report.settings["head"] = str(args.head) if args.head else report.settings["head"]
     json_path, csv_path, rows_path = report.save(args.out)
     print(report.table())
@@ -100,6 +124,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"skipped: {skipped}", file=sys.stderr)
     print(f"wrote {json_path}, {csv_path} and {rows_path}", file=sys.stderr)
     return 0
+
+
+def state_file(out: Path, rank: int = 0, world: int = 1) -> Path:
+    """This process's state file: one per rank under torchrun, so no two processes write one file."""
+    return out / (STATE_FILE if world == 1 else f"evaluation_state.rank{rank}-of-{world}.json")
 
 
 def _compared(text: str | None, methods: tuple[str, ...]) -> tuple[str, str] | None:

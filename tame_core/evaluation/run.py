@@ -26,6 +26,7 @@ from ..metrics import average_drop_increase, deletion_insertion, road
 from ..metrics.road import DEFAULT_NOISE
 from ..stopping import Stopped, check, stop_on
 from ..training.data import split_files  # the project's one definition of the ImageNet split
+from ..training.distributed import Distributed
 from .config import EvaluationConfig, metric_forwards
 from .report import EvaluationReport
 from .state import load_state, save_state
@@ -68,13 +69,16 @@ def evaluate(
     *,
     state_path: str | os.PathLike | None = None,
     stop: threading.Event | None = None,
+    dist: Distributed | None = None,
 ) -> EvaluationReport:
     """Explain the images ``config`` names with each of its methods and measure the maps.
 
     With ``state_path`` the per-image results are saved after every batch and a run with the same
     settings resumes from them; ``stop`` ends the run at the next forward pass (the batch in progress is
     dropped, the report covers the images done before it). Cheap methods are warmed up once before
-    their first timed batch, so their time is their own work.
+    their first timed batch, so their time is their own work. Under ``torchrun`` (``dist`` of several
+    ranks) each rank takes the files whose index modulo the world size is its rank, keeps its own state
+    file, and every rank returns the report of all ranks' rows (progress counts this rank's share).
 
     Example:
         >>> config = EvaluationConfig(data="photos/", methods=("tame", "gradcam"), limit=20)
@@ -113,8 +117,10 @@ def evaluate(
     tally = load_state(state_path, settings)
     keys = [image_key(path, config.data) for path in files]
     finished = tally.finished()
-    todo = [position for position, key in enumerate(keys) if key not in finished]  # a resume redoes no finished image
-    total = sum(min(len(files), limits.get(m, len(files))) for m in methods)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    mine = [position for position in range(len(files)) if position % world == rank]  # this rank's fixed shard
+    todo = [position for position in mine if keys[position] not in finished]  # a resume redoes no finished image
+    total = sum(_before(mine, limits.get(m)) for m in methods)
     done = total - sum(_before(todo, limits.get(m)) for m in methods)
     per_image = {m: get_method(m).expected_passes(explainer, **options[m])[0] for m in methods}
     preprocess = backbone.preprocess
@@ -174,9 +180,12 @@ def evaluate(
         pass  # the batch in progress is dropped; the report covers the images done
     if progress is not None and not (stop is not None and stop.is_set()):
         progress(done, total, "done")
+    rows, skipped, images_done = tally.rows, tally.skipped, tally.images_done
+    if world > 1:  # every rank's rows, merged (a rank stopped early contributes what it finished)
+        rows, skipped, images_done = dist.gather(rows), sorted(dist.gather(skipped)), sum(dist.gather([images_done]))
     order = {key: index for index, key in enumerate(keys)}
-    rows = sorted(tally.rows, key=lambda row: (order.get(row["image"], len(order)), methods.index(row["method"])))
-    return EvaluationReport.from_rows({**settings, "images_done": tally.images_done}, rows, methods, tally.skipped)
+    rows = sorted(rows, key=lambda row: (order.get(row["image"], len(order)), methods.index(row["method"])))
+    return EvaluationReport.from_rows({**settings, "images_done": images_done}, rows, methods, skipped)
 
 
 def image_key(path: Path, data: str | os.PathLike) -> str:
