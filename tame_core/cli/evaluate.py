@@ -12,6 +12,7 @@ many times faster (the solver behind ROAD is many small tensor operations).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,8 @@ def _run_rank(args: argparse.Namespace, config: Any, compared: tuple[str, str] |
 
     args.device = str(dist.device)
     state = state_file(args.out, dist.rank, dist.world)
-    if args.resume:
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0  # torchrun --max-restarts
+    if args.resume or restarted:  # a restarted worker continues its own state, as --resume does
         others = sorted(p.name for p in args.out.glob("evaluation_state*.json") if p.name != state.name)
         if others and not state.exists():
             raise EvaluationError(
