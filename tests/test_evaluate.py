@@ -381,8 +381,6 @@ def test_evaluate_writes_per_image_rows_and_compares_on_the_command_line(tmp_pat
 def test_a_resumed_run_redoes_no_finished_image(explainer, tmp_path, monkeypatch):
     """Stopped in its 3rd batch, then resumed: the resumed run forwards exactly what a run of the images
     left does, each finished image was read once, and the rows are those of one whole run."""
-    import tame_core.evaluation.run as run_module
-
     folder = noise_folder(tmp_path / "images", 7)
     settings = dict(metrics=("adic",), batch_size=2)
     forwards = []
