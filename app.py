@@ -7,16 +7,26 @@ in :mod:`tame_core.studio`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 from streamlit import runtime
 
 from pages._shared import guarded, keep_jobs_alive, resolve_model, session_folder, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.checkpoint import CHECKPOINT_DIR, bundled_head_path
-from tame_core.studio import HEAD_ENV, MAX_UPLOAD_MB, ModelChoice, default_choice, store_uploaded_head
+from tame_core.studio import (
+    HEAD_ENV,
+    MAX_UPLOAD_MB,
+    WEIGHTS_ENV,
+    ModelChoice,
+    default_choice,
+    store_uploaded_head,
+    store_uploaded_weights,
+)
 from tame_core.studio.jobs import share_cpu_between_threads
 from tame_core.studio.models import MAX_HEAD_UPLOAD_MB, available_devices
-from tame_core.studio.storage import server_path
+from tame_core.studio.storage import hub_repo_id, server_head
 
 st.set_page_config(page_title="TAME Explorer", page_icon=":material/local_fire_department:", layout="wide")
 
@@ -62,30 +72,54 @@ def model_sidebar() -> ModelChoice | None:
     source = st.selectbox("Head", list(HEAD_SOURCES), format_func=HEAD_SOURCES.get, key="head_source")
     head: str | None = None
     revision: str | None = None
+    weights: str | None = None
     if source == "bundled":
-        head = default_choice().head
+        head, weights = default_choice().head, default_choice().weights
         if head:
-            st.caption(f"Using `{head}` (from ${HEAD_ENV}).")
+            st.caption(f"Using `{Path(head).name}` (from ${HEAD_ENV})" + (f" on `{Path(weights).name}` (from ${WEIGHTS_ENV})." if weights else "."))
         else:
             st.caption(f"`checkpoints/{bundled_head_path(DEFAULT_BACKBONE).name}` on the embedded {DEFAULT_BACKBONE}.")
     elif source == "file":
         typed = st.text_input("Path to a head (.safetensors)", key="head_path").strip()
-        head = str(server_path(typed, "Head", also=[CHECKPOINT_DIR, session_folder().heads])) if typed else None
+        head = str(server_head(typed, "Head", also=[CHECKPOINT_DIR, session_folder().heads])) if typed else None
     elif source == "upload":
         upload = st.file_uploader(
             "Head checkpoint", type=["safetensors"], key="head_upload", max_upload_size=MAX_HEAD_UPLOAD_MB
         )
         if upload is not None:
-            head = str(store_uploaded_head(upload.name, upload.getvalue()))
+            head = str(store_uploaded_head(upload.name, upload.getvalue(), session_folder().uploaded_heads))
     else:
-        head = st.text_input("Repo id", placeholder="owner/name", key="hub_repo").strip() or None
+        head = hub_repo_id(typed) if (typed := st.text_input("Repo id", placeholder="owner/name", key="hub_repo").strip()) else None
         revision = st.text_input("Revision", placeholder="main", key="hub_revision").strip() or None
     backbones = [AS_HEAD_SAYS, *list_backbones()]
     backbone = st.selectbox("Backbone", backbones, key="backbone", help="The classifier the head explains.")
+    if source != "bundled":
+        weights = classifier_weights()
     device = st.selectbox("Device", available_devices(), key="device")
     if source != "bundled" and head is None:
         return None
-    return ModelChoice(head, None if backbone == AS_HEAD_SAYS else backbone, revision, device)
+    return ModelChoice(head, None if backbone == AS_HEAD_SAYS else backbone, revision, device, weights)
+
+
+WEIGHTS_SOURCES = {"card": "As the head's card says", "file": "A weights file on the server", "upload": "Upload weights"}
+
+
+def classifier_weights() -> str | None:
+    """The classifier's weights: what the head's card names (pretrained, or a fine-tune's file beside the
+    head), a server file under the allowed folders, or an upload kept in this session's folder."""
+    source = st.selectbox(
+        "Classifier weights", list(WEIGHTS_SOURCES), format_func=WEIGHTS_SOURCES.get, key="weights_source",
+        help="For a head trained on your own fine-tuned classifier: its weights (.safetensors, .pt, .pth). "
+             "The head's card records their SHA-256, so other weights are refused.",
+    )
+    if source == "file":
+        typed = st.text_input("Path to the weights", key="weights_path").strip()
+        return str(server_path(typed, "Weights", also=[session_folder().uploads])) if typed else None
+    if source == "upload":
+        upload = st.file_uploader("Weights file", type=["safetensors", "pt", "pth"], key="weights_upload", max_upload_size=MAX_HEAD_UPLOAD_MB)
+        if upload is not None:
+            return str(store_uploaded_weights(upload.name, upload.getvalue(), session_folder().uploads))
+    return None
 
 
 def _select_image() -> None:

@@ -118,11 +118,11 @@ def bench_curves(args, explainer, inputs, classes, saliency) -> None:
                 backbone(prepared[:count]).softmax(dim=-1)
 
     def curves() -> None:
-        deletion_insertion(backbone, inputs, saliency, classes, args.steps, "blur", size)
+        deletion_insertion(backbone, inputs, saliency, classes, args.steps, None, size)
 
     times = in_turns({"curves": curves, "alone": forwards_alone}, args.repeats, device)
     metric, alone = times["curves"], times["alone"]
-    print(f"\n2. deletion + insertion curves, {args.steps} steps, blur baseline: {rows} perturbed images in batches of {size}")
+    print(f"\n2. deletion + insertion curves, {args.steps} steps, RISE's fills (mean colour, blur): {rows} perturbed images in batches of {size}")
     print(f"   metric {metric:8.2f} s | its forwards alone {alone:8.2f} s | ratio x{metric / alone:.2f}")
 
 

@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 
 import streamlit as st
 
-from tame_core.errors import ImageLoadError, TameError
+from tame_core.errors import AccessError, ImageLoadError, TameError
 from tame_core.studio import (
     GALLERY,
     MAX_UPLOAD_MB,
@@ -28,7 +28,7 @@ from tame_core.studio import (
 from tame_core.studio.costs import Estimate
 from tame_core.studio.jobs import STOPPED_BY_USER
 from tame_core.studio.methods import AUTO_START_SECONDS
-from tame_core.studio.storage import SessionFolder
+from tame_core.studio.storage import SessionFolder, public_message
 
 log = logging.getLogger("tame_core.studio.app")
 T = TypeVar("T")
@@ -82,11 +82,9 @@ def session_folder() -> SessionFolder:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _cached_model(
-    head: str | None, backbone: str | None, revision: str | None, device: str, fingerprint: tuple[int, int] | None
-) -> LoadedModel:
+def _cached_model(choice: ModelChoice, fingerprint: tuple[int, int] | None) -> LoadedModel:
     # fingerprint is part of the cache key only: a head file rewritten on disk loads afresh.
-    return load_model(ModelChoice(head, backbone, revision, device))
+    return load_model(choice)
 
 
 def resolve_model(choice: ModelChoice | None) -> None:
@@ -96,11 +94,9 @@ def resolve_model(choice: ModelChoice | None) -> None:
         st.session_state["model_error"] = "choose a head in the sidebar"
         return
     try:
-        st.session_state["model"] = _cached_model(
-            choice.head, choice.backbone, choice.revision, choice.device, choice.fingerprint()
-        )
+        st.session_state["model"] = _cached_model(choice, choice.fingerprint())
     except TameError as error:
-        st.session_state["model_error"] = str(error)
+        st.session_state["model_error"] = public_message(str(error))
 
 
 def model_or_stop() -> LoadedModel:
@@ -125,11 +121,13 @@ def guarded(body: Callable[[], T]) -> T | None:
     """Run a page's body; a user error becomes its one-line ``st.error``, a bug a short one, never a traceback."""
     try:
         return body()
-    except TameError as error:
+    except AccessError as error:  # names only what the user typed
         st.error(str(error))
+    except TameError as error:
+        st.error(public_message(str(error)))
     except Exception as error:  # noqa: BLE001 - keep the app usable whatever happened
         log.exception("page failed")
-        reason = " ".join(str(error).split())[:200]
+        reason = public_message(" ".join(str(error).split())[:200])
         st.error(f"Something went wrong ({type(error).__name__}: {reason}). The rest of the app still works.")
     return None
 
@@ -205,7 +203,7 @@ def job_status(job: Job | None, key: str, controls: bool = True) -> None:
             columns[0].progress(job.progress, text=f"{text} ({job.elapsed:.0f} s)")
             columns[1].button("Stop", key=f"stop-{key}", on_click=job.stop, width="stretch")
     elif job.state is JobState.FAILED:
-        st.error(f"{job.name} failed: {job.error}")
+        st.error(f"{job.name} failed: {public_message(str(job.error))}")
     elif not controls:
         return
     elif job.state is JobState.DONE:

@@ -15,7 +15,7 @@ from pages._shared import (
     workspace,
 )
 from tame_core.methods import list_methods
-from tame_core.metrics.curves import BASELINES, DEFAULT_STEPS, MODES
+from tame_core.metrics.curves import DEFAULT_FILLS, DEFAULT_STEPS, FILLS, MODES, fills_text
 from tame_core.studio import plots
 from tame_core.studio.methods import (
     auc_direction,
@@ -35,19 +35,26 @@ def body() -> None:
     image = image_or_stop()
     ws = workspace()
     st.caption(
-        "Pixels are changed in the order each map ranks them. Deletion replaces the most salient first (a "
-        "faithful map makes the probability fall fast: low AUC); insertion restores them onto a blurred copy "
-        "(it should rise fast: high AUC). Curves are drawn as they are computed; a baseline added later is "
-        "computed alone, the curves already drawn are kept."
+        "Pixels are changed in the order each map ranks them. Deletion replaces the most salient first, by "
+        "default with the classifier's mean colour (a faithful map makes the probability fall fast: low AUC); "
+        "insertion restores them onto a blurred copy (it should rise fast: high AUC). Curves are drawn as "
+        "they are computed; a baseline added later is computed alone, the curves already drawn are kept."
     )
     class_index = class_picker(model, image)
     available = list_methods()
-    settings = st.columns([3, 1, 1])
+    settings = st.columns([3, 1, 1, 1])
     others = settings[0].multiselect(
         "Baselines to compare with TAME", available[1:], key="curve_methods", help="Score-CAM, Ablation-CAM and RISE take longer."
     )
     steps = settings[1].select_slider("Steps", [10, 20, 25, 50, 100], value=DEFAULT_STEPS, key="curve_steps")
-    baseline = settings[2].selectbox("Changed pixels become", BASELINES, key="curve_baseline")
+    fills = {
+        mode: column.selectbox(label, FILLS, FILLS.index(DEFAULT_FILLS[mode]), key=f"curve_fill_{mode}", help=help_text)
+        for mode, column, label, help_text in (
+            ("deletion", settings[2], "Deleted pixels become", "mean: the classifier's mean colour (RISE's deletion)"),
+            ("insertion", settings[3], "Insertion starts from", "blur: RISE's Gaussian blur (11 x 11, sigma 5), RISE's insertion"),
+        )
+    }
+    baseline = fills_text(fills)
     methods = ["tame", *others]
     subject = ws.subject(model, image, class_index)
     tag = (subject.key(), steps, baseline)

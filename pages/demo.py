@@ -20,10 +20,14 @@ def _step(offset: int, count: int) -> None:
     st.session_state["demo_index"] = (st.session_state.get("demo_index", 0) + offset) % count
 
 
-def demo_set() -> tuple[list[ActiveImage], dict[str, str]]:
-    """The pictures to present and, per picture, its credit line."""
+def demo_set(imagenet: bool) -> tuple[list[ActiveImage], dict[str, str]]:
+    """The pictures to present and, per picture, its credit line. A classifier of your own classes is
+    presented on your pictures: the curated photos are ImageNet ones."""
     ws = workspace()
-    sources = [CURATED, MINE] if ws.images else [CURATED]
+    if not imagenet and not ws.images:
+        st.info("This model has its own classes: upload the pictures to present on the Explain page, then come back.")
+        return [], {}
+    sources = ([CURATED] if imagenet else []) + ([MINE] if ws.images else [])
     source = st.radio("Show", sources, horizontal=True, key="demo_source", label_visibility="collapsed")
     if source == MINE:
         chosen = st.multiselect(
@@ -41,9 +45,10 @@ def demo_set() -> tuple[list[ActiveImage], dict[str, str]]:
 def body() -> None:
     model = model_or_stop()
     ws = workspace()
-    images, credits = demo_set()
+    images, credits = demo_set(model.knows_imagenet)
     if not images:
-        st.info("Choose at least one picture to present.")
+        if model.knows_imagenet or ws.images:
+            st.info("Choose at least one picture to present.")
         return
     tag = (model.key, tuple(image.digest for image in images))
     job = ws.job_for("demo", tag)

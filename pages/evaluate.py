@@ -8,10 +8,10 @@ from pages._shared import guarded, job_status, live, model_or_stop, session_fold
 from tame_core.errors import TameError
 from tame_core.evaluation import TABLE_COLUMNS, EvaluationConfig, select_files
 from tame_core.methods import list_methods
-from tame_core.metrics.curves import BASELINES, DEFAULT_STEPS
+from tame_core.metrics.curves import DEFAULT_FILLS, DEFAULT_STEPS, FILLS
 from tame_core.studio.costs import evaluation_estimate, with_relative_times
 from tame_core.studio.evaluation import can_resume, column_title, evaluation_work, state_path
-from tame_core.studio.storage import server_path
+from tame_core.studio.storage import public_message, server_folder
 from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
@@ -27,19 +27,28 @@ def config_form() -> EvaluationConfig | None:
         key="eval_methods",
         help="Score-CAM, Ablation-CAM and RISE need hundreds to thousands of forward passes per image.",
     )
-    split, limit, steps, baseline = st.columns(4)
+    split, limit, steps, deletion, insertion = st.columns(5)
     values = {
         "split": split.selectbox("Split", SPLITS, key="eval_split", help="train / heldout: the project's ImageNet split"),
         "limit": limit.number_input("Images (0 = all)", 0, 100_000, 20, key="eval_limit") or None,
         "steps": steps.select_slider("Curve steps", [10, 20, 25, 50, 100], value=DEFAULT_STEPS, key="eval_steps"),
-        "baseline": baseline.selectbox("Deleted pixels become", BASELINES, key="eval_baseline"),
+        "baseline": {
+            "deletion": deletion.selectbox(
+                "Deleted pixels become", FILLS, FILLS.index(DEFAULT_FILLS["deletion"]), key="eval_fill_deletion",
+                help="mean: the classifier's mean colour (RISE's deletion)",
+            ),
+            "insertion": insertion.selectbox(
+                "Insertion starts from", FILLS, FILLS.index(DEFAULT_FILLS["insertion"]), key="eval_fill_insertion",
+                help="blur: RISE's Gaussian blur (11 x 11, sigma 5), RISE's insertion",
+            ),
+        },
     }
     if not folder.strip() or not methods:
         st.info("Name a folder of images on the server and at least one method.")
         return None
-    path = server_path(folder, "Folder")
+    path = server_folder(folder, "Folder")
     if not path.is_dir():
-        st.error(f"{path}: not a folder on this server")
+        st.error(f"{folder.strip()}: not a folder on this server")
         return None
     return EvaluationConfig(data=str(path), methods=tuple(methods), **values)
 
@@ -88,7 +97,7 @@ def body() -> None:
         try:
             count = len(select_files(config.data, config.split, limit=config.limit))
         except TameError as error:
-            st.error(str(error))
+            st.error(public_message(str(error)))
     if config is not None and count is not None:
         states = session_folder().evaluations  # this session's: a fresh run never deletes another session's
         state = state_path(config, model.choice, states)

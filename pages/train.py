@@ -11,7 +11,7 @@ from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
 from tame_core.head import VARIANTS
 from tame_core.hub import push_head
 from tame_core.studio import JobState, plots
-from tame_core.studio.storage import server_path
+from tame_core.studio.storage import server_folder
 from tame_core.studio.training import (
     TrainingPreview,
     can_resume,
@@ -22,7 +22,9 @@ from tame_core.studio.training import (
     train_work,
     unpack_upload,
 )
-from tame_core.training import SPLITS, TrainConfig
+from tame_core.training import RECIPES, SPLITS, TrainConfig
+
+RECIPE_LABELS = {"little-data": "Little data (recommended)", "paper": "Papers' recipe"}
 
 CHECKPOINT_EVERY = 10  # steps between saved states: also how often the preview maps refresh
 
@@ -39,9 +41,9 @@ def training_data() -> Path | None:
         text = st.text_input("Folder (searched recursively)", key="train_folder", placeholder="/data/my-images")
         if not text.strip():
             return None
-        folder = server_path(text, "Folder")
+        folder = server_folder(text, "Folder")
         if not folder.is_dir():
-            st.error(f"{folder}: not a folder on this server")
+            st.error(f"{text.strip()}: not a folder on this server")
             return None
         return folder
     upload = st.file_uploader("Zip of images", type=["zip"], key="train_zip")
@@ -58,19 +60,28 @@ def settings(data: Path | None) -> TrainConfig | None:
     backbone = left.selectbox("Backbone", backbones, index=backbones.index(DEFAULT_BACKBONE), key="train_backbone")
     variant = middle.selectbox("Head variant", list(VARIANTS), key="train_variant")
     name = right.text_input("Save as (head name)", value="my_head", key="train_name", help="Kept in this session's own folder.")
-    layers, default_layers = usable_layers(backbone)
+    layers, recipe_defaults = usable_layers(backbone)
+    recipes = list(recipe_defaults)
+    recipe = st.radio(
+        "Recipe", recipes, horizontal=True, key=f"train_recipe_{backbone}", format_func=RECIPE_LABELS.get,
+        help="Little data: every map starts as the classifier's own class activation map, so a few thousand unlabelled "
+             "photos train a useful head (the bundled head's recipe). Papers': a learned map per class from scratch, "
+             "for ImageNet-scale data." + ("" if "little-data" in recipes else f" {backbone}'s classifier pools no layer, so only the papers' recipe applies."),
+    )
+    defaults = RECIPES[recipe]
     chosen = st.multiselect(
         "Layers to tap (one branch each)",
         list(layers),
-        default=default_layers,
+        default=recipe_defaults[recipe],
         format_func=layers.get,
-        key=f"train_layers_{backbone}",
+        key=f"train_layers_{backbone}_{recipe}",
     )
     epochs, batch, rate, split = st.columns(4)
     values = {
-        "epochs": epochs.number_input("Epochs", 1, 200, 2, key="train_epochs"),
+        "recipe": recipe,
+        "epochs": epochs.number_input("Epochs", 1, 200, defaults["epochs"], key=f"train_epochs_{recipe}"),
         "batch_size": batch.select_slider("Batch size", [4, 8, 16, 32, 64], value=16, key="train_batch"),
-        "lr": rate.number_input("Learning rate", 1e-5, 1.0, 1e-3, format="%.4f", key="train_lr"),
+        "lr": rate.number_input("Learning rate", 1e-5, 1.0, defaults["lr"], format="%.4f", key=f"train_lr_{recipe}"),
         "split": split.selectbox("Split", SPLITS, key="train_split", help="train / heldout: the project's ImageNet split"),
     }
     if data is None or not chosen:
@@ -150,7 +161,7 @@ def body() -> None:
     if config is not None:
         mine = job is not None and job.tag == config.out  # this session's own run of that name
         if config.out.exists() and not mine:
-            st.warning(f"{config.out} exists: a new run replaces it (or pick another name).")
+            st.warning(f"{config.out.name} exists: a new run replaces it (or pick another name).")
         go, again = st.columns(2)
         if go.button("Start training", type="primary", disabled=running, key="train_start"):
             start(config, resume=False)

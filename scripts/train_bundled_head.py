@@ -50,7 +50,7 @@ SHIPPED = {
     "exclude_targets": "heldout",
 }
 #: The papers' recipe as ``tame train`` runs it by default, on the same data.
-PAPER = {"backbone": "efficientnet_lite0", "seed": 0, "exclude_targets": "heldout"}
+PAPER = {"backbone": "efficientnet_lite0", "recipe": "paper", "seed": 0, "exclude_targets": "heldout"}
 NOTES = (
     "Tied fuser: class c's fuser row is the classifier's row c times a projection shared by all classes, "
     "started so that every class's map is its class activation map (bn2 branch the identity, the other "

@@ -35,6 +35,7 @@ import torch
 
 from .atomic import atomic_path, write_atomically
 from .errors import CheckpointError, OutputError
+from .reading import check_regular, parse_json, read_json
 from .head import VARIANTS, TAMEHead
 
 FORMAT = "tame-head"
@@ -54,6 +55,7 @@ MAX_CLASSES = 1_000_000
 MAX_FUSED_RESOLUTION = 4_096
 MAX_INPUT_SIDE = 8_192
 _MAX_HEADER_BYTES = 16 * 2**20
+MAX_HEAD_BYTES = 4 * 2**30
 
 #: safetensors dtype names and their sizes in bytes.
 _DTYPE_BYTES = {
@@ -88,6 +90,10 @@ class HeadMetadata:
     format_version: int = FORMAT_VERSION
     weights_sha256: str | None = None  # the whole .safetensors file (in the card only)
     tensors_sha256: str | None = None  # the tensors alone (see tensors_digest): embedded and in the card
+    #: The classifier the head explains: ``weights`` ("pretrained", "random" or a file name, never a path),
+    #: that file's ``weights_sha256`` (a head is never used with other weights) and ``num_classes``.
+    classifier: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None  # the classifier's own names (None: its architecture's)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -112,6 +118,10 @@ class HeadMetadata:
             problem = _field_problem(name, value)
             if problem:
                 raise CheckpointError(f"{where}: {name} {problem}, got {_short(value)}")
+        if known.get("class_names") is not None and len(known["class_names"]) != known["num_classes"]:
+            raise CheckpointError(
+                f"{where}: {len(known['class_names'])} class names for {known['num_classes']} classes; they go one per class"
+            )
         if len(known["channels"]) != len(known["layers"]):
             raise CheckpointError(
                 f"{where}: {len(known['layers'])} layers but {len(known['channels'])} channel counts; they go one per layer"
@@ -159,11 +169,40 @@ def _field_problem(name: str, value: Any) -> str | None:
         return "must be a string"
     if name in ("weights_sha256", "tensors_sha256") and value is not None and not (isinstance(value, str) and _SHA256.match(value)):
         return "must be 64 lowercase hex digits"
+    if name == "classifier":
+        return _classifier_problem(value)
+    if name == "class_names" and value is not None:
+        if not (isinstance(value, list) and all(isinstance(v, str) and 0 < len(v.strip()) <= MAX_NAME_LENGTH for v in value)):
+            return f"must be a list of non-empty names of at most {MAX_NAME_LENGTH} characters"
+        if len({v.strip().casefold() for v in value}) != len(value):
+            return "must not repeat a name"
+    return None
+
+
+#: Longest class name a card may hold.
+MAX_NAME_LENGTH = 200
+
+
+def _classifier_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a JSON object"
+    weights, digest, classes = value.get("weights"), value.get("weights_sha256"), value.get("num_classes")
+    if weights is not None and not (isinstance(weights, str) and weights.strip() and len(weights) <= 255 and "/" not in weights and "\\" not in weights):
+        return "weights must be pretrained, random or a file name (no folders)"
+    if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+        return "weights_sha256 must be 64 lowercase hex digits"
+    if classes is not None and not (_is_int(classes) and 1 <= classes <= MAX_CLASSES):
+        return f"num_classes must be a whole number from 1 to {MAX_CLASSES}"
     return None
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    if isinstance(value, int) and value.bit_length() > 128:  # repr of a 5,000-digit int raises
+        return f"a whole number of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = repr(value)
+    except ValueError:  # a huge whole number inside a list or dict
+        return f"a {type(value).__name__} holding a number too long to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -193,14 +232,50 @@ def locate_head(source: str | os.PathLike | None, backbone_name: str, revision: 
     raise CheckpointError(f"head {str(source)!r} is neither a local .safetensors file nor a Hub repo id (owner/name)")
 
 
+def classifier_weights_for(metadata: HeadMetadata, weights: str | os.PathLike | None, head_path: Path) -> str | os.PathLike:
+    """The classifier weights to load for a head: ``weights`` as given, checked against the SHA-256 its card
+    records, or (``None``) what the card says: the file it names when it lies beside the head (as a pulled
+    Hub head with ``--with-weights`` has it), else ``"pretrained"``. Wrong weights are refused in one line."""
+    card = metadata.classifier
+    expected, name = card.get("weights_sha256"), card.get("weights", "pretrained")
+    arch = metadata.backbone
+    if weights is None:
+        beside = head_path.parent / str(name)
+        if not expected:
+            return "random" if name == "random" else "pretrained"
+        if beside.is_file() and sha256_of(beside) == expected:
+            return beside
+        raise CheckpointError(
+            f"this head explains a fine-tuned {arch} (weights file {name}, SHA-256 {expected[:12]}...): "
+            "pass that file with --weights"
+        )
+    if expected:
+        actual = sha256_of(weights) if Path(weights).is_file() else None
+        if actual != expected:
+            given = Path(weights).name if actual else str(weights)
+            raise CheckpointError(
+                f"weights {given} are not the ones this head was trained for ({name}, SHA-256 {expected[:12]}...): "
+                f"pass {name} with --weights, or train a head for these weights"
+            )
+    elif name == "pretrained" and str(weights) not in ("pretrained", "random") and card:
+        raise CheckpointError(
+            f"this head was trained for the pretrained {arch}, not for weights file {Path(weights).name}: "
+            "train a head for those weights (tame train --weights ...)"
+        )
+    return weights
+
+
 def metadata_for(head: TAMEHead, backbone: Any, layers: Sequence[str], **extra: Any) -> HeadMetadata:
     """Metadata describing ``head`` trained on ``backbone``'s ``layers``; ``extra`` fills the rest."""
+    classifier = {"weights": backbone.weights_name, "weights_sha256": backbone.weights_sha256, "num_classes": backbone.num_classes}
     return HeadMetadata(
         backbone=backbone.name,
         layers=list(layers),
         input_size=list(backbone.preprocess.input_size),
         preprocessing=backbone.preprocess.to_dict(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        classifier={k: v for k, v in classifier.items() if v is not None},
+        class_names=list(backbone.class_names) if backbone.custom_class_names else None,
         **head.config(),
         **extra,
     )
@@ -254,16 +329,33 @@ def save_head(head: TAMEHead, metadata: HeadMetadata, path: str | os.PathLike) -
     if metadata.head_config() != head.config():
         raise CheckpointError(f"metadata {metadata.head_config()} does not describe the head {head.config()}")
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    check_weights(state, f"{tensor_path.name} (not saved)")
     metadata.weights_sha256 = None  # a file cannot hold its own digest; the card gets it below
     metadata.tensors_sha256 = _state_digest(state)
     try:
         with atomic_path(tensor_path) as temporary:
             save_file(state, str(temporary), metadata={_HEADER_KEY: metadata.to_json()})
         metadata.weights_sha256 = sha256_of(tensor_path)
-        write_atomically(card_path, metadata.to_json() + "\n")
+        _write_card(card_path, metadata, tensor_path)
+    except OutputError:
+        raise
     except OSError as error:
         raise OutputError(f"{tensor_path}: cannot write the head ({error.strerror or error})") from None
     return tensor_path, card_path
+
+
+def _write_card(card_path: Path, metadata: HeadMetadata, tensor_path: Path) -> None:
+    """The card, after its tensors: if it cannot be written, an old card (which would now disagree with the
+    new tensors) is removed, so the head still loads from the metadata inside its file."""
+    try:
+        write_atomically(card_path, metadata.to_json() + "\n")
+    except OutputError as error:
+        card_path.unlink(missing_ok=True)
+        reason = str(error).split("cannot write (", 1)[-1].split(")", 1)[0]
+        raise OutputError(
+            f"{card_path}: cannot write ({reason}); the new head was saved in {tensor_path.name} "
+            "and loads from the metadata inside it"
+        ) from None
 
 
 def read_metadata(path: str | os.PathLike) -> HeadMetadata:
@@ -301,9 +393,21 @@ def load_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> tu
         state = load_tensors(raw)
     except (SafetensorError, ValueError) as error:
         raise CheckpointError(f"{tensor_path}: not a readable safetensors file ({error})") from None
+    check_weights(state, str(tensor_path))
     head = TAMEHead(**metadata.head_config())
     head.load_state_dict(state)
     return head.to(device).eval(), metadata
+
+
+def check_weights(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse, in one line, a head whose weights would give NaN maps: a non-finite value anywhere, or a
+    negative BatchNorm ``running_var`` (its square root is NaN). Checked at every load and every save."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{where}: {name} holds {bad} NaN or infinite value(s); the head is unusable")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise CheckpointError(f"{where}: {name} holds negative variances; the head is unusable")
 
 
 def check_fits(metadata: HeadMetadata, backbone: Any, layers: Sequence[str], channels: Sequence[int]) -> None:
@@ -319,28 +423,22 @@ def check_fits(metadata: HeadMetadata, backbone: Any, layers: Sequence[str], cha
         differences.append(f"channels (head: {metadata.channels}, here: {list(channels)})")
     if metadata.num_classes != backbone.num_classes:
         differences.append(f"classes (head: {metadata.num_classes}, here: {backbone.num_classes})")
+    expected = metadata.classifier.get("weights_sha256")
+    if expected and backbone.weights_sha256 and backbone.weights_sha256 != expected:
+        differences.append(f"classifier weights (head: {metadata.classifier.get('weights')} {expected[:12]}..., here: {backbone.weights_name} {backbone.weights_sha256[:12]}...)")
     if differences:
         raise CheckpointError(f"head does not fit this backbone: different {'; '.join(differences)}")
 
 
 # --- reading and checking ---------------------------------------------------------------------------
 def _read_card(card_path: Path) -> HeadMetadata:
-    try:
-        data = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{card_path}: not valid JSON ({error})") from None
-    except OSError as error:
-        raise CheckpointError(f"{card_path}: cannot read ({error.strerror or error})") from None
-    return HeadMetadata.from_dict(data, str(card_path))
+    return HeadMetadata.from_dict(read_json(card_path, CheckpointError), str(card_path))
 
 
 def _embedded_metadata(tensor_path: Path, header_metadata: dict[str, str]) -> HeadMetadata | None:
     if _HEADER_KEY not in header_metadata:
         return None
-    try:
-        data = json.loads(header_metadata[_HEADER_KEY])
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{tensor_path}: the metadata in its header is not valid JSON ({error})") from None
+    data = parse_json(header_metadata[_HEADER_KEY], CheckpointError, f"{tensor_path}: the metadata in its header")
     return HeadMetadata.from_dict(data, f"{tensor_path} (embedded metadata)")
 
 
@@ -348,7 +446,7 @@ def _read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]
     """(tensor entries, ``__metadata__``) of a safetensors file, each entry checked to lie inside the file."""
     try:
         with open(path, "rb") as handle:
-            return _parse_header(handle, os.fstat(handle.fileno()).st_size, path)
+            return _parse_header(handle, check_regular(handle.fileno(), MAX_HEAD_BYTES, CheckpointError, str(path)), path)
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
 
@@ -361,8 +459,8 @@ def _parse_header(handle: BinaryIO, size: int, path: Path) -> tuple[dict[str, di
         header = json.loads(handle.read(length))
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_short(str(error))})") from None
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: not a readable safetensors file (malformed __metadata__)")
@@ -398,7 +496,7 @@ def _read_checked(path: Path, entries: dict[str, dict[str, Any]], header_metadat
 
 
 def _check_card_matches_file(card: HeadMetadata, embedded: HeadMetadata, card_path: Path, tensor_path: Path) -> None:
-    for name in ("backbone", "layers", "channels", "num_classes", "variant", "max_resolution", "tensors_sha256"):
+    for name in ("backbone", "layers", "channels", "num_classes", "variant", "max_resolution", "tensors_sha256", "classifier", "class_names"):
         mine, theirs = getattr(card, name), getattr(embedded, name)
         if name == "tensors_sha256" and mine is None:
             continue  # a hand-written card need not repeat the digest

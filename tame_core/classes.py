@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -48,7 +50,67 @@ def class_names_for(num_classes: int, subset: str | None = None) -> tuple[str, .
                 return tuple(d.split(",")[0] for d in info.label_descriptions())
         except Exception:  # unknown subset: fall through to generic names
             pass
+    return generic_class_names(num_classes)
+
+
+def generic_class_names(num_classes: int) -> tuple[str, ...]:
+    """``class 0`` ... ``class N-1``: the names of a classifier nobody named (see :func:`read_labels`)."""
     return tuple(f"class {i}" for i in range(num_classes))
+
+
+#: Largest labels file read: a million names of 10 characters.
+MAX_LABELS_BYTES = 16 * 2**20
+
+
+def read_labels(path: str | os.PathLike) -> tuple[str, ...]:
+    """Class names from a file: one per line (blank lines at the end ignored), or a JSON list of strings.
+
+    Names must be non-empty and distinct ignoring case (``--class NAME`` must find exactly one), so a
+    wrong file is refused here in one line rather than showing wrong names later.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClassError(f"labels file {path.name} does not exist (or is not a regular file)")
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise ClassError(f"labels file {path.name} is over {MAX_LABELS_BYTES >> 20} MB: give one class name per line")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+    except UnicodeDecodeError:
+        raise ClassError(f"labels file {path.name} is not UTF-8 text: give one class name per line, or a JSON list of names") from None
+    names = _json_labels(text, path) if text.lstrip().startswith("[") else text.rstrip("\r\n").splitlines()
+    return checked_names(names, f"labels file {path.name}")
+
+
+def _json_labels(text: str, path: Path) -> list[Any]:
+    import json
+
+    try:
+        names = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ClassError(f"labels file {path.name} starts with '[' but is not a JSON list of names") from None
+    if not isinstance(names, list):
+        raise ClassError(f"labels file {path.name} is not a JSON list of names")
+    return names
+
+
+def checked_names(names: Sequence[Any], where: str) -> tuple[str, ...]:
+    """``names`` as stripped strings, each non-empty and distinct ignoring case, or a one-line ClassError."""
+    if not names:
+        raise ClassError(f"{where} holds no class names")
+    cleaned = []
+    for number, name in enumerate(names, 1):
+        if not isinstance(name, str) or not name.strip():
+            raise ClassError(f"{where}: name {number} is {'empty' if isinstance(name, str) else repr(name)[:40]}; every class needs a name")
+        cleaned.append(" ".join(name.split()))
+    seen: dict[str, int] = {}
+    for number, name in enumerate(cleaned, 1):
+        if name.casefold() in seen:
+            raise ClassError(f"{where}: {name!r} is both name {seen[name.casefold()]} and name {number}; names must differ")
+        seen[name.casefold()] = number
+    return tuple(cleaned)
 
 
 def resolve_class(query: int | str, class_names: Sequence[str]) -> int:

@@ -3,13 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
+
+from .errors import OptionError
+
+_DEVICE = re.compile(r"^(cpu|cuda|mps)(?::(\d{1,3}))?$")
 
 
 def auto_device() -> torch.device:
     """The GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_device(text: str | torch.device | None) -> torch.device:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device this machine has, or one OptionError line.
+
+    Checked before anything loads, so ``--device banana`` or ``--device cuda`` on a machine without a GPU
+    says so instead of failing deep inside PyTorch.
+    """
+    if text is None or str(text).strip() == "auto":
+        return auto_device()
+    if isinstance(text, torch.device):
+        text = str(text)
+    found = _DEVICE.match(str(text).strip().lower())
+    if found is None:
+        shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
+        raise OptionError(f"device {shown!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    kind, index = found[1], found[2]
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise OptionError(f"device {text!r}: this machine has no CUDA GPU that PyTorch can use; use --device cpu")
+        if index is not None and int(index) >= count:
+            raise OptionError(f"device {text!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptionError(f"device {text!r}: Apple's MPS is not available on this machine; use --device cpu")
+    return torch.device(kind, int(index)) if index is not None else torch.device(kind)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
-from .checkpoint import HeadMetadata, check_fits, load_head, locate_head
+from .checkpoint import HeadMetadata, check_fits, classifier_weights_for, load_head, locate_head
 from .classes import ClassChoice, class_matrix
 from .devices import auto_device, autocast
-from .errors import CheckpointError, LayerError
+from .errors import CheckpointError, LayerError, OptionError
 from .head import TAMEHead
 from .maps import minmax_normalize, resize_maps
 from .preprocessing import INPUT, Geometry, as_image_tensors, check_geometry, model_inputs
@@ -88,11 +88,18 @@ class Explanation:
     def map_at_original(self, index: int = 0, k: int = 0) -> np.ndarray:
         """Map ``k`` of image ``index`` as float32 (H, W) at the original picture's size (see
         :meth:`~tame_core.preprocessing.Preprocess.map_on_picture`); the model input's size for inputs."""
-        saliency = self.maps[index, k]
+        saliency = self.maps[_checked_index(index, self.maps.shape[0], "image"), _checked_index(k, self.maps.shape[1], "class")]
         if not self.original_sizes:
             return saliency.float().cpu().numpy()
         height, width = self.original_sizes[index]
         return self.explainer.backbone.preprocess.map_on_picture(saliency, height, width, self.geometry)
+
+
+def _checked_index(index: Any, count: int, what: str) -> int:
+    """``index`` as a position among ``count`` (negative counts from the end), or one OptionError line."""
+    if not isinstance(index, numbers.Integral) or isinstance(index, bool) or not -count <= int(index) < count:
+        raise OptionError(f"{what} index {index!r} is out of range: this explanation has {count} {what}(s), 0 to {count - 1}")
+    return int(index)
 
 
 class Explainer:
@@ -126,12 +133,17 @@ class Explainer:
         device: torch.device | str | None = None,
         revision: str | None = None,
         amp: bool = False,
-        weights: Weights = "pretrained",
+        weights: Weights | None = None,
+        class_names: Sequence[str] | None = None,
+        preprocess: dict[str, Any] | None = None,
     ) -> "Explainer":
-        """Load a head (bundled by default, a local ``.safetensors``, or a Hub repo id) and its backbone.
+        """Load a head (bundled by default, a local ``.safetensors``, or a Hub repo id) and its classifier.
 
-        Without ``backbone`` the head's card names it; without ``head`` the backbone's bundled head is used.
-        ``weights`` are the backbone's (see :func:`~tame_core.backbones.load_backbone`).
+        The head's card names everything else: the architecture (unless ``backbone`` is given: a name, or a
+        :class:`Backbone` such as :func:`~tame_core.backbones.wrap_classifier` makes), the classifier's
+        weights (``weights=None``: pretrained, or the fine-tune's file when it lies beside the head; a file
+        given is checked against the card's SHA-256), its class names and its preprocessing.
+        ``class_names`` and ``preprocess`` (``input_size``, ``mean``, ``std``) override the card's.
         """
         device = torch.device(device) if device is not None else auto_device()
         backbone_name = backbone.name if isinstance(backbone, Backbone) else backbone
@@ -140,7 +152,13 @@ class Explainer:
         if isinstance(backbone, Backbone):
             net = backbone.to(device)
         else:
-            net = load_backbone(backbone or metadata.backbone, weights=weights, device=device)
+            net = load_backbone(
+                backbone or metadata.backbone,
+                weights=classifier_weights_for(metadata, weights, path),
+                device=device,
+                class_names=class_names if class_names is not None else metadata.class_names,
+                preprocess={**metadata.preprocessing, **(preprocess or {})} or None,
+            )
         return cls(net, tame_head, metadata.layers, metadata, amp=amp)
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +45,36 @@ def pull_head(
     metadata = read_metadata(card)
     if not metadata.weights_sha256:
         raise HubError(f"{repo_id}: {card_name} records no weights_sha256, so the download cannot be verified")
-    actual = sha256_of(tensors)
-    if actual != metadata.weights_sha256:
-        raise HubError(
-            f"{repo_id}: {tensor_name} has SHA-256 {actual[:12]}..., but its card says "
-            f"{metadata.weights_sha256[:12]}...; refusing a file that does not match"
-        )
+    _check_download(repo_id, tensors, tensor_name, metadata.weights_sha256)
+    _pull_classifier(repo_id, revision, cache_dir, metadata)
     return Path(tensors)
+
+
+def _check_download(repo_id: str, path: str, name: str, expected: str) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise HubError(
+            f"{repo_id}: {name} has SHA-256 {actual[:12]}..., but its card says {expected[:12]}...; "
+            "refusing a file that does not match"
+        )
+
+
+def _pull_classifier(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None, metadata: HeadMetadata) -> None:
+    """The fine-tuned classifier's weights, when the repo carries them (``push --with-weights``): they land
+    beside the head, where :func:`~tame_core.checkpoint.classifier_weights_for` finds them."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    name, expected = metadata.classifier.get("weights"), metadata.classifier.get("weights_sha256")
+    if not expected or not str(name).endswith(".safetensors"):
+        return
+    try:
+        path = hf_hub_download(repo_id, str(name), revision=revision, cache_dir=cache_dir)
+    except EntryNotFoundError:
+        return  # a head without its classifier: the user passes --weights
+    except Exception as error:  # noqa: BLE001 - translated to one line below
+        raise _hub_error(error, repo_id, revision, str(name)) from None
+    _check_download(repo_id, path, str(name), expected)
 
 
 def push_head(
@@ -61,11 +84,14 @@ def push_head(
     private: bool = False,
     revision: str | None = None,
     commit_message: str = "Upload TAME head",
+    with_weights: str | os.PathLike | None = None,
 ) -> str:
     """Upload a local head (tensors, card and a generated model card) to ``repo_id``; returns the commit URL.
 
     The head is loaded first (every check of :func:`~tame_core.checkpoint.load_head`), then saved afresh
     with :func:`public_metadata`, so what is uploaded holds no local paths and carries its own digests.
+    ``with_weights`` also uploads the fine-tuned classifier the head explains (checked against the card's
+    SHA-256; a ``.pt`` is converted to ``.safetensors``), so a pull gives a complete explainer.
     """
     from huggingface_hub import create_repo, upload_folder
 
@@ -74,6 +100,8 @@ def push_head(
     head, metadata = load_head(path)
     public = public_metadata(metadata)
     with tempfile.TemporaryDirectory() as folder:
+        if with_weights is not None:
+            public = replace(public, classifier=_stage_classifier(metadata, with_weights, Path(folder)))
         save_head(head, public, Path(folder) / HEAD_FILENAME)
         (Path(folder) / "README.md").write_text(model_card(public, repo_id))
         try:
@@ -86,29 +114,68 @@ def push_head(
     return str(getattr(commit, "commit_url", commit))
 
 
-def public_metadata(metadata: HeadMetadata) -> HeadMetadata:
-    """A copy of ``metadata`` fit to publish: every absolute local path in it becomes its file name."""
-    return replace(
-        metadata,
-        preprocessing=_without_local_paths(metadata.preprocessing),
-        training=_without_local_paths(metadata.training),
-        data=_without_local_paths(metadata.data),
-        metrics=_without_local_paths(metadata.metrics),
-    )
+def _stage_classifier(metadata: HeadMetadata, weights: str | os.PathLike, folder: Path) -> dict[str, Any]:
+    """Put the classifier's weights in ``folder`` as ``.safetensors``; the card's ``classifier`` entry for them."""
+    from safetensors.torch import save_file
 
+    from .backbones import read_weights
+
+    expected = metadata.classifier.get("weights_sha256")
+    if not expected:
+        raise HubError(
+            "--with-weights: this head explains the pretrained "
+            f"{metadata.backbone} (its card records no weights file), so there are no weights of yours to upload"
+        )
+    loaded = read_weights(weights)
+    if loaded.sha256 != expected:
+        raise HubError(
+            f"--with-weights {loaded.name} is not the classifier this head was trained for "
+            f"({metadata.classifier.get('weights')}, SHA-256 {expected[:12]}...)"
+        )
+    target = folder / (Path(loaded.name).stem + ".safetensors")
+    if Path(weights).suffix == ".safetensors":
+        target.write_bytes(Path(weights).read_bytes())
+    else:
+        save_file({k: v.contiguous().clone() for k, v in loaded.state.items()}, str(target))
+    return {**metadata.classifier, "weights": target.name, "weights_sha256": sha256_of(target), "trained_for_sha256": expected}
+
+
+def public_metadata(metadata: HeadMetadata) -> HeadMetadata:
+    """A copy of ``metadata`` fit to publish: in every field (dict keys included) a local path becomes its
+    file name and a URL becomes ``(link removed)``. tame_core itself writes neither, so only what a user
+    added to a card is changed; the fields that say what the head is (backbone, layers, sizes, digests) stay."""
+    changed = {
+        item.name: scrub_local_paths(getattr(metadata, item.name), urls=True)
+        for item in fields(metadata)
+        if item.name not in _STRUCTURAL
+    }
+    return replace(metadata, **changed)
+
+
+#: Card fields that describe the head's shape and identity: published as they are.
+_STRUCTURAL = frozenset({"layers", "channels", "num_classes", "variant", "max_resolution", "input_size",
+                         "format", "format_version", "weights_sha256", "tensors_sha256"})
 
 #: A string that is a local path (POSIX, home, Windows drive or share, file URL), and a path of two or
 #: more parts inside other text; URLs (``https://...``) match neither.
 _LOCAL_PATH = re.compile(r"^(~|/|[A-Za-z]:[\\/]|\\\\|file://)")
 _PATH_IN_TEXT = re.compile(r"""(?:^|(?<=[\s"'(=,]))(?:~|[A-Za-z]:)?(?:[\\/][^\s"'(),\\/]+){2,}""")
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>)\]]*")
+_MAX_SCRUB_DEPTH = 64
 
 
-def _without_local_paths(value: Any) -> Any:
+def scrub_local_paths(value: Any, urls: bool = False, depth: int = 0) -> Any:
+    """``value`` with every local path in its strings (dict keys too) cut to its file name, and with
+    ``urls`` every URL replaced by ``(link removed)``. Used for what is published and for app messages."""
+    if depth > _MAX_SCRUB_DEPTH:
+        return "(nested too deep)"
     if isinstance(value, dict):
-        return {key: _without_local_paths(item) for key, item in value.items()}
+        return {scrub_local_paths(str(k), urls, depth + 1): scrub_local_paths(v, urls, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_without_local_paths(item) for item in value]
+        return [scrub_local_paths(item, urls, depth + 1) for item in value]
     if isinstance(value, str):
+        if urls:
+            value = _URL.sub("(link removed)", value)
         if _LOCAL_PATH.match(value):
             return _file_name(value)
         return _PATH_IN_TEXT.sub(lambda found: _file_name(found.group(0)), value)
@@ -146,7 +213,9 @@ one forward pass gives a saliency map for every one of its {metadata.num_classes
 - Layers tapped: {", ".join(f"`{layer}`" for layer in metadata.layers)} (channels {metadata.channels})
 - Head variant: `{metadata.variant}`; maps fused at up to {metadata.max_resolution} px a side
 - Input size: {metadata.input_size[0]}x{metadata.input_size[1]}
-- Weights SHA-256: `{metadata.weights_sha256}`
+- Classes: {_classes_line(metadata)}
+- Classifier weights: {_classifier_line(metadata)}
+- Head SHA-256: `{metadata.weights_sha256}`
 
 ## Use
 
@@ -171,6 +240,21 @@ or `tame explain photo.jpg --head {repo_id} --out maps/`.
 | --- | --- |
 {rows}
 """
+
+
+def _classes_line(metadata: HeadMetadata) -> str:
+    names = metadata.class_names
+    if not names:
+        return f"{metadata.num_classes} (the architecture's own names)"
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"{metadata.num_classes}: {shown}"
+
+
+def _classifier_line(metadata: HeadMetadata) -> str:
+    weights = metadata.classifier.get("weights", "pretrained")
+    if not metadata.classifier.get("weights_sha256"):
+        return f"{weights} `{metadata.backbone}`"
+    return f"`{weights}` (SHA-256 `{metadata.classifier['weights_sha256']}`), a fine-tune: pass it with `--weights` unless this repo holds it"
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, object]:

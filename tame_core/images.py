@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
+from .reading import read_regular
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO]
 
@@ -30,6 +31,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 #: Pillow's decompression-bomb threshold (about 89 megapixels): larger images are refused
 #: before they are decoded, so a tiny file cannot make us allocate gigabytes.
 MAX_PIXELS = 89_478_485
+
+#: Largest image file read: an 89-megapixel 16-bit RGBA TIFF needs about 700 MB; larger files (an 8 GB
+#: "photo", a sparse file) are refused before a byte is read.
+MAX_IMAGE_FILE_BYTES = 1 * 2**30
 
 #: Longest side, and most elongated shape (long side / short side), accepted. Preprocessing scales the
 #: short side to the model's input size, so without them a 20000 x 1 PNG of 100 bytes would become a
@@ -125,9 +130,18 @@ def check_image_size(height: int, width: int, label: str = "image") -> None:
     ratio = max(height, width) / min(height, width)
     if ratio > MAX_ASPECT_RATIO:
         raise ImageLoadError(
-            f"{label}: {width}x{height} is too thin to explain (aspect ratio {ratio:.0f}:1, over the "
+            f"{label}: {width}x{height} is too thin to explain (aspect ratio {_over(ratio, MAX_ASPECT_RATIO)}:1, over the "
             f"{MAX_ASPECT_RATIO:g}:1 limit); crop it first"
         )
+
+
+def _over(value: float, limit: float) -> str:
+    """``value`` with as many decimals as it takes to read as over ``limit`` (10.004, not 10)."""
+    for decimals in range(6):
+        text = f"{value:.{decimals}f}"
+        if float(text) > limit:
+            return text
+    return f"{value:g}"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -202,19 +216,8 @@ def collect_images(sources: str | os.PathLike | list[str | os.PathLike] | tuple)
 def _read_bytes(source: ImageSource, label: str) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            if not path.exists():
-                raise ImageLoadError(f"{label}: no such file")
-            if path.is_dir():
-                raise ImageLoadError(f"{label}: is a folder, not an image")
-            return path.read_bytes()
-        except ImageLoadError:
-            raise
-        except (OSError, ValueError) as error:  # no permission, a name too long, a NUL byte in the name
-            reason = getattr(error, "strerror", None) or " ".join(str(error).split())
-            raise ImageLoadError(f"{label}: cannot read ({reason})") from None
+    if isinstance(source, (str, os.PathLike)):  # a regular file of bounded size: never a FIFO or /dev/zero
+        return read_regular(source, MAX_IMAGE_FILE_BYTES, ImageLoadError, label, noun="image")
     if not callable(getattr(source, "read", None)):
         raise ImageLoadError(f"{label}: expected a file path, bytes or a binary file, got {type(source).__name__}")
     data = source.read()

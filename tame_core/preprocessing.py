@@ -15,6 +15,7 @@ Two geometries:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Sequence
 
@@ -53,6 +54,15 @@ class Preprocess:
     fixed_input_size: bool = False
 
     def __post_init__(self) -> None:
+        size = self.input_size
+        if not (isinstance(size, tuple) and len(size) == 2 and all(_whole(v) and 8 <= v <= 8192 for v in size)):
+            raise ValueError(f"input_size must be (height, width), whole numbers from 8 to 8192, got {size!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not (isinstance(values, tuple) and len(values) == 3 and all(_real(v) for v in values)):
+                raise ValueError(f"{name} must be three finite numbers (red, green, blue), got {values!r}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be above 0, got {self.std!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
         if not 0 < self.crop_pct <= 1:
@@ -64,10 +74,15 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+        """From a card or user options; any field that is wrong is a ValueError saying which."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("input_size", "mean", "std"):
             if key in known:
+                if not isinstance(known[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list, got {known[key]!r}")
                 known[key] = tuple(known[key])
+        if not isinstance(known.get("crop_pct", 0.5), (int, float)) or isinstance(known.get("crop_pct"), bool):
+            raise ValueError(f"crop_pct must be a number, got {known['crop_pct']!r}")
         return cls(**known)
 
     # --- geometry ------------------------------------------------------------------------------
@@ -144,14 +159,35 @@ class Preprocess:
         return np.clip(canvas, 0, 1)
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: Largest side of a model input given directly (geometry "input"): a 3000x3000 input would need tens of
+#: GB of activations; pictures of any size go through geometry "full" or "crop" instead.
+MAX_INPUT_SIDE = 2_048
+
+
 def model_inputs(images: Any, device: torch.device) -> torch.Tensor:
-    """Images that are model inputs already, on ``device``: a (B, 3, H, W) float tensor in [0, 1] (its
-    values are not scanned, so a batch on the GPU stays there without a sync)."""
+    """Images that are model inputs already, on ``device``: a (B, 3, H, W) float tensor in [0, 1], at most
+    :data:`MAX_INPUT_SIDE` a side, all finite (one ``isfinite`` reduction: a single sync per batch)."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ImageLoadError(f"geometry '{INPUT}' takes model inputs: a (B, 3, H, W) float tensor in [0, 1], got {shape}")
     if not len(images):
         raise ImageLoadError("no images given (a batch tensor of 0 images)")
+    height, width = images.shape[-2:]
+    if max(height, width) > MAX_INPUT_SIDE:
+        raise ImageLoadError(
+            f"geometry '{INPUT}' takes model inputs up to {MAX_INPUT_SIDE} pixels a side, got {width}x{height}; "
+            "resize them, or pass pictures with geometry 'full' or 'crop'"
+        )
+    check_image_size(height, width)
+    _check_values(images)
     return images.to(device)
 
 
@@ -220,11 +256,20 @@ def _tensor_image(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _check_values(tensor: torch.Tensor) -> None:
+    """The one check of a tensor's values that every geometry makes: real values (not on PyTorch's ``meta``
+    device, which holds none), all finite. One reduction, so one device sync per batch."""
+    if tensor.device.type == "meta":
+        raise ImageLoadError("the image tensor is on the 'meta' device, which holds no values; pass a real tensor")
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise ImageLoadError("image holds NaN or infinite values")
+
+
 def _check_range(tensor: torch.Tensor) -> None:
+    if tensor.device.type == "meta" or (tensor.dtype != torch.uint8 and tensor.numel()):
+        _check_values(tensor)
     if tensor.dtype == torch.uint8 or not tensor.numel():
         return
-    if not bool(torch.isfinite(tensor).all()):
-        raise ImageLoadError("image holds NaN or infinite values")
     low, high = torch.aminmax(tensor.detach())
     if float(low) < -1e-3 or float(high) > 1 + 1e-3:
         raise ImageLoadError("float image tensors must hold values in [0, 1] (raw, not normalised)")

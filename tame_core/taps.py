@@ -106,7 +106,10 @@ def find_module(backbone: nn.Module, layer: str) -> nn.Module:
         return modules[name]
     close = difflib.get_close_matches(layer, [n for n in modules if n], n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise LayerError(f"unknown layer {layer!r}{hint} (list the layers with `tame layers`)")
+    model = getattr(backbone, "name", None)
+    where = f" in {model}" if isinstance(model, str) else ""
+    listing = f"`tame layers --backbone {model}`" if isinstance(model, str) else "`tame_core.list_layers(model)`"
+    raise LayerError(f"unknown layer {layer!r}{where}{hint} (list its layers with {listing})")
 
 
 class LayerTaps:

@@ -81,7 +81,7 @@ def test_each_session_trains_into_its_own_folder(studio, sample_images):
     mine.write_bytes(b"an earlier run of this session")
     first.run()
     second.run()
-    assert [w.value for w in first.warning] == [f"{mine} exists: a new run replaces it (or pick another name)."]
+    assert [w.value for w in first.warning] == [f"{mine.name} exists: a new run replaces it (or pick another name)."]
     assert not second.warning  # the other session's file is not this session's output
     assert mine.parent.parent.parent == studio / "studio" / "sessions"
 
@@ -109,3 +109,36 @@ def test_typed_server_paths_stay_inside_the_allowed_roots(studio, sample_images,
     assert own.parent.is_dir()
     at.sidebar.text_input(key="head_path").input(str(own)).run()
     assert not any(REFUSED in e.value for e in at.sidebar.error)
+
+
+def test_the_sidebar_reads_no_head_outside_the_allowed_roots(studio, random_head_path, monkeypatch):
+    allowed, outside = studio / "allowed", studio / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "h1.safetensors").write_bytes(random_head_path.read_bytes())
+    (allowed / "sneaky.safetensors").symlink_to(outside / "h1.safetensors")
+    monkeypatch.setenv("TAME_ALLOWED_ROOTS", str(allowed))
+    at = session()
+    at.sidebar.selectbox(key="head_source").set_value("hub").run()
+    hub_says = []
+    for typed in (str(outside / "h1.safetensors"), str(outside / "h1"), "/etc/passwd", "/etc/nothing-here", "../outside/h1"):
+        at.sidebar.text_input(key="hub_repo").input(typed).run()
+        errors = [e.value for e in at.sidebar.error]
+        assert not at.exception and at.session_state["model"] is None and len(errors) == 1
+        shown = typed if len(typed) <= 60 else typed[:57] + "..."  # what was typed, shortened, and nothing else
+        hub_says.append(errors[0].replace(repr(shown), "<typed>"))
+    assert set(hub_says) == {"<typed> is not a Hub repo id: write owner/name (a server file goes in the Local field)"}
+    at.sidebar.selectbox(key="head_source").set_value("file").run()
+    for typed in (f"{allowed}/sneaky", f"{allowed}/sneaky.safetensors"):
+        at.sidebar.text_input(key="head_path").input(typed).run()
+        assert not at.exception and [e.value for e in at.sidebar.error] == [f"Head {typed}: {REFUSED}"]
+        assert at.session_state["model"] is None
+
+
+def test_a_head_upload_stays_in_the_session_and_a_missing_local_head_names_no_server_path(studio, random_head_path):
+    at = session()
+    at.sidebar.selectbox(key="head_source").set_value("file").run()
+    missing = studio / "nowhere" / "h.safetensors"
+    at.sidebar.text_input(key="head_path").input(str(missing)).run()
+    errors = [e.value for e in at.sidebar.error]
+    assert not at.exception and len(errors) == 1 and str(studio) not in errors[0] and "h.safetensors" in errors[0]

@@ -168,4 +168,4 @@ def test_timm_model_from_a_local_file(tmp_path):
     save_file(state, str(path))
     backbone = load_backbone("timm:resnet18", weights=path)
     torch.testing.assert_close(backbone.net.fc.weight, state["fc.weight"], rtol=0, atol=0)
-    assert backbone.source == str(path) and backbone.default_layers == ("layer2", "layer3", "layer4")
+    assert backbone.source == path.name and backbone.default_layers == ("layer2", "layer3", "layer4")

@@ -371,5 +371,5 @@ def test_saving_where_nothing_can_be_written_is_one_line(tmp_path, lite0):
 
     (tmp_path / "file").write_text("x")
     head = TAMEHead([40, 112, 320], 1000)
-    with pytest.raises(OutputError, match=r"file/h.safetensors: cannot write the head \(File exists\)$"):
+    with pytest.raises(OutputError, match=r"file/h.safetensors: cannot write \(File exists\); nothing was written$"):
         save_head(head, metadata_for(head, lite0, lite0.default_layers), tmp_path / "file" / "h")

@@ -168,6 +168,8 @@ def test_train_out_with_a_dot_leaves_the_plain_name_alone(tmp_path, tiny_data, c
         ("--momentum", "nan", "argument --momentum: must be between 0 and 1, got nan"),
         ("--weight-decay", "-1", "argument --weight-decay: must be 0 or more, got -1"),
         ("--area-weight", "inf", "argument --area-weight: must be a finite number, got inf"),
+        ("--destroy-weight", "-1", "argument --destroy-weight: must be 0 or more, got -1"),
+        ("--insert-weight", "nan", "argument --insert-weight: must be a finite number, got nan"),
         ("--workers", "-1", "argument --workers: must be 0 or more, got -1"),
         ("--limit", "0", "argument --limit: must be at least 1, got 0"),
         ("--checkpoint-every", "0", "argument --checkpoint-every: must be at least 1, got 0"),
@@ -201,6 +203,19 @@ def test_evaluate_option_values(tmp_path, capsys, option, value, message):
         main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path), option, value])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("grey", "unknown fill 'grey'; choose one of mean, black, blur for both curves, or CURVE=FILL,... with curves deletion, insertion"),
+        ("deletion=grey", "unknown fill 'grey' for deletion; choose one of mean, black, blur"),
+        ("removal=black", "unknown curve 'removal' in the baseline; choose from deletion, insertion"),
+    ],
+)
+def test_evaluate_baseline_names_each_curves_fill_strictly(tmp_path, capsys, value, message):
+    assert main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path), "--baseline", value]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {message}"]  # before any model loads
 
 
 def test_evaluate_out_that_is_a_file_fails_before_the_run(tmp_path, sample_images, random_head_path, capsys):
@@ -305,3 +320,26 @@ def test_pull_of_a_hostile_card_is_one_line(fake_hub, random_head_path, capsys):
     assert main(["pull", "team/hostile"]) == 2
     errors = _errors(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].endswith("head.json: num_classes must be a whole number from 1 to 1000000, got '1000'")
+
+
+def test_push_scrubs_paths_and_urls_from_keys_values_and_every_free_field(fake_hub, lite0, tmp_path, capsys):
+    torch.manual_seed(4)
+    head = TAMEHead([40, 112, 320], 1000)
+    metadata = metadata_for(
+        head, lite0, lite0.default_layers,
+        training={"/home/alice/photos": 1, "from": "file:///home/alice/x/y.pth", "site": "see https://alice.example/private?key=1"},
+        data={"folders": ["~/photos/set1", "C:\\Users\\alice\\pics", {"nested": {"/srv/data/a": "\\\\share\\alice\\b"}}]},
+        metrics={"note": "log at /var/log/alice/run.txt"},
+    )
+    metadata.created = "2026-01-01T00:00:00+00:00 on /home/alice/box"
+    path = tmp_path / "mine.safetensors"
+    save_head(head, metadata, path)
+    assert main(["push", str(path), "team/no-leaks-2"]) == 0
+    capsys.readouterr()
+    files = fake_hub.resolve("team/no-leaks-2", "main")[1]
+    for name, content in files.items():
+        for secret in (b"/home/alice", b"alice.example", b"file://", b"Users", b"/srv/", b"share", b"/var/log"):
+            assert secret not in content, (name, secret)
+    card = json.loads(files["head.json"])
+    assert card["training"] == {"photos": 1, "from": "(link removed)", "site": "see (link removed)"}
+    assert card["data"]["folders"][:2] == ["set1", "pics"] and card["layers"] == list(lite0.default_layers)

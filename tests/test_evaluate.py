@@ -50,13 +50,18 @@ def test_the_config_is_checked_when_made_before_any_model_loads():
     assert (config.data, config.methods, config.steps) == ("photos", ("tame",), DEFAULT_STEPS)
     assert config.method_options == {"tame": {}} and config.method_limits == {}  # options of methods not run are dropped
     assert EvaluationConfig(data="photos").methods == tuple(list_methods())
+    assert config.baseline == {"deletion": "mean", "insertion": "blur"}  # RISE's fills
+    assert EvaluationConfig(data="photos", baseline="deletion=black").baseline == {"deletion": "black", "insertion": "blur"}
     unset = EvaluationConfig(data="photos", methods=("tame",), method_options=None, method_limits=None, metric_limits=None)
     assert (unset.method_options, unset.method_limits, unset.metric_limits) == ({"tame": {}}, {}, {})
     for wrong, message in [
         (dict(split="val"), "unknown split 'val'; choose one of all, train, heldout"),
-        (dict(steps=0), "curve steps must be at least 1, got 0"),
+        (dict(steps=0), "curve steps must be from 1 to 1000, got 0"),
+        (dict(steps=100_000_000), "curve steps must be from 1 to 1000, got 100000000"),
         (dict(batch_size=0), "batch size must be at least 1, got 0"),
-        (dict(baseline="grey"), "unknown baseline 'grey'"),
+        (dict(baseline="grey"), "unknown fill 'grey'; choose one of mean, black, blur"),
+        (dict(baseline="deletion=grey"), "unknown fill 'grey' for deletion; choose one of mean, black, blur"),
+        (dict(baseline="sideways=blur"), "unknown curve 'sideways' in the baseline; choose from deletion, insertion"),
         (dict(methods=("gradcan",)), "unknown method 'gradcan'; did you mean gradcam"),
         (dict(method_options={"tame": {"masks": 3}}), "method 'tame' has no option 'masks'"),
         (dict(metric_limits={"speed": 3}), "unknown metric group 'speed' in the limits"),
@@ -204,7 +209,7 @@ def test_bootstrap_difference_of_paired_values():
 def test_batches_that_do_not_divide_the_images_with_a_bad_file_in_the_middle(explainer, tmp_path):
     """8 files, the 4th unreadable: batches of 3 give what one batch of 8 gives, and the bad file one line."""
     folder = noise_folder(tmp_path / "images", 8, bad_at=3)
-    settings = dict(metrics=("adic", "curves"), steps=2, baseline="zeros")
+    settings = dict(metrics=("adic", "curves"), steps=2, baseline="black")
     batched = run_evaluation(explainer, folder, ["tame"], batch_size=3, **settings)
     whole = run_evaluation(explainer, folder, ["tame"], batch_size=8, **settings)
     row = batched.methods["tame"]
@@ -252,6 +257,21 @@ def test_resume_refuses_another_head_or_changed_images(explainer, tmp_path):
     assert state.read_text() == saved  # a refused resume leaves the state as it was
 
 
+def test_resume_refuses_other_curve_fills(explainer, tmp_path):
+    """The fills are part of the run's settings: a resume with deletion to black does not mix with the mean colour."""
+    folder = noise_folder(tmp_path / "images", 4)
+    state = tmp_path / "state.json"
+    stop = threading.Event()
+    settings = dict(metrics=("curves",), steps=2, batch_size=2, state_path=state)
+    run_evaluation(explainer, folder, ["tame"], stop=stop, progress=lambda _, __, message: "images 3-4" in message and stop.set(), **settings)
+    saved = json.loads(state.read_text())
+    assert saved["tally"]["images_done"] == 2 and saved["settings"]["curve_baseline"] == {"deletion": "mean", "insertion": "blur"}
+    with pytest.raises(EvaluationError, match=r"was saved with other settings \(curve_baseline differ\)"):
+        run_evaluation(explainer, folder, ["tame"], baseline="deletion=black", **settings)
+    resumed = run_evaluation(explainer, folder, ["tame"], baseline="deletion=mean,insertion=blur", **settings)  # the same fills, spelt out
+    assert resumed.methods["tame"]["images_curves"] == 4
+
+
 @pytest.mark.slow
 def test_a_killed_evaluation_resumes_with_the_same_arguments_only(explainer, random_head_path, tmp_path):
     import os
@@ -272,7 +292,7 @@ def test_a_killed_evaluation_resumes_with_the_same_arguments_only(explainer, ran
     save_head(other_head, metadata_for(other_head, explainer.backbone, explainer.layers), other_path)
     out = tmp_path / "results"
     command = [sys.executable, "-m", "tame_core", "evaluate", "--head", str(random_head_path), "--device", "cpu",
-               "--data", str(folder), "--methods", "tame", "--metrics", "adic,curves", "--steps", "10", "--baseline", "zeros",
+               "--data", str(folder), "--methods", "tame", "--metrics", "adic,curves", "--steps", "10", "--baseline", "deletion=black,insertion=black",
                "--batch-size", "2", "--out", str(out), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     state = out / "evaluation_state.json"
@@ -301,7 +321,7 @@ def test_a_killed_evaluation_resumes_with_the_same_arguments_only(explainer, ran
     resumed = tame("--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     row = json.loads((out / "results.json").read_text())["results"][0]
-    whole = run_evaluation(explainer, folder, ["tame"], metrics=("adic", "curves"), steps=10, baseline="zeros", batch_size=2)
+    whole = run_evaluation(explainer, folder, ["tame"], metrics=("adic", "curves"), steps=10, baseline="black", batch_size=2)
     assert row["images"] == 12
     for name in ("AD100", "IC50", "deletion_auc", "insertion_auc"):
         assert row[name] == pytest.approx(whole.methods["tame"][name], abs=1e-4), name

@@ -159,7 +159,7 @@ def test_deletion_and_insertion_known_answer():
     25 pixels changed are R's, so deletion falls to sigmoid(-2) by 25% and insertion rises to sigmoid(2)."""
     model = RegionModel(scale=4.0, bias=0.5)
     images = torch.ones(2, 3, SIZE, SIZE)
-    result = deletion_insertion(model, images, ideal_and_anti_maps(), 0, steps=4, baseline="zeros")
+    result = deletion_insertion(model, images, ideal_and_anti_maps(), 0, steps=4, baseline="black")
     assert result.fractions.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     high, low = sigmoid(2.0), sigmoid(-2.0)
     assert result.deletion[0].tolist() == pytest.approx([high, low, low, low, low], rel=1e-5)
@@ -177,25 +177,120 @@ def test_deletion_and_insertion_known_answer():
 def test_curve_steps_change_exactly_their_share_of_pixels():
     model = RegionModel(scale=4.0, bias=0.5)
     images = torch.ones(1, 3, SIZE, SIZE)
-    result = deletion_insertion(model, images, region_map(1.0, 0.0)[None], [0], steps=10, baseline="zeros", batch_size=3)
+    result = deletion_insertion(model, images, region_map(1.0, 0.0)[None], [0], steps=10, baseline="black", batch_size=3)
     counts = list(range(0, 101, 10))
     assert result.deletion[0].tolist() == pytest.approx(expected_curve(counts, "deletion"), rel=1e-5)
     assert result.insertion[0].tolist() == pytest.approx(expected_curve(counts, "insertion"), rel=1e-5)
 
 
 def test_curve_baselines():
-    """Blur of a flat image is the image (flat curve); "mean" replaces pixels by the image's mean colour."""
+    """A model without a mean colour: "mean" deletes to black, and the blur pads with black (its normalised
+    zero), so the blur of a black image is the image (a flat curve)."""
     model = RegionModel(scale=4.0, bias=0.5)
-    flat = deletion_insertion(model, torch.ones(1, 3, SIZE, SIZE), region_map(1.0, 0.0)[None], 0, steps=4, baseline="blur")
-    assert flat.deletion[0].tolist() == pytest.approx([sigmoid(2.0)] * 5, rel=1e-5)
-    image = torch.zeros(1, 3, SIZE, SIZE)
-    image[:, :, R[0], R[1]] = 1.0  # mean colour 0.25
-    mean = deletion_insertion(model, image, region_map(1.0, 0.0)[None], 0, steps=10, baseline="mean")
+    flat = deletion_insertion(model, torch.zeros(1, 3, SIZE, SIZE), region_map(1.0, 0.0)[None], 0, steps=4, baseline="blur")
+    assert flat.deletion[0].tolist() == pytest.approx([sigmoid(-2.0)] * 5, rel=1e-5)
+    image = torch.ones(1, 3, SIZE, SIZE)
     counts = list(range(0, 101, 10))
-    assert mean.deletion[0].tolist() == pytest.approx(expected_curve(counts, "deletion", 1.0, 0.25), rel=1e-5)
-    assert mean.insertion[0].tolist() == pytest.approx(expected_curve(counts, "insertion", 1.0, 0.25), rel=1e-5)
-    with pytest.raises(EvaluationError, match="unknown baseline 'noise'"):
+    plain = deletion_insertion(model, image, region_map(1.0, 0.0)[None], 0, steps=10, baseline="deletion=mean,insertion=black")
+    assert plain.deletion[0].tolist() == pytest.approx(expected_curve(counts, "deletion", 1.0, 0.0), rel=1e-5)
+    assert plain.insertion[0].tolist() == pytest.approx(expected_curve(counts, "insertion", 1.0, 0.0), rel=1e-5)
+    with pytest.raises(EvaluationError, match="unknown fill 'noise'; choose one of mean, black, blur for both curves"):
         deletion_insertion(model, image, region_map(1.0, 0.0)[None], 0, baseline="noise")
+
+
+BIG = 24
+C = (slice(6, 18), slice(6, 18))  # 144 pixels, a quarter of the picture, 6 from every border (the blur reaches 5)
+
+
+class ChannelNet(nn.Module):
+    """Logit of class 0 = 4 x the mean over C of the *normalised* red channel; class 1 = 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = 4.0 * x[:, 0, C[0], C[1]].mean(dim=(1, 2))
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def channel_backbone():
+    from tame_core.backbones import Backbone
+    from tame_core.preprocessing import Preprocess
+
+    preprocess = Preprocess(input_size=(BIG, BIG), mean=(0.25, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return Backbone("channel", ChannelNet(), preprocess, ["red", "other"], [])
+
+
+def test_each_fill_gives_its_hand_computed_curves():
+    """A white image: the normalised red channel is (1 - 0.25) / 0.5 = 1.5, so p0 = sigmoid(6). The ideal
+    map's first 25 % of pixels are C. Deleted to the mean colour C reads 0 (p = 1/2), to black
+    (0 - 0.25) / 0.5 = -0.5 (p = sigmoid(-2)); the blur leaves C white (p stays sigmoid(6))."""
+    backbone = channel_backbone()
+    ideal = torch.zeros(1, BIG, BIG)
+    ideal[0, C[0], C[1]] = 1.0
+    image = torch.ones(1, 3, BIG, BIG)
+    top, mean, black = sigmoid(6.0), 0.5, sigmoid(-2.0)
+
+    def auc(values):  # trapezoid over 5 points, 0.25 apart
+        return 0.25 * (values[0] / 2 + sum(values[1:4]) + values[4] / 2)
+
+    expected = {
+        "mean": ([top] + [mean] * 4, [mean] + [top] * 4),
+        "black": ([top] + [black] * 4, [black] + [top] * 4),
+        "blur": ([top] * 5, [top] * 5),
+    }
+    for fill, (deletion, insertion) in expected.items():
+        result = deletion_insertion(backbone, image, ideal, 0, steps=4, baseline=fill)
+        assert result.deletion[0].tolist() == pytest.approx(deletion, rel=1e-5), fill
+        assert result.insertion[0].tolist() == pytest.approx(insertion, rel=1e-5), fill
+        assert result.deletion_auc.item() == pytest.approx(auc(deletion), rel=1e-5), fill
+        assert result.insertion_auc.item() == pytest.approx(auc(insertion), rel=1e-5), fill
+    default = deletion_insertion(backbone, image, ideal, 0, steps=4)  # RISE's: deletion to the mean colour, insertion onto blur
+    assert default.deletion[0].tolist() == pytest.approx(expected["mean"][0], rel=1e-5)
+    assert default.insertion[0].tolist() == pytest.approx(expected["blur"][1], rel=1e-5)
+    stream = [p for _, p in stream_curve(backbone, image[0], ideal[0], 0, "deletion", steps=4)]
+    assert stream == pytest.approx(expected["mean"][0], rel=1e-5)
+
+
+def test_the_blur_fill_is_rises():
+    """RISE blurs with scipy's sigma-5 Gaussian filter of an 11 x 11 impulse, padding its normalised images
+    with zeros: in raw pixels, with the mean colour."""
+    from tame_core.metrics.curves import baseline_images, rise_kernel
+
+    ndimage = pytest.importorskip("scipy.ndimage")
+    impulse = torch.zeros(11, 11, dtype=torch.float64)
+    impulse[5, 5] = 1.0
+    kernel = torch.from_numpy(ndimage.gaussian_filter(impulse.numpy(), 5.0))
+    assert torch.allclose(rise_kernel().double(), kernel, atol=1e-8)
+    image = torch.zeros(1, 3, 21, 21)
+    image[:, :, 10, 10] = 1.0
+    blurred = baseline_images(image, "blur")  # no mean colour: padded with black
+    assert torch.allclose(blurred[0, 0, 5:16, 5:16].double(), kernel, atol=1e-7) and float(blurred[0, 0, 4, 10]) == 0.0
+    grey = torch.tensor([0.25, 0.5, 0.75]).view(1, 3, 1, 1)
+    flat = grey.expand(1, 3, 21, 21)
+    assert torch.allclose(baseline_images(flat, "blur", grey), flat, atol=1e-6)  # the mean colour stays, borders too
+    white = baseline_images(torch.ones(1, 3, 21, 21), "blur", grey)
+    inside = kernel[5:, 5:].sum()  # the corner pixel keeps the kernel's quarter (plus its centre row and column) on the picture
+    assert float(white[0, 0, 0, 0]) == pytest.approx(0.25 + 0.75 * float(inside), rel=1e-5)
+    assert float(white[0, 0, 10, 10]) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_curve_fills_are_parsed_strictly():
+    from tame_core.metrics.curves import curve_fills, fills_text
+
+    assert curve_fills() == {"deletion": "mean", "insertion": "blur"} == curve_fills("insertion=blur")
+    assert curve_fills("blur") == {"deletion": "blur", "insertion": "blur"}
+    assert curve_fills(" deletion=black , insertion=mean ") == {"deletion": "black", "insertion": "mean"}
+    assert curve_fills({"deletion": "black"}) == {"deletion": "black", "insertion": "blur"}
+    assert fills_text({"insertion": "black"}) == "deletion=mean,insertion=black"
+    for wrong, message in [
+        ("grey", "unknown fill 'grey'; choose one of mean, black, blur for both curves, or CURVE=FILL,... with curves deletion, insertion"),
+        ("deletion=grey", "unknown fill 'grey' for deletion; choose one of mean, black, blur"),
+        ("removal=blur", "unknown curve 'removal' in the baseline; choose from deletion, insertion"),
+        ({"removal": "blur"}, "unknown curve 'removal' in the baseline; choose from deletion, insertion"),
+        ("deletion=mean,deletion=black", "baseline 'deletion=mean,deletion=black' names a curve twice"),
+        ("deletion=mean,blur", "baseline 'deletion=mean,blur' must be one of mean, black, blur for both curves"),
+    ]:
+        with pytest.raises(EvaluationError) as error:
+            curve_fills(wrong)
+        assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
 def test_curve_forwards_are_batched():

@@ -116,7 +116,7 @@ def test_training_reports_its_first_phases_and_stops_in_them(tmp_path):
     for index in range(2):
         Image.fromarray(np.full((40, 40, 3), 60 * index, dtype=np.uint8)).save(tmp_path / f"{index}.png")
     config = TrainConfig(
-        data=tmp_path, out=tmp_path / "head.safetensors", backbone="timm:test_efficientnet", weights="random",
+        data=tmp_path, out=tmp_path / "head.safetensors", backbone="timm:test_efficientnet", weights="random", recipe="paper",
         epochs=1, batch_size=2, progress=False,
     )
     stop, phases = threading.Event(), []

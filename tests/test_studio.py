@@ -324,6 +324,7 @@ def test_layer_choices_label_each_tappable_layer_with_channels_and_map_size():
     from tame_core.studio.training import layer_choices
 
     labels, defaults = layer_choices("efficientnet_lite0")
-    assert defaults == ["blocks.2", "blocks.4", "blocks.6"]
+    assert defaults == {"little-data": ["blocks.4", "blocks.6", "bn2"], "paper": ["blocks.2", "blocks.4", "blocks.6"]}
     assert labels["blocks.2"] == "blocks.2 (40 ch, 28×28)" and labels["bn2"] == "bn2 (1280 ch, 7×7)"
-    assert set(defaults) <= set(labels) and "classifier" not in labels  # the logits are not a spatial map
+    assert set(defaults["paper"]) <= set(labels) and "classifier" not in labels  # the logits are not a spatial map
+    assert list(layer_choices("vit_b_16")[1]) == ["paper"]  # a class token, no pooled map: no CAM start

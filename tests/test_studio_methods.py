@@ -124,7 +124,7 @@ def test_branch_terms_are_signed_share_one_scale_and_add_up_to_the_map(model, ch
 # --- curves and comparison --------------------------------------------------------------------------
 def test_streamed_curves_match_the_batched_metric(subject):
     explanation = subject.explanation
-    job = run(lambda context: curve_points(subject, ["tame"], context, steps=6, baseline="blur"))
+    job = run(lambda context: curve_points(subject, ["tame"], context, steps=6))  # RISE's fills, as the metric's default
     records = job.records
     maps = [r for r in records if isinstance(r, MethodMap)]
     points = [r for r in records if isinstance(r, CurvePoint)]
@@ -149,13 +149,14 @@ def test_a_baseline_added_to_the_curves_is_computed_alone(subject):
     cache = ResultCache()
     first = run(lambda context: curve_points(subject, ["tame"], context, steps=4, cache=cache))
     tame_points = [r for r in first.records if isinstance(r, CurvePoint)]
-    assert missing(subject, ["tame", "gradcam"], cache, 4, "blur") == ["gradcam"]
+    assert missing(subject, ["tame", "gradcam"], cache, 4, "deletion=mean,insertion=blur") == ["gradcam"]  # the default, spelt out
     second = run(lambda context: curve_points(subject, ["gradcam"], context, steps=4, cache=cache))
     assert {r.method for r in second.records if isinstance(r, (CurvePoint, MethodMap))} == {"gradcam"}  # TAME untouched
-    drawn = curves_so_far(subject, ["tame", "gradcam"], 4, "blur", cache)
+    drawn = curves_so_far(subject, ["tame", "gradcam"], 4, None, cache)
     assert [p for p in drawn if p.method == "tame"] == tame_points and len(drawn) == 2 * 2 * 5
-    assert missing(subject, ["tame", "gradcam"], cache, 4, "blur") == []
-    assert missing(subject, ["tame", "gradcam"], cache, 10, "blur") == ["tame", "gradcam"]  # other settings: other curves
+    assert missing(subject, ["tame", "gradcam"], cache, 4, {"deletion": "mean"}) == []
+    assert missing(subject, ["tame", "gradcam"], cache, 10, None) == ["tame", "gradcam"]  # other settings: other curves
+    assert missing(subject, ["tame", "gradcam"], cache, 4, "blur") == ["tame", "gradcam"]  # other fills: other curves
     # the maps are shared with Compare: comparing TAME and Grad-CAM now computes nothing
     third = run(lambda context: compare_methods(subject, ["tame", "gradcam"], context, cache))
     assert [r.method for r in third.records] == ["tame", "gradcam"] and third.records[0] is cache.get(subject.key("map", "tame"))
@@ -198,11 +199,15 @@ def test_perturbed_images_run_from_the_picture_to_the_baseline(model, chelsea):
     _, explanation = chelsea
     saliency = explanation.maps[0, 0]
     original = (explanation.inputs[0].clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
-    blurred = (baseline_images(explanation.inputs, "blur")[0] * 255 + 0.5).byte().permute(1, 2, 0).numpy()
+    mean = explanation.explainer.backbone.mean
+    blurred = (baseline_images(explanation.inputs, "blur", mean)[0] * 255 + 0.5).byte().permute(1, 2, 0).numpy()
     assert np.array_equal(perturbed_image(explanation, saliency, "deletion", 0, 10), original)
-    assert np.array_equal(perturbed_image(explanation, saliency, "deletion", 10, 10), blurred)
-    assert np.array_equal(perturbed_image(explanation, saliency, "insertion", 0, 10, "blur"), blurred)
-    halfway = perturbed_image(explanation, saliency, "deletion", 5, 10, "zeros")
+    grey = (explanation.explainer.backbone.mean[0, :, 0, 0] * 255 + 0.5).byte().numpy()  # the classifier's mean colour
+    deleted = perturbed_image(explanation, saliency, "deletion", 10, 10)  # RISE's deletion: to the mean colour
+    assert np.array_equal(deleted, np.broadcast_to(grey, deleted.shape))
+    assert np.array_equal(perturbed_image(explanation, saliency, "deletion", 10, 10, "blur"), blurred)
+    assert np.array_equal(perturbed_image(explanation, saliency, "insertion", 0, 10), blurred)
+    halfway = perturbed_image(explanation, saliency, "deletion", 5, 10, "black")
     assert 0.45 < (halfway.sum(axis=2) == 0).mean() < 0.55
 
 

@@ -117,7 +117,7 @@ def test_a_zip_unpacks_its_images_only_and_from_a_file_object(tmp_path):
     data = zipped({"a/one.png": png(0), "two.PNG": png(1), "notes.txt": b"x", "__MACOSX/a/._one.png": b"junk", ".hidden.png": b"x"})
     folder = extract_zip(io.BytesIO(data), tmp_path / "ok")
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["a/one.png", "two.PNG"]
-    with pytest.raises(FileExistsError):
+    with pytest.raises(TrainingError, match="its folder exists already"):
         extract_zip(data, folder)
 
 
@@ -188,3 +188,148 @@ def test_an_uploaded_head_never_writes_through_another_sessions_temporary_file(t
     path = store_uploaded_head("mine.safetensors", data, tmp_path)
     assert path.read_bytes() == data and busy.read_bytes() == b"another session is writing this"
     assert [p.name for p in tmp_path.iterdir() if p.suffix in (".part", ".tmp")] == [busy.name]
+
+
+# --- hostile input, second pass: one guard per class -------------------------------------------------
+def test_a_typed_head_is_checked_on_the_files_really_read(tmp_path, monkeypatch, random_head_path):
+    from tame_core.studio.storage import server_head
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "secret.safetensors").write_bytes(random_head_path.read_bytes())
+    (outside / "secret.json").write_text(random_head_path.with_suffix(".json").read_text())
+    (allowed / "sneaky.safetensors").symlink_to(outside / "secret.safetensors")  # the typed text lies inside
+    (allowed / "own.safetensors").write_bytes(random_head_path.read_bytes())
+    (allowed / "own.json").symlink_to(outside / "secret.json")  # a card beside it that points out
+    (allowed / "door").symlink_to(outside)
+    (allowed / "fine.safetensors").write_bytes(b"x")
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(allowed))
+    for typed in ("allowed/sneaky", "allowed/sneaky.safetensors", "allowed/sneaky.json", "allowed/own",
+                  "allowed/door/secret", "allowed/../outside/secret", "allowed/nothing/../../outside/x"):
+        typed = typed.replace("allowed", str(allowed), 1)
+        with pytest.raises(AccessError) as error:
+            server_head(typed)
+        assert str(error.value) == f"Head {typed}: outside the folders this server lets the app read (see {ALLOWED_ROOTS_ENV})"
+    assert server_head(str(allowed / "fine")) == allowed / "fine.safetensors"
+    assert server_head(f" {allowed / 'missing.json'} ") == allowed / "missing.safetensors"  # existence is not told
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV)
+    assert server_head(str(allowed / "sneaky")) == outside / "secret.safetensors"  # unset: one user's own machine
+
+
+def test_the_hub_field_takes_a_repo_id_and_never_a_path(tmp_path, monkeypatch, random_head_path):
+    from tame_core.studio import models
+    from tame_core.studio.storage import hub_repo_id
+
+    assert hub_repo_id(" someone/lite0-head ") == "someone/lite0-head"
+    hostile = [str(random_head_path), "/etc/passwd", "~/x", "../up/x", "a/b/c", "a/../b", "checkpoints/x.safetensors",
+               "a/b.json", ".hidden/x", "C:\\temp\\x", "owner/", "/name", "x" * 200 + "/y", "a/b\nc"]
+    for typed in hostile:
+        with pytest.raises(AccessError, match=r"is not a Hub repo id: write owner/name \(a server file goes in the Local field\)$") as error:
+            hub_repo_id(typed)
+        assert "\n" not in str(error.value)
+    # a Hub id that is also a file under the server's working directory is still pulled, never read from disk
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / "h1.safetensors").write_bytes(random_head_path.read_bytes())
+    pulled = []
+    monkeypatch.setattr("tame_core.hub.pull_head", lambda repo, revision=None: pulled.append((repo, revision)) or random_head_path)
+    monkeypatch.delenv("TAME_HEAD", raising=False)
+    assert models._head_source(ModelChoice(head="heads/h1", revision="v2")) == str(random_head_path)
+    assert pulled == [("heads/h1", "v2")]
+    assert models._head_source(ModelChoice(head=str(tmp_path / "heads" / "h1.safetensors"))) == str(tmp_path / "heads" / "h1.safetensors")
+
+
+def test_uploaded_heads_live_in_the_session_and_go_with_it(tmp_path, monkeypatch, random_head_path):
+    monkeypatch.setenv("TAME_STUDIO_DIR", str(tmp_path / "studio"))
+    folder = SessionFolder()
+    data = random_head_path.read_bytes()
+    kept = store_uploaded_head("mine.safetensors", data, folder.uploaded_heads)
+    assert kept.parent == folder.path / "uploaded-heads"
+    for name, junk in (("junk.safetensors", b"not a head"), ("zeros.safetensors", bytes(64)), ("cut.safetensors", data[:1000])):
+        with pytest.raises(Exception) as error:
+            store_uploaded_head(name, junk, folder.uploaded_heads)
+        assert str(error.value).startswith(f"{name}: ") and str(tmp_path) not in str(error.value)
+    assert list(folder.uploaded_heads.iterdir()) == [kept]  # refused uploads are not kept
+    folder.cleanup()
+    assert not kept.exists()
+
+
+def test_the_studio_folder_has_a_total_quota(tmp_path, monkeypatch, random_head_path):
+    from tame_core.errors import OutputError
+    from tame_core.studio.storage import check_quota, used_bytes
+
+    monkeypatch.setenv("TAME_STUDIO_DIR", str(tmp_path / "studio"))
+    monkeypatch.setenv("TAME_STUDIO_QUOTA_MB", "1")
+    folder = SessionFolder()
+    (folder.heads / "big.bin").write_bytes(bytes(700 * 1024))
+    assert used_bytes() == 700 * 1024
+    check_quota(300 * 1024)
+    message = r"^the app's storage is full \(1 MB used, 0 MB more asked, quota 1 MB\): forget uploads or try again later$"
+    with pytest.raises(OutputError, match=message.replace("0 MB more", r"\d+ MB more")):
+        store_uploaded_head("mine.safetensors", random_head_path.read_bytes(), folder.uploaded_heads)
+    assert not any(folder.uploaded_heads.iterdir())
+    with pytest.raises(OutputError, match=r"^the app's storage is full"):
+        extract_zip(zipped({"a.png": bytes(400 * 1024)}, zipfile.ZIP_DEFLATED), folder.uploads / "z", "photos.zip")
+    assert not (folder.uploads / "z").exists()
+
+
+@pytest.mark.parametrize(
+    ("members", "says"),
+    [
+        ({"a.jpg": png(0), "a.jpg/b.jpg": png(1)}, "member 'a.jpg/b.jpg' lies inside member 'a.jpg', a file"),
+        ({"x/a.png": png(0), "x/a.png/deeper/c.png": png(1)}, "member 'x/a.png/deeper/c.png' lies inside member 'x/a.png', a file"),
+        ({"/".join(["d"] * 2000) + "/x.png": png(0)}, "is nested too deep or named too long (limits: 32 folders, 1024 characters)"),
+        ({"e" * 300 + ".png": png(0)}, "is nested too deep or named too long"),
+        ({"/".join(["f"] * 40) + "/y.png": png(0)}, "is nested too deep or named too long"),
+    ],
+)
+def test_zips_whose_members_cannot_all_be_unpacked_give_one_line_without_server_paths(tmp_path, members, says):
+    target = tmp_path / "unpacked"
+    with pytest.raises(TrainingError) as error:
+        extract_zip(zipped(members), target, "hostile.zip")
+    message = str(error.value)
+    assert message.startswith("hostile.zip: ") and says in message and str(tmp_path) not in message and len(message) < 300
+    assert nothing_left(tmp_path, target)
+
+
+def test_unpacking_into_an_existing_folder_names_no_server_path(tmp_path):
+    (tmp_path / "there").mkdir()
+    with pytest.raises(TrainingError, match=r"^photos\.zip: its folder exists already; unpack each zip into a new folder$"):
+        extract_zip(zipped({"a.png": png(0)}), tmp_path / "there", "photos.zip")
+
+
+def test_messages_for_the_browser_hold_no_server_paths():
+    from tame_core.studio.storage import public_message
+
+    assert public_message("no head checkpoint at /srv/tame/heads/h1.safetensors") == "no head checkpoint at h1.safetensors"
+    assert public_message("/etc/passwd.safetensors: cannot read (Permission denied)") == "passwd.safetensors: cannot read (Permission denied)"
+    assert public_message("C:\\Users\\me\\h.json: not valid JSON") == "h.json: not valid JSON"
+    assert public_message("Hub repo 'a/b' does not exist") == "Hub repo 'a/b' does not exist"  # a repo id is not a path
+    assert public_message("cannot reach the Hub at https://huggingface.co/x") == "cannot reach the Hub at https://huggingface.co/x"
+
+
+def test_a_typed_folder_is_refused_when_links_inside_it_lead_outside(tmp_path, monkeypatch):
+    from tame_core.studio.storage import server_folder
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "photos" / "deep").mkdir(parents=True)
+    (allowed / "other").mkdir()
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png(0))
+    (allowed / "other" / "fine.png").write_bytes(png(1))
+    (allowed / "photos" / "inside.png").symlink_to(allowed / "other" / "fine.png")  # a link that stays inside
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(allowed))
+    assert server_folder(str(allowed / "photos")) == allowed / "photos"
+    for name, target in (("deep/leak.png", outside / "secret.png"), ("deep/door", outside), ("etc", Path("/etc"))):
+        link = allowed / "photos" / name
+        link.symlink_to(target)
+        with pytest.raises(AccessError) as error:
+            server_folder(str(allowed / "photos"))
+        assert str(error.value) == (
+            f"Folder {allowed / 'photos'}: {name} links outside the folders this server lets the app read (see {ALLOWED_ROOTS_ENV})"
+        )
+        link.unlink()
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV)
+    (allowed / "photos" / "leak.png").symlink_to(outside / "secret.png")
+    assert server_folder(str(allowed / "photos")) == allowed / "photos"  # unset: one user's own machine

@@ -55,7 +55,7 @@ def test_tied_training_saves_a_plain_head_with_the_same_maps(tmp_path):
     rng = np.random.default_rng(3)
     for i in range(7):
         Image.fromarray((rng.random((48, 52 + i, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    config = TrainConfig(data=[folder], out=tmp_path / "tied.v1.safetensors", backbone="timm:test_efficientnet", weights="random",
+    config = TrainConfig(data=[folder], out=tmp_path / "tied.v1.safetensors", backbone="timm:test_efficientnet", weights="random", recipe="paper",
                          fuser="tied", epochs=1, batch_size=3, progress=False, lr=0.05)
     out = train_head(config)
     plain, card = load_head(out)

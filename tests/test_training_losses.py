@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from tame_core.backbones import Backbone
+from tame_core.metrics.curves import baseline_images
 from tame_core.preprocessing import Preprocess
 from tame_core.taps import LayerTaps
 from tame_core.training import (
@@ -184,3 +185,86 @@ def test_batch_loss_with_one_of_the_top_k_per_image_masks_once_per_image():
     first, second = seen_classes[0]
     assert first in (0, 1) and second in (2, 0)
     assert backbone.net.seen[1].shape == (2, 3, 8, 8)
+
+
+# --- the destroying and insertion terms (Dabkowski & Gal 2017), off in the papers' recipe ----------------
+def test_destroy_and_insert_terms_known_values():
+    logits = torch.zeros(2, 10)  # uniform: p(target) = 0.1, CE = ln(10)
+    removed = torch.tensor([[math.log(3.0), 0.0, 0.0], [0.0, 0.0, 0.0]])  # p(class 0) = 3/5, then 1/3
+    masks = torch.full((2, 1, 2, 2), 0.5)
+    targets = torch.tensor([0, 2])
+    papers = tame_loss(logits[:, :3], targets, masks)
+    assert papers.destroy is None and papers.insert is None and list(papers.logged()) == ["loss", "ce", "area", "tv"]
+    both = tame_loss(logits[:, :3], targets, masks, LossWeights(destroy=2.0, insert=0.5), removed, torch.zeros(2, 3))
+    assert both.destroy.item() == pytest.approx((3 / 5 + 1 / 3) / 2, rel=1e-6)
+    assert both.insert.item() == pytest.approx(math.log(3.0), rel=1e-6)
+    assert both.loss.item() == pytest.approx(papers.loss.item() + 2.0 * both.destroy.item() + 0.5 * math.log(3.0), rel=1e-6)
+    assert list(both.logged()) == ["loss", "ce", "area", "tv", "destroy", "insert"]
+    assert LossWeights().to_dict() == {"ce": 1.5, "area": 2.0, "area_eps": 0.0005, "area_power": 0.3, "tv": 0.01, "tv_border": 0.3}
+    assert LossWeights(destroy=0.5).to_dict()["destroy"] == 0.5 and "insert" not in LossWeights(destroy=0.5).to_dict()
+
+
+def test_the_new_terms_see_the_region_removed_to_the_mean_colour_or_pasted_on_the_blur():
+    backbone = probe_backbone()
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, 0], images[1, 2] = 1.0, 1.0  # red, blue
+    images[:, :, 2:4, 5] = 0.75  # some texture for the blur to move
+    maps = torch.tensor([[0.0, 9.0, 2.0], [-1.0, 9.0, 3.0]])  # pre-sigmoid map of image i for class j, constant
+
+    def head(features, classes):
+        return maps[:, classes][:, :, None, None].expand(-1, -1, 2, 2).clone().requires_grad_()
+
+    terms = batch_loss(backbone, LayerTaps(backbone, ["features"]), head, images)
+    assert len(backbone.net.seen) == 2 and terms.destroy is None  # off: clean and masked forwards only
+    backbone.net.seen.clear()
+    terms = batch_loss(backbone, LayerTaps(backbone, ["features"]), head, images, LossWeights(destroy=1.0, insert=1.0))
+    clean, masked, removed, inserted = backbone.net.seen
+    own = torch.sigmoid(torch.tensor([0.0, 3.0]))[:, None, None, None]  # image 0's red map, image 1's blue map
+    grey = torch.full_like(images, 0.5)  # the probe's mean colour
+    assert torch.allclose(removed, backbone.normalize(images * (1 - own) + grey * own), atol=1e-6)
+    blurred = baseline_images(images, "blur", torch.full((1, 3, 1, 1), 0.5))  # RISE's blur, padded with the mean colour
+    assert torch.allclose(inserted, backbone.normalize(images * own + blurred * (1 - own)), atol=1e-6)
+    probs = (removed.mean(dim=(2, 3)) * 10).softmax(dim=1)
+    assert terms.destroy.item() == pytest.approx(float((probs[0, 0] + probs[1, 2]) / 2), rel=1e-5)
+
+
+class SmoothNet(nn.Module):
+    """A small smooth (tanh) conv classifier in float64, for gradient checks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_the_destroying_and_insertion_gradients_match_finite_differences():
+    """Through the head's pre-sigmoid low-resolution maps, as in a training step: sigmoid, upsampling, the
+    region removed to the mean colour (or pasted on the blur), the frozen classifier, the term."""
+    import torch.nn.functional as F
+
+    from tame_core.training import destroy_loss, inserted_inputs, removed_inputs
+
+    preprocess = Preprocess(input_size=(12, 12), mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    backbone = Backbone("smooth", SmoothNet().double(), preprocess, [str(i) for i in range(5)], ["conv"])
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 12, 12, generator=generator, dtype=torch.float64)
+    maps = torch.randn(2, 1, 4, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([1, 3])
+
+    def upsampled(z: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(z.sigmoid(), size=(12, 12), mode="bilinear", align_corners=False)
+
+    def destroy(z: torch.Tensor) -> torch.Tensor:
+        return destroy_loss(backbone(removed_inputs(backbone, images, upsampled(z))), targets)
+
+    def insert(z: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(backbone(inserted_inputs(backbone, images, upsampled(z))), targets)
+
+    assert torch.autograd.gradcheck(destroy, (maps,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(insert, (maps,), eps=1e-6, atol=1e-8)
+    (grad,) = torch.autograd.grad(destroy(maps), maps)
+    assert float(grad.abs().max()) > 1e-4  # the term does move the maps

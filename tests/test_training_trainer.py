@@ -30,7 +30,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 def tiny_config(folder: Path, out: Path, **overrides) -> TrainConfig:
-    options = {"backbone": TINY, "weights": "random", "epochs": 2, "batch_size": 4, "checkpoint_every": 2, "progress": False,
+    options = {"backbone": TINY, "weights": "random", "recipe": "paper", "epochs": 2, "batch_size": 4, "checkpoint_every": 2, "progress": False,
                "lr": 0.05}
     options.update(overrides)
     return TrainConfig(data=folder, out=out, **options)
@@ -276,3 +276,47 @@ def test_batches_that_do_not_divide_the_images_with_a_bad_file_in_the_middle(tmp
     parts, _ = load_head(split)
     for name, value in whole.state_dict().items():
         assert torch.equal(value, parts.state_dict()[name]), name
+
+
+# --- the destroying and insertion terms: off by default, bit for bit the papers' head ----------------
+def test_the_new_terms_off_train_the_papers_head_bit_for_bit_with_no_extra_forward(tiny_folder, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    backbone = load_backbone(TINY, weights="random")
+    forwards = []
+    backbone.net.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    monkeypatch.setattr(trainer_module, "load_backbone", lambda *args, **kwargs: backbone)
+    common = ["--data", str(tiny_folder), "--backbone", TINY, "--weights", "random", "--epochs", "1", "--batch-size", "4",
+              "--lr", "0.05", "--no-progress"]
+    heads, cards, calls = {}, {}, {}
+    for name, extra in [("absent", []), ("zero", ["--destroy-weight", "0", "--insert-weight", "0"]),
+                        ("destroy", ["--destroy-weight", "0.5"]), ("both", ["--destroy-weight", "0.5", "--insert-weight", "0.5"])]:
+        forwards.clear()
+        assert main(["train", *common, "--out", str(tmp_path / name), *extra]) == 0
+        heads[name], cards[name] = load_head(tmp_path / f"{name}.safetensors")
+        calls[name] = len(forwards)
+    absent, zero = heads["absent"].state_dict(), heads["zero"].state_dict()
+    assert all(torch.equal(absent[k], zero[k]) for k in absent)  # weights 0 = the options absent, bit for bit
+    assert cards["zero"].training["recipe"] == cards["absent"].training["recipe"]  # the card reads as before the terms
+    assert "destroy" not in cards["zero"].training["recipe"]["loss"] and cards["destroy"].training["recipe"]["loss"]["destroy"] == 0.5
+    steps = 3  # 10 images in batches of 4
+    extra = {name: count - calls["absent"] for name, count in calls.items()}  # beyond setup + clean and masked forwards
+    assert extra == {"absent": 0, "zero": 0, "destroy": steps, "both": 2 * steps}  # one more forward per term that is on
+    changed = heads["destroy"].state_dict()
+    assert any(not torch.equal(absent[k], changed[k]) for k in absent)  # the term does train the head
+
+
+def test_the_destroying_term_is_logged_summed_and_part_of_the_resume_key(tiny_folder, tmp_path):
+    from tame_core.training import LossWeights
+
+    records = []
+    train_head(tiny_config(tiny_folder, tmp_path / "h", epochs=1, loss=LossWeights(destroy=0.5)), callback=records.append)
+    steps = [r for r in records if "event" not in r]
+    for r in steps:
+        assert 0 <= r["destroy"] <= 1 and "insert" not in r
+        assert r["loss"] == pytest.approx(1.5 * r["ce"] + 2 * r["area"] + 0.01 * r["tv"] + 0.5 * r["destroy"], rel=1e-4)
+    stopped_run(tiny_folder, tmp_path / "s", loss=LossWeights(destroy=0.5))
+    with pytest.raises(TrainingError, match=r"different run.*loss"):
+        train_head(tiny_config(tiny_folder, tmp_path / "s", resume=True))  # the papers' loss now: refused
+    with pytest.raises(TrainingError, match=r"different run.*loss"):
+        train_head(tiny_config(tiny_folder, tmp_path / "s", resume=True, loss=LossWeights(destroy=0.5, insert=0.1)))
+    train_head(tiny_config(tiny_folder, tmp_path / "s", resume=True, loss=LossWeights(destroy=0.5)))  # the same: resumes

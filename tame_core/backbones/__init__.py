@@ -1,6 +1,16 @@
 """Backbones: the frozen classifiers TAME explains, by name (see :func:`load_backbone`)."""
 
-from .base import Backbone, Weights, list_backbones, load_backbone, load_state_dict_file, register_backbone
+from .base import (
+    Backbone,
+    LoadedWeights,
+    Weights,
+    list_backbones,
+    load_backbone,
+    load_state_dict_file,
+    read_weights,
+    register_backbone,
+    wrap_classifier,
+)
 from . import efficientnet_lite, torchvision_models  # noqa: F401  (register the built-in backbones)
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -13,4 +23,7 @@ __all__ = [
     "load_backbone",
     "load_state_dict_file",
     "register_backbone",
+    "read_weights",
+    "LoadedWeights",
+    "wrap_classifier",
 ]

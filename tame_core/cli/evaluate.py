@@ -19,8 +19,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..atomic import OutputLock
 from ..errors import EvaluationError
-from .common import add_model_options, explainer_from, positive_int, writable_folder
+from .common import MAX_BATCH, add_model_options, explainer_from, int_between, positive_int, seed, writable_folder
 
 STATE_FILE = "evaluation_state.json"
 
@@ -28,7 +29,8 @@ STATE_FILE = "evaluation_state.json"
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..evaluation import METRIC_GROUPS
     from ..methods import list_methods
-    from ..metrics.curves import BASELINES, DEFAULT_STEPS
+    from ..evaluation.config import MAX_CURVE_STEPS
+    from ..metrics.curves import DEFAULT_STEPS, FILLS, fills_text
     from ..training.data import SPLITS
 
     parser = subparsers.add_parser("evaluate", help="measure TAME and comparison methods: AD/IC, ROAD, deletion/insertion", description=__doc__)
@@ -48,11 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="run a slow method on the first N images only, e.g. scorecam=50 (repeatable)")
     run.add_argument("--metric-limit", action="append", default=[], metavar="GROUP=N",
                      help="compute a metric group on the first N images only, e.g. road=50 (repeatable)")
-    run.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
-    run.add_argument("--baseline", choices=BASELINES, default="blur", help="what deleted pixels become (default blur)")
-    run.add_argument("--batch-size", type=positive_int, default=8, help="images explained per batch")
-    run.add_argument("--metric-batch-size", type=positive_int, help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the ROAD noise")
+    run.add_argument("--steps", type=int_between(1, MAX_CURVE_STEPS), default=DEFAULT_STEPS, help=f"deletion/insertion steps (default {DEFAULT_STEPS})")
+    run.add_argument("--baseline", metavar="CURVE=FILL,...",
+                     help=f"each curve's fill, one of {', '.join(FILLS)}: mean = the classifier's mean colour (zeros of the "
+                          f"normalised input), black, blur = RISE's (11 x 11, sigma 5); one fill sets both curves "
+                          f"(default RISE's: {fills_text()})")
+    run.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=8, help="images explained per batch")
+    run.add_argument("--metric-batch-size", type=int_between(1, MAX_BATCH), help="perturbed images per forward (default: 4 on CPU, 256 on GPU)")
+    run.add_argument("--seed", type=seed, default=0, help="seed of the ROAD noise (0 to 2**32-1)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("."), help="folder for results.json and results.csv (default: .)")
     output.add_argument("--resume", action="store_true", help=f"continue the run saved in --out/{STATE_FILE}")
@@ -77,17 +82,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     dist = Distributed.setup(args.device)  # under torchrun: this rank's device (LOCAL_RANK), gloo or NCCL
     try:
-        return _run_rank(args, config, compared, dist)
+        state = state_file(args.out, dist.rank, dist.world)
+        with OutputLock(state, "--out"):  # one run per state file: a second one is refused before it touches it
+            return _run_rank(args, config, compared, dist, state)
     finally:
         dist.close()
 
 
-def _run_rank(args: argparse.Namespace, config: Any, compared: tuple[str, str] | None, dist: Any) -> int:
+def _run_rank(args: argparse.Namespace, config: Any, compared: tuple[str, str] | None, dist: Any, state: Path) -> int:
     """One process's part of ``tame evaluate`` (the only one without torchrun); rank 0 writes and prints."""
     from ..evaluation import evaluate
 
     args.device = str(dist.device)
-    state = state_file(args.out, dist.rank, dist.world)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0  # torchrun --max-restarts
     if args.resume or restarted:  # a restarted worker continues its own state, as --resume does
         others = sorted(p.name for p in args.out.glob("evaluation_state*.json") if p.name != state.name)

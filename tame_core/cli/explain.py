@@ -27,7 +27,7 @@ from ..images import load_image, original_size
 from ..maps import COLORMAPS, overlay
 from ..preprocessing import GEOMETRIES
 from ..streams import explain_stream
-from .common import add_model_options, explainer_from, fraction, positive_int, writable_folder
+from .common import MAX_BATCH, MAX_CLASSES_PER_IMAGE, add_model_options, explainer_from, fraction, int_between, writable_folder
 
 OVERLAY_SUFFIX = "_overlay.png"
 
@@ -45,11 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--class", dest="target", help="class to explain (name, WordNet id or index; default: top-1)")
     parser.add_argument("--out", required=True, type=Path, help="folder for <stem>.npy and <stem>_overlay.png")
-    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=16)
     parser.add_argument("--geometry", choices=GEOMETRIES, default="full", help="full: whole image (default); crop: the classifier's centre crop")
     parser.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet")
     parser.add_argument("--alpha", type=fraction, default=0.5, help="overlay opacity of the heatmap, 0..1")
-    parser.add_argument("--top", type=positive_int, default=5, help="how many predictions to print")
+    parser.add_argument("--top", type=int_between(1, MAX_CLASSES_PER_IMAGE), default=5, help="how many predictions to print")
     parser.add_argument(
         "--full-size", action="store_true", help=f"maps and overlays at the picture's own size (default: at most {OUTPUT_SIDE} px a side)"
     )

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
     parser.add_argument("--revision", help="branch to push to (default: main)")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument("--with-weights", type=Path, metavar="FILE",
+                        help="also upload the fine-tuned classifier the head explains, so `tame pull` gives a complete explainer")
     parser.set_defaults(run=run_push)
 
     parser = subparsers.add_parser("import-official", help="convert an official T-TAME .ckpt into a head checkpoint")
@@ -52,7 +54,7 @@ def run_push(args: argparse.Namespace) -> int:
     else:
         print(f"pushing to {args.repo_id}: the repo is PUBLIC, anyone can download the head "
               "(unless it already exists as a private repo); use --private to create it private", file=sys.stderr)
-    print(push_head(args.head, args.repo_id, token=args.token, private=args.private, revision=args.revision))
+    print(push_head(args.head, args.repo_id, token=args.token, private=args.private, revision=args.revision, with_weights=args.with_weights))
     return 0
 
 

@@ -15,11 +15,24 @@ from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
 from ..head import FUSERS, VARIANTS
-from .common import fraction, non_negative_float, non_negative_int, positive_float, positive_int, writable_folder
+from .common import (
+    add_classifier_options,
+    MAX_BATCH,
+    MAX_CLASSES_PER_IMAGE,
+    MAX_EPOCHS,
+    MAX_WORKERS,
+    fraction,
+    int_between,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed,
+    writable_folder,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..training import AUGMENTATIONS, INITS, MASK_ORDERS, SPLITS, LossWeights
+    from ..training import AUGMENTATIONS, DEFAULT_RECIPE, INITS, MASK_ORDERS, RECIPES, SPLITS, LossWeights
 
     parser = subparsers.add_parser("train", help="train a head on a folder of images", description=__doc__)
     parser.add_argument("--data", required=True, type=Path, nargs="+", metavar="SOURCE",
@@ -27,10 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="head checkpoint to write (.safetensors + .json card)")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default: {DEFAULT_BACKBONE})")
-    model.add_argument("--weights", default="pretrained", help="backbone weights: pretrained, random or a file")
-    model.add_argument("--layers", nargs="+", help="layers to tap (default: the backbone's; see `tame layers`)")
+    add_classifier_options(model, weights_default="pretrained")
+    model.add_argument("--layers", nargs="+",
+                       help="layers to tap (default: the backbone's; for the little-data recipe its last two and the layer its classifier pools; see `tame layers`)")
     model.add_argument("--variant", choices=sorted(VARIANTS), default="tame", help="head variant")
-    model.add_argument("--fuser", choices=FUSERS, default="class",
+    model.add_argument("--fuser", choices=FUSERS,
                        help="class: one learned fuser row per class (the papers'); tied: the classifier's rows times a "
                             "projection shared by all classes, so every image trains every class; tied_residual: plus a per-class residual")
     data = parser.add_argument_group("data")
@@ -39,20 +53,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--limit", type=positive_int, help="use only the first N images")
     data.add_argument("--exclude-targets", choices=("heldout",),
                       help="heldout: drop images whose target is one of the project's 200 held-out ImageNet classes")
-    data.add_argument("--augment", choices=AUGMENTATIONS, default="standard", help="augmentation (default: standard = resize, random crop, flip)")
-    data.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: 0 on CPU, 4 on GPU)")
-    recipe = parser.add_argument_group("recipe (defaults: the papers')")
-    recipe.add_argument("--epochs", type=positive_int, default=8)
-    recipe.add_argument("--batch-size", type=positive_int, default=32, help="per process")
-    recipe.add_argument("--lr", type=positive_float, default=1e-3, help="OneCycleLR max learning rate")
+    data.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation (standard = resize, random crop, flip; heavy: crops of 25-100%% of the picture)")
+    data.add_argument("--workers", type=int_between(0, MAX_WORKERS), help="data-loading processes (default: 0 on CPU, 4 on GPU)")
+    recipe = parser.add_argument_group("recipe (options left out come from --recipe)")
+    recipe.add_argument(
+        "--recipe", choices=[DEFAULT_RECIPE, *RECIPES], default=DEFAULT_RECIPE,
+        help="little-data: works on a few thousand unlabelled photos: maps start from the class activation "
+             f"map, tied fuser ({_recipe_text('little-data')}); needs a classifier that global-pools one layer into one "
+             f"linear layer. paper: the papers' recipe ({_recipe_text('paper')}), for ImageNet-scale data, VGG or ViTs. "
+             "auto (default): little-data where the classifier allows it, else paper",
+    )
+    recipe.add_argument("--epochs", type=int_between(1, MAX_EPOCHS))
+    recipe.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=32, help="per process")
+    recipe.add_argument("--lr", type=positive_float, help="OneCycleLR max learning rate")
     recipe.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum, 0..1")
     recipe.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
-    recipe.add_argument("--seed", type=int, default=0)
-    recipe.add_argument("--init", choices=INITS, default="random", help="cam: start every class from its class activation map")
+    recipe.add_argument("--seed", type=seed, default=0, help="0 to 2**32-1")
+    recipe.add_argument("--init", choices=INITS, help="cam: start every class from its class activation map")
     recipe.add_argument("--freeze-fuser", action="store_true",
                         help="train only the branches (with --init cam, every class keeps reading its classifier weights)")
-    recipe.add_argument("--top-k", type=positive_int, default=1, help="train the maps of each image's top-k predicted classes")
-    recipe.add_argument("--classes-per-image", type=positive_int,
+    recipe.add_argument("--top-k", type=int_between(1, MAX_CLASSES_PER_IMAGE), default=1, help="train the maps of each image's top-k predicted classes")
+    recipe.add_argument("--classes-per-image", type=int_between(1, MAX_CLASSES_PER_IMAGE),
                         help="train only this many of the top-k per image and step, drawn at random (default: all k)")
     recipe.add_argument("--mask-order", choices=MASK_ORDERS, default="raw", help="normalized: T-TAME's order for ViTs")
     defaults = LossWeights()
@@ -63,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("area_power", "--area-power", "area exponent"),
         ("tv", "--tv-weight", "total-variation weight"),
         ("tv_border", "--tv-border", "TV border-value factor"),
+        ("destroy", "--destroy-weight", "destroying term (Dabkowski & Gal 2017): p(class) with the map's region set to the "
+                                        "mean colour must fall; one more forward per step when on; 0 = off, the papers'"),
+        ("insert", "--insert-weight", "insertion term: the map's region pasted on the blurred image must keep the class "
+                                      "(cross-entropy); one more forward per step when on; 0 = off"),
     ):
         default = getattr(defaults, name)
         recipe.add_argument(flag, dest=f"loss_{name}", type=non_negative_float, default=default, help=f"{text} (default {default})")
@@ -79,12 +104,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _recipe_text(name: str) -> str:
+    from ..training import RECIPES
+
+    return ", ".join(f"{key} {value}" for key, value in RECIPES[name].items() if key not in ("fuser", "init"))
+
+
 def config_from(args: argparse.Namespace):
     from ..training import LossWeights, TrainConfig
 
     loss = LossWeights(**{key[5:]: value for key, value in vars(args).items() if key.startswith("loss_")})
     return TrainConfig(
-        data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, layers=args.layers,
+        data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, labels=args.labels,
+        input_size=args.input_size, mean=args.mean, std=args.std, recipe=args.recipe, layers=args.layers,
         variant=args.variant, fuser=args.fuser, exclude_targets=args.exclude_targets, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
         init=args.init, freeze_fuser=args.freeze_fuser, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, device=args.device, amp=args.amp,
@@ -94,6 +126,7 @@ def config_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..stopping import Stopped
     from ..training import train_head
 
     config = config_from(args)
@@ -104,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _stopper(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         out = train_head(config, stop=stop)
+    except Stopped:  # Ctrl-C before the first step (the backbone loading, the images being checked)
+        print("stopped before the first step; nothing was saved", file=sys.stderr)
+        return 130
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -9,11 +9,14 @@ from typing import Any, Mapping, Sequence
 from ..errors import EvaluationError
 from ..methods import get_method, list_methods
 from ..metrics.base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES
-from ..metrics.curves import BASELINES, DEFAULT_STEPS
+from ..metrics.curves import DEFAULT_STEPS, Baseline, curve_fills
 from ..training.data import SPLITS
 
 #: Metric groups an evaluation can run (all by default).
 METRIC_GROUPS = ("adic", "road", "curves")
+
+#: Most deletion/insertion steps: each is two forwards per image, and a 224x224 input has 50,176 pixels.
+MAX_CURVE_STEPS = 1_000
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class EvaluationConfig:
     (``{"rise": {"masks": 1000}}``); ``method_limits`` runs a method on the first N images only, and
     ``metric_limits`` a metric group (``{"road": 50}``). ``metric_batch_size`` is the number of perturbed
     images per forward (None: the metrics' default for the device); ``seed`` seeds the ROAD noise.
+    ``baseline`` becomes the checked fill of each curve, ``{"deletion": "mean", "insertion": "blur"}``
+    by default (:func:`~tame_core.metrics.curves.curve_fills`); the run's settings (and so a resume) include it.
     """
 
     data: str
@@ -35,7 +40,7 @@ class EvaluationConfig:
     batch_size: int = 8
     metrics: tuple[str, ...] = METRIC_GROUPS
     steps: int = DEFAULT_STEPS
-    baseline: str = "blur"
+    baseline: Baseline = None  # each curve's fill: None (RISE's), "blur" (both), "deletion=black", {...}
     road_percentages: tuple[int, ...] = DEFAULT_ROAD_PERCENTAGES
     method_options: Mapping[str, Mapping[str, Any]] | None = field(default_factory=dict)
     method_limits: Mapping[str, int] | None = field(default_factory=dict)
@@ -57,14 +62,13 @@ class EvaluationConfig:
         unknown = sorted(set(self.metrics) - set(METRIC_GROUPS))
         if unknown or not self.metrics:
             raise EvaluationError(f"unknown metric group {unknown[0] if unknown else ''!r}; choose from {', '.join(METRIC_GROUPS)}")
-        if self.baseline not in BASELINES:
-            raise EvaluationError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+        assign("baseline", curve_fills(self.baseline))
         if self.split not in SPLITS:
             raise EvaluationError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
         if self.batch_size < 1:
             raise EvaluationError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.steps < 1:
-            raise EvaluationError(f"curve steps must be at least 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_CURVE_STEPS:
+            raise EvaluationError(f"curve steps must be from 1 to {MAX_CURVE_STEPS}, got {self.steps}")
         options = {m: dict((self.method_options or {}).get(m, {})) for m in methods}  # None: no options
         for method, given in options.items():
             get_method(method).check_options(given)

@@ -7,12 +7,17 @@ A state file holds the run's settings beside its tally, so a run resumes only wh
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..atomic import write_atomically
 from ..errors import EvaluationError
+from ..reading import read_json
+
+#: Largest evaluation state read back: per-image values of every method for a large folder.
+MAX_STATE_BYTES = 512 * 2**20
 
 
 class Tally:
@@ -46,12 +51,9 @@ class Tally:
 
 def load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> Tally:
     """The saved tally of an interrupted run with exactly these settings (same head tensors, same files)."""
-    if path is None or not Path(path).exists():
+    if path is None or not os.path.lexists(path):
         return Tally()
-    try:
-        saved = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EvaluationError(f"cannot read evaluation state {path}: {' '.join(str(error).split())}") from None
+    saved = read_json(path, EvaluationError, MAX_STATE_BYTES, label=f"evaluation state {path}")
     here = json.loads(json.dumps(settings, default=plain))
     before = saved.get("settings") if isinstance(saved, dict) else None
     if not isinstance(before, dict) or not isinstance(saved.get("tally"), dict):
@@ -63,11 +65,60 @@ def load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> Tall
             f"evaluation state {path} was saved with other settings ({details} differ); "
             "delete it or choose another --out to start afresh"
         )
-    return Tally(saved["tally"])
+    return Tally(checked_tally(saved["tally"], saved["settings"], path))
 
 
 #: How a state's settings mismatch is named for the user.
 _NAMES = {"head_tensors_sha256": "head weights", "data_files_sha256": "image files", "data": "data folder"}
+
+
+def checked_tally(tally: dict[str, Any], settings: dict[str, Any], path: Any) -> dict[str, Any]:
+    """A saved tally whose every field has the type and range tame_core writes, or one EvaluationError line
+    (a hand-edited ``"images_done": "2"``, a list, a negative count, a row whose values are not numbers)."""
+    images = settings.get("images")
+    done, rows = tally.get("done", []), tally.get("rows", [])
+    problem = None
+    if not _whole(images):
+        problem = "settings.images is not a whole number of 0 or more"
+    elif not (_whole(tally.get("images_done", 0)) and tally.get("images_done", 0) <= images):
+        problem = f"images_done must be a whole number from 0 to {images}, got {_shown(tally.get('images_done'))}"
+    elif not (isinstance(done, list) and len(done) <= images and all(isinstance(x, str) for x in done)):
+        problem = f"done must be a list of at most {images} image names"
+    elif not (isinstance(rows, list) and all(_row(row) for row in rows)):
+        problem = "rows must be objects with an image, a method, costs of 0 or more and numbers as values"
+    elif not (isinstance(tally.get("skipped", []), list) and all(isinstance(x, str) for x in tally.get("skipped", []))):
+        problem = "skipped must be a list of texts"
+    if problem:
+        raise EvaluationError(f"evaluation state {path} was changed by hand or is damaged ({problem}); delete it to start afresh")
+    return tally
+
+
+def _row(row: Any) -> bool:
+    """One saved row: {"image", "method", costs, "values": {group: {metric: number or null}}}."""
+    if not (isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("method"), str)):
+        return False
+    costs = ("ms_per_image", "forward_passes", "backward_passes")
+    if not all(row.get(n) is None or (_number(row[n]) and math.isfinite(row[n]) and row[n] >= 0) for n in costs):
+        return False
+    values = row.get("values", {})
+    return _mapping_of(values, lambda group: _mapping_of(group, lambda v: v is None or _number(v)))
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _mapping_of(value: Any, check: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and check(v) for k, v in value.items())
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 30 else text[:27] + "..."
 
 
 def save_state(path: str | os.PathLike | None, settings: dict[str, Any], tally: Tally) -> None:

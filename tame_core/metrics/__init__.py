@@ -7,20 +7,22 @@ are min-max normalised and upsampled to the input by the metrics themselves.
 # Importing a metric module declares its metrics; the order of declaration is the table order.
 from .adic import ADICResult, average_drop_increase  # isort: skip
 from .road import RoadResult, road  # isort: skip
-from .curves import BASELINES, CurveResult, deletion_insertion, stream_curve  # isort: skip
+from .curves import DEFAULT_FILLS, FILLS, CurveResult, curve_fills, deletion_insertion, stream_curve  # isort: skip
 from .base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES, METRICS, MetricSpec, spec_for
 from .imputation import noisy_linear_impute
 
 __all__ = [
     "ADICResult",
-    "BASELINES",
     "CurveResult",
+    "DEFAULT_FILLS",
     "DEFAULT_FRACTIONS",
     "DEFAULT_ROAD_PERCENTAGES",
+    "FILLS",
     "METRICS",
     "MetricSpec",
     "RoadResult",
     "average_drop_increase",
+    "curve_fills",
     "deletion_insertion",
     "noisy_linear_impute",
     "road",

@@ -15,7 +15,7 @@ Pure Python over :mod:`tame_core` (nothing here imports Streamlit), so all of it
 
 from .images import MAX_UPLOAD_MB, UPLOAD_TYPES, ActiveImage, read_upload
 from .jobs import Job, JobContext, JobState, JobStopped
-from .models import HEAD_ENV, LoadedModel, ModelChoice, default_choice, load_model, store_uploaded_head
+from .models import HEAD_ENV, WEIGHTS_ENV, LoadedModel, ModelChoice, default_choice, load_model, store_uploaded_head, store_uploaded_weights
 from .samples import DEMO, GALLERY, load_sample
 from .workspace import Workspace
 
@@ -38,4 +38,6 @@ __all__ = [
     "load_sample",
     "read_upload",
     "store_uploaded_head",
+    "store_uploaded_weights",
+    "WEIGHTS_ENV",
 ]

@@ -14,7 +14,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import OutputLock
+from ..errors import EvaluationError, TameError
 from ..evaluation import EvaluationConfig, EvaluationReport, evaluate
+from ..evaluation.state import MAX_STATE_BYTES, checked_tally
+from ..reading import read_json
 from ..metrics import spec_for
 from .jobs import JobContext
 from .models import ModelChoice, load_model
@@ -29,9 +33,10 @@ def state_path(config: EvaluationConfig, choice: ModelChoice, folder: str | Path
 def can_resume(config: EvaluationConfig, choice: ModelChoice, state_folder: str | Path) -> bool:
     """Whether a stopped run of this evaluation left images still to do."""
     try:
-        saved = json.loads(state_path(config, choice, state_folder).read_text())
-        return int(saved["tally"]["images_done"]) < int(saved["settings"]["images"])
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = read_json(state_path(config, choice, state_folder), EvaluationError, MAX_STATE_BYTES)
+        tally = checked_tally(saved["tally"], saved["settings"], "")
+        return tally.get("images_done", 0) < saved["settings"]["images"]
+    except (TameError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -45,8 +50,9 @@ def evaluation_work(
     def progress(done: int, total: int, message: str) -> None:
         context.progress(done / total if total else 0.0, message)
 
-    with context.watching(explainer.backbone):  # counts the forwards for the page; evaluate checks Stop itself
-        return evaluate(explainer, config, progress, state_path=state_path(config, choice, state_folder), stop=context.stop_event)
+    state = state_path(config, choice, state_folder)
+    with OutputLock(state, "this evaluation"), context.watching(explainer.backbone):  # one job per state; evaluate checks Stop itself
+        return evaluate(explainer, config, progress, state_path=state, stop=context.stop_event)
 
 
 def column_title(name: str) -> str:

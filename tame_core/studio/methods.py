@@ -28,7 +28,7 @@ from ..methods import get_method
 from ..methods.base import timed_repeats
 from ..metrics import METRICS
 from ..metrics.base import prepare
-from ..metrics.curves import DEFAULT_STEPS, MODES, CurveInputs, CurveResult, stream_curve
+from ..metrics.curves import DEFAULT_STEPS, MODES, Baseline, CurveInputs, CurveResult, fill_colour, fills_text, stream_curve
 from . import costs
 from .jobs import JobContext
 from .models import LoadedModel
@@ -215,8 +215,8 @@ def _locked(model: LoadedModel, points: Iterator[tuple[float, float]], context: 
         yield batch
 
 
-def curve_key(subject: Subject, method: str, steps: int, baseline: str) -> tuple:
-    return subject.key("curve", method, int(steps), baseline)
+def curve_key(subject: Subject, method: str, steps: int, baseline: Baseline) -> tuple:
+    return subject.key("curve", method, int(steps), fills_text(baseline))
 
 
 def curve_points(
@@ -224,7 +224,7 @@ def curve_points(
     methods: Sequence[str],
     context: JobContext,
     steps: int = DEFAULT_STEPS,
-    baseline: str = "blur",
+    baseline: Baseline = None,
     cache: ResultCache | None = None,
 ) -> dict[str, CurveResult]:
     """Deletion and insertion curves of each method's map, point by point (a Curves job's work).
@@ -258,7 +258,7 @@ def curve_points(
 
 
 def curves_estimate(
-    subject: Subject, methods: Sequence[str], steps: int, cache: ResultCache | None = None, baseline: str = "blur"
+    subject: Subject, methods: Sequence[str], steps: int, cache: ResultCache | None = None, baseline: Baseline = None
 ) -> costs.Estimate:
     """What computing the curves not yet in ``cache`` (and the maps they need) will cost."""
     total = costs.Estimate(0)
@@ -276,7 +276,7 @@ def curves_so_far(
     subject: Subject,
     methods: Sequence[str],
     steps: int,
-    baseline: str,
+    baseline: Baseline,
     cache: ResultCache | None,
     live: Sequence[Any] = (),
 ) -> list[CurvePoint]:
@@ -366,11 +366,11 @@ def cost_rows(maps: Sequence[MethodMap]) -> list[dict[str, object]]:
 
 
 def perturbed_image(
-    explanation: Explanation, saliency: torch.Tensor, mode: str, step: int, steps: int, baseline: str = "blur"
+    explanation: Explanation, saliency: torch.Tensor, mode: str, step: int, steps: int, baseline: Baseline = None
 ) -> np.ndarray:
     """The picture as the curve's model saw it at ``step`` of ``steps`` (RGB uint8 at input size)."""
     images, maps, _ = prepare(explanation.inputs, saliency[None], explanation.classes[:, 0])
-    inputs = CurveInputs(images, maps, steps, baseline)
+    inputs = CurveInputs(images, maps, steps, baseline, fill_colour(explanation.explainer.backbone))
     picture = inputs.build(mode, step, step + 1)[0]
     return tensor_to_pixels(picture)
 

@@ -22,14 +22,16 @@ import torch
 
 from ..atomic import write_atomically
 from ..backbones import DEFAULT_BACKBONE
-from ..checkpoint import locate_head, read_metadata
-from ..errors import CheckpointError
+from ..checkpoint import load_head, locate_head
+from ..errors import CheckpointError, TameError
 from ..explainer import Explainer, Explanation
 from ..hub import is_repo_id
-from .storage import studio_dir
+from .storage import check_quota, hub_repo_id, studio_dir
 
-#: Environment variable naming a head to use instead of the bundled one (tests, quick experiments).
+#: Environment variable naming a head to use instead of the bundled one (a deployment on your own model).
 HEAD_ENV = "TAME_HEAD"
+#: Environment variable naming the classifier weights file that head explains (a fine-tune of yours).
+WEIGHTS_ENV = "TAME_WEIGHTS"
 
 #: Largest head checkpoint accepted as an upload, in MB: the server's own upload limit
 #: (.streamlit/config.toml); a ResNet-50 head is under 40 MB.
@@ -44,6 +46,7 @@ class ModelChoice:
     backbone: str | None = None  # None: the one the head's card names (the default for the bundled head)
     revision: str | None = None  # Hub branch, tag or commit (Hub heads only)
     device: str = "cpu"
+    weights: str | None = None  # the classifier's weights file (None: what the head's card names)
 
     @property
     def is_hub(self) -> bool:
@@ -71,12 +74,14 @@ class ModelChoice:
             source = f"Hub {self.head}" + (f"@{self.revision}" if self.revision else "")
         else:
             source = Path(self.head).name
-        return f"{source} on {self.backbone or 'its backbone'} ({self.device})"
+        weights = f" with weights {Path(self.weights).name}" if self.weights else ""
+        return f"{source} on {self.backbone or 'its backbone'}{weights} ({self.device})"
 
 
 def default_choice(device: str = "cpu") -> ModelChoice:
-    """The bundled head on the embedded default backbone, unless ``$TAME_HEAD`` names another head."""
-    return ModelChoice(head=os.environ.get(HEAD_ENV) or None, device=device)
+    """The bundled head on the embedded default backbone, unless ``$TAME_HEAD`` names another head (and
+    ``$TAME_WEIGHTS`` the fine-tuned classifier it explains)."""
+    return ModelChoice(head=os.environ.get(HEAD_ENV) or None, device=device, weights=os.environ.get(WEIGHTS_ENV) or None)
 
 
 def available_devices() -> list[str]:
@@ -108,6 +113,14 @@ class LoadedModel:
     def class_names(self) -> tuple[str, ...]:
         return self.explainer.backbone.class_names
 
+    @property
+    def knows_imagenet(self) -> bool:
+        """Whether the classifier has ImageNet's 1000 classes under their own names: only then do the
+        curated ImageNet sample photos mean anything to it (a fine-tune of yours is shown on your pictures)."""
+        from ..classes import imagenet_class_names
+
+        return self.class_names == imagenet_class_names()
+
     def explain(self, pixels: np.ndarray | Sequence[np.ndarray]) -> Explanation:
         """Top-1 explanation of one picture (or a batch of same-size pictures) on the whole image."""
         with self.busy() as explainer:
@@ -123,12 +136,52 @@ class LoadedModel:
 def load_model(choice: ModelChoice) -> LoadedModel:
     """Load the head and backbone a choice names (slow: the app caches the result per process)."""
     fingerprint = choice.fingerprint()
-    explainer = Explainer.load(choice.head, choice.backbone, device=choice.device, revision=choice.revision)
+    explainer = Explainer.load(_head_source(choice), choice.backbone, device=choice.device, revision=choice.revision, weights=choice.weights)
     return LoadedModel(choice, explainer, fingerprint)
+
+
+def store_uploaded_weights(name: str, data: bytes, folder: str | os.PathLike) -> Path:
+    """Keep an uploaded classifier weights file in the session's ``folder`` under its content hash (same
+    upload, same file: a stable model-cache key), after checking that it reads as a state dict."""
+    from ..backbones import read_weights
+    from ..errors import BackboneError
+
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".safetensors", ".pt", ".pth"):
+        raise BackboneError(f"{Path(name).name}: classifier weights must be a .safetensors, .pt or .pth file")
+    if not data:
+        raise BackboneError(f"{Path(name).name}: empty file (0 bytes)")
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
+    if not path.exists():
+        check_quota(len(data))
+        write_atomically(path, data)
+    try:
+        read_weights(path)
+    except BackboneError as error:
+        path.unlink(missing_ok=True)
+        raise BackboneError(f"{Path(name).name}: {str(error).split(': ', 1)[-1]}") from None
+    return path
+
+
+def _head_source(choice: ModelChoice) -> str | None:
+    """What the app hands :meth:`Explainer.load`: a Hub head (a relative ``owner/name`` from the sidebar's Hub
+    field) is pulled from the Hub and never looked up on this server's disk; local heads come as absolute
+    paths the sidebar has already checked (:func:`~.storage.server_head`), or from ``$TAME_HEAD``."""
+    head = choice.head
+    if head is None or Path(head).is_absolute() or head == os.environ.get(HEAD_ENV):
+        return head
+    from ..hub import pull_head
+
+    return str(pull_head(hub_repo_id(head), revision=choice.revision))
 
 
 def store_uploaded_head(name: str, data: bytes, folder: str | os.PathLike | None = None) -> Path:
     """Keep an uploaded ``.safetensors`` head under a content-hash name and check it is a TAME head.
+
+    The app passes its session's ``uploaded_heads`` folder, so uploads go with the session; a refused
+    upload is deleted at once, and the studio folder's quota (:func:`~.storage.check_quota`) is kept.
 
     The card travels inside the file's header, so one file is enough. Identical uploads share a file,
     which also makes the upload a stable model-cache key.
@@ -143,10 +196,12 @@ def store_uploaded_head(name: str, data: bytes, folder: str | os.PathLike | None
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{hashlib.sha256(data).hexdigest()[:20]}.safetensors"
     if not path.exists():  # a temporary file of its own: two sessions uploading the same head never mix writes
+        check_quota(len(data))
         write_atomically(path, data)
     try:
-        read_metadata(path)
-    except CheckpointError as error:
+        load_head(path)  # every check a load makes (digests, shapes, finite weights): a refused head is not kept
+    except TameError as error:
         path.unlink(missing_ok=True)
-        raise CheckpointError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
+        message = str(error).replace(str(path.with_suffix(".json")), name).replace(str(path), name)
+        raise CheckpointError(message if message.startswith(name) else f"{name}: {message}") from None
     return path

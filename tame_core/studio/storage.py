@@ -8,12 +8,19 @@ unpacked zips and evaluation states (removed when the session ends).
 Paths typed into the app (a head file, a training or evaluation folder) are read by the server, not the
 browser. A deployment confines them with ``TAME_ALLOWED_ROOTS`` (folders separated by ``os.pathsep``;
 as an environment variable or a root-level key of ``.streamlit/secrets.toml``): :func:`server_path`
-refuses anything outside them. Unset, the app is single-user and any path is allowed.
+refuses anything outside them. Unset, the app is single-user and any path is allowed. A head typed in is
+checked by :func:`server_head` on the files that will really be read (``x`` -> ``x.safetensors`` and its card,
+symlinks resolved); the Hub field takes only a repo id (:func:`hub_repo_id`), never a path. Messages the app
+shows go through :func:`public_message`, which leaves no server path in them.
+
+The studio folder has a total quota (``$TAME_STUDIO_QUOTA_MB``, default :data:`DEFAULT_QUOTA_MB`):
+:func:`check_quota` refuses an upload or unpacked zip that would go over it, in one line.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -21,7 +28,11 @@ import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import AccessError
+from ..errors import AccessError, OutputError
+
+#: The whole studio folder's size limit, in MB, unless ``$TAME_STUDIO_QUOTA_MB`` says otherwise.
+DEFAULT_QUOTA_MB = 20_000
+QUOTA_ENV = "TAME_STUDIO_QUOTA_MB"
 
 STUDIO_DIR_ENV = "TAME_STUDIO_DIR"
 ALLOWED_ROOTS_ENV = "TAME_ALLOWED_ROOTS"
@@ -34,7 +45,7 @@ def studio_dir() -> Path:
 
 
 class SessionFolder:
-    """One browser session's files: ``heads/`` (trained heads, kept), ``uploads/`` and ``evaluations/``
+    """One browser session's files: ``heads/`` (trained heads, kept), ``uploads/``, ``uploaded-heads/`` and ``evaluations/``
     (scratch, removed when the session object is garbage-collected or the server exits)."""
 
     def __init__(self, root: str | os.PathLike | None = None, token: str | None = None) -> None:
@@ -51,6 +62,11 @@ class SessionFolder:
         return self._made("uploads")
 
     @property
+    def uploaded_heads(self) -> Path:
+        """Heads uploaded in this session (scratch: they go with the session)."""
+        return self._made("uploaded-heads")
+
+    @property
     def evaluations(self) -> Path:
         return self._made("evaluations")
 
@@ -64,8 +80,11 @@ class SessionFolder:
         return folder
 
 
+_SCRATCH = ("uploads", "uploaded-heads", "evaluations")
+
+
 def _remove_scratch(path: Path) -> None:
-    for name in ("uploads", "evaluations"):
+    for name in _SCRATCH:
         shutil.rmtree(path / name, ignore_errors=True)
 
 
@@ -88,3 +107,103 @@ def server_path(text: str | os.PathLike, what: str, also: Iterable[str | os.Path
     if not any(path == root or root in path.parents for root in roots):
         raise AccessError(f"{what} {str(text).strip()}: outside the folders this server lets the app read (see {ALLOWED_ROOTS_ENV})")
     return path
+
+
+def server_head(text: str | os.PathLike, what: str = "Head", also: Iterable[str | os.PathLike] = ()) -> Path:
+    """The head file a typed path really reads: ``x`` becomes ``x.safetensors``, symlinks are resolved, and
+    that file and the card beside it must both lie inside the allowed roots (:func:`server_path`).
+
+    Checking the typed text alone is not enough: ``allowed/sneaky`` may become ``sneaky.safetensors``, a link
+    to a file outside. Nothing is opened and existence is not told; a refusal names only what was typed.
+    """
+    from ..checkpoint import paths_for
+
+    typed = str(text).strip()
+    try:
+        tensor_path = server_path(paths_for(Path(typed).expanduser())[0], what, also)
+        server_path(paths_for(tensor_path)[1], what, also)
+    except AccessError:
+        raise AccessError(f"{what} {typed}: outside the folders this server lets the app read (see {ALLOWED_ROOTS_ENV})") from None
+    return tensor_path
+
+
+#: A Hub repo id: owner/name, each part letters, digits, '-', '_' or '.', starting with a letter or digit.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def hub_repo_id(text: str) -> str:
+    """``text`` as a Hub repo id, or a one-line AccessError. Only the shape is checked: nothing on this
+    server is looked at, so the field cannot read a server file or tell whether one exists."""
+    typed = str(text).strip()
+    if not _HUB_ID.match(typed) or ".." in typed or typed.endswith((".safetensors", ".json")):
+        raise AccessError(f"{_short(typed)!r} is not a Hub repo id: write owner/name (a server file goes in the Local field)")
+    return typed
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def public_message(text: str) -> str:
+    """A message fit to show a browser: every server path in it becomes its file name."""
+    from ..hub import scrub_local_paths
+
+    return scrub_local_paths(str(text))
+
+
+def quota_bytes() -> int:
+    """The studio folder's size limit in bytes (``$TAME_STUDIO_QUOTA_MB``)."""
+    text = os.environ.get(QUOTA_ENV, "").strip()
+    try:
+        megabytes = float(text) if text else DEFAULT_QUOTA_MB
+    except ValueError:
+        megabytes = DEFAULT_QUOTA_MB
+    return int(max(megabytes, 0) * 2**20)
+
+
+def used_bytes(root: str | os.PathLike | None = None) -> int:
+    """Bytes held under the studio folder (links are not followed)."""
+    total = 0
+    for folder, _, files in os.walk(root if root is not None else studio_dir()):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue  # removed meanwhile
+    return total
+
+
+def check_quota(adding: int, root: str | os.PathLike | None = None) -> None:
+    """Refuse, in one line, ``adding`` more bytes when the studio folder would go over its quota."""
+    limit = quota_bytes()
+    used = used_bytes(root)
+    if used + adding > limit:
+        raise OutputError(
+            f"the app's storage is full ({_mb(used)} used, {_mb(adding)} more asked, quota {_mb(limit)}): "
+            "forget uploads or try again later"
+        )
+
+
+def _mb(count: int) -> str:
+    return f"{count / 2**20:.0f} MB"
+
+
+def server_folder(text: str | os.PathLike, what: str = "Folder") -> Path:
+    """A typed folder (:func:`server_path`) whose links, walked below it, all stay inside the allowed roots:
+    the files a run reads from it are checked too, not the folder's own name alone. Unset roots: no walk."""
+    folder = server_path(text, what)
+    roots = allowed_roots()
+    if roots is None or not folder.is_dir():
+        return folder
+    for parent, folders, files in os.walk(folder):  # links are not followed, only resolved
+        for name in folders + files:
+            entry = Path(parent) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not any(target == root or root in target.parents for root in roots):
+                    shown = entry.relative_to(folder)
+                    raise AccessError(
+                        f"{what} {str(text).strip()}: {_short(str(shown))} links outside the folders this server lets "
+                        f"the app read (see {ALLOWED_ROOTS_ENV})"
+                    )
+    return folder

@@ -6,9 +6,9 @@ The run itself is :func:`tame_core.training.train_head`; this module only feeds 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -27,10 +27,13 @@ from ..explainer import Explainer
 from ..images import IMAGE_SUFFIXES, collect_images, load_image, tensor_to_pixels
 from ..maps import overlay
 from ..taps import check_layers, list_layers
-from ..training import TrainConfig, TrainingError, train_head
+from ..training import RECIPES, TrainConfig, TrainingError, train_head
+from ..training.trainer import default_layers_for
 from ..training.init import new_head
 from ..training.state import load_state
+from ..reading import parse_json, read_regular
 from .jobs import JobContext
+from .storage import check_quota, public_message
 
 #: Refuse zips that would unpack to more than this many bytes or members, or hold a member larger than
 #: MAX_MEMBER_BYTES (zip bombs, wrong uploads). Every limit is checked on the sizes the zip declares before
@@ -38,7 +41,13 @@ from .jobs import JobContext
 MAX_UNZIPPED_BYTES = 2 * 2**30
 MAX_MEMBER_BYTES = 128 * 2**20
 MAX_ZIP_MEMBERS = 50_000
+#: Folders a member may sit in, and characters in a member's name: real image sets are far below both.
+MAX_ZIP_DEPTH = 32
+MAX_MEMBER_NAME = 1024
 _CHUNK = 1 << 20
+
+#: Largest training log read back for the loss chart.
+MAX_LOG_BYTES = 256 * 2**20
 
 #: Pictures from the training folder shown with their current maps while a head trains.
 PREVIEW_IMAGES = 3
@@ -53,7 +62,7 @@ def extract_zip(data: bytes | BinaryIO, folder: str | Path, name: str = "upload.
     """
     target = Path(folder).resolve()
     if target.exists():
-        raise FileExistsError(f"{target} exists: unpack each zip into a new folder")
+        raise TrainingError(f"{name}: its folder exists already; unpack each zip into a new folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unzip-", dir=target.parent))
     try:
@@ -79,6 +88,7 @@ def _unpack_images(data: bytes | BinaryIO, root: Path, name: str) -> None:
             raise TrainingError(f"{name}: no images inside (looked for {', '.join(IMAGE_SUFFIXES)})")
         targets: dict[Path, zipfile.ZipInfo] = {}
         for info in images:  # everything the zip declares is checked before the first byte is written
+            _check_member_name(info.filename, name)
             path = (root / info.filename).resolve()
             if root not in path.parents:
                 raise TrainingError(f"{name}: member {info.filename!r} would unpack outside its folder")
@@ -89,12 +99,15 @@ def _unpack_images(data: bytes | BinaryIO, root: Path, name: str) -> None:
             if Path(info.filename).name.startswith(".") or "__MACOSX" in Path(info.filename).parts:
                 continue
             targets[path] = info
-        if sum(info.file_size for info in targets.values()) > MAX_UNZIPPED_BYTES:
+        _check_no_file_is_a_folder(targets, name)
+        total = sum(info.file_size for info in targets.values())
+        if total > MAX_UNZIPPED_BYTES:
             raise TrainingError(f"{name}: unpacks to over {_size(MAX_UNZIPPED_BYTES)}")
+        check_quota(total)
         written = 0
         for path, info in targets.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as source, open(path, "xb") as sink:
                     while chunk := source.read(_CHUNK):
                         written += len(chunk)
@@ -104,8 +117,30 @@ def _unpack_images(data: bytes | BinaryIO, root: Path, name: str) -> None:
             except TrainingError:
                 raise
             except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError, OSError) as error:
-                reason = " ".join(str(error).split()) or type(error).__name__
-                raise TrainingError(f"{name}: member {info.filename!r} cannot be unpacked ({reason})") from None
+                reason = getattr(error, "strerror", None) or " ".join(str(error).split()) or type(error).__name__
+                raise TrainingError(f"{name}: member {_short(info.filename)!r} cannot be unpacked ({public_message(reason)})") from None
+
+
+def _check_member_name(member: str, name: str) -> None:
+    """Refuse a member name too long or too deep to unpack (no server path in the message)."""
+    parts = [part for part in member.replace("\\", "/").split("/") if part]
+    if len(member) > MAX_MEMBER_NAME or len(parts) > MAX_ZIP_DEPTH + 1 or any(len(part.encode()) > 255 for part in parts):
+        raise TrainingError(
+            f"{name}: member {_short(member)!r} is nested too deep or named too long "
+            f"(limits: {MAX_ZIP_DEPTH} folders, {MAX_MEMBER_NAME} characters)"
+        )
+
+
+def _check_no_file_is_a_folder(targets: dict[Path, zipfile.ZipInfo], name: str) -> None:
+    """``a.jpg`` and ``a.jpg/b.jpg`` cannot both be unpacked: refuse before writing anything."""
+    for path, info in targets.items():
+        clash = next((parent for parent in path.parents if parent in targets), None)
+        if clash is not None:
+            raise TrainingError(f"{name}: member {_short(info.filename)!r} lies inside member {_short(targets[clash].filename)!r}, a file")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def unpack_upload(data: bytes | BinaryIO, name: str, key: str, folder: str | Path, keep_others: bool = False) -> Path:
@@ -184,14 +219,14 @@ def logged_steps(log_path: Path, up_to: int) -> list[dict[str, Any]]:
     resumed run that repeated steps after a crash logs them twice), in step order."""
     by_step: dict[int, dict[str, Any]] = {}
     try:
-        lines = Path(log_path).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = read_regular(log_path, MAX_LOG_BYTES, TrainingError).decode("utf-8", errors="replace").splitlines()
+    except TameError:
         return []
     for line in lines:
         try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
+            record = parse_json(line, TrainingError, "log line")
+        except TameError:
+            continue  # a line cut short by a crash, or one edited by hand
         if isinstance(record, dict) and "loss" in record and isinstance(record.get("step"), int) and record["step"] <= up_to:
             by_step[record["step"]] = record
     return [by_step[step] for step in sorted(by_step)]
@@ -241,15 +276,20 @@ def run_outcome(records: Sequence[Any]) -> dict[str, Any] | None:
     return next((r for r in reversed(records) if isinstance(r, dict) and r.get("event") in ("done", "stopped")), None)
 
 
-def layer_choices(backbone: str) -> tuple[dict[str, str], list[str]]:
-    """({layer: "name (channels, map size)"} for every tappable layer, the default layers); random weights suffice."""
+def layer_choices(backbone: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({layer: "name (channels, map size)"} for every tappable layer, {recipe: its default layers} for the
+    recipes this backbone can train); random weights suffice."""
     net = load_backbone(backbone, weights="random")
     labels = {
         info.name: f"{info.name} ({info.channels} ch, {info.map_size[0]}×{info.map_size[1]})"
         for info in list_layers(net)
         if info.usable and info.map_size is not None
     }
-    return labels, list(net.default_layers)
+    defaults = {}
+    for recipe, values in RECIPES.items():
+        with contextlib.suppress(TrainingError):
+            defaults[recipe] = default_layers_for(net, values["init"] == "cam", recipe)
+    return labels, defaults
 
 
 def can_resume(config: TrainConfig) -> bool:

@@ -4,14 +4,16 @@
 """
 
 from ..errors import TrainingError
-from .config import TrainConfig
+from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from .data import AUGMENTATIONS, SPLITS, is_heldout_class, readable_images, split_files
 from .init import INITS, init_from_cam
-from .losses import LossTerms, LossWeights, area_loss, tame_loss, variation_loss
-from .step import MASK_ORDERS, batch_loss, masked_logits
+from .losses import LossTerms, LossWeights, area_loss, destroy_loss, tame_loss, variation_loss
+from .step import MASK_ORDERS, batch_loss, inserted_inputs, masked_logits, removed_inputs
 from .trainer import train_head
 
 __all__ = [
+    "DEFAULT_RECIPE",
+    "RECIPES",
     "AUGMENTATIONS",
     "INITS",
     "MASK_ORDERS",
@@ -22,10 +24,13 @@ __all__ = [
     "TrainingError",
     "area_loss",
     "batch_loss",
+    "destroy_loss",
     "init_from_cam",
+    "inserted_inputs",
     "is_heldout_class",
     "masked_logits",
     "readable_images",
+    "removed_inputs",
     "split_files",
     "tame_loss",
     "train_head",

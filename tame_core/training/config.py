@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,25 @@ from .losses import LossWeights
 from .step import MASK_ORDERS
 
 
+#: What ``recipe`` fills in for the options left unset. ``little-data`` (the default) is the recipe that
+#: trained the bundled head on 7,409 unlabelled photos: every class's map starts as its class activation
+#: map, and the fuser rows are the classifier's own rows times one projection, so every image trains every
+#: class. It needs a classifier that global-pools one layer into a linear layer (ResNets, EfficientNets,
+#: most timm CNNs); that layer is then the last one tapped. ``paper`` is the papers' recipe (a learned row
+#: per class from a random start): it needs far more photos (ImageNet's 1.28 M), and suits VGG and ViTs.
+RECIPES: dict[str, dict[str, Any]] = {
+    "little-data": {"fuser": "tied", "init": "cam", "lr": 1e-2, "augment": "heavy", "epochs": 1},
+    "paper": {"fuser": "class", "init": "random", "lr": 1e-3, "augment": "standard", "epochs": 8},
+}
+#: The default: ``little-data`` where the classifier global-pools a layer into one linear layer (it can start
+#: from the class activation map), else ``paper`` (VGG's MLP classifier, a ViT's class token).
+AUTO = "auto"
+DEFAULT_RECIPE = AUTO
+
+
 @dataclass
 class TrainConfig:
-    """A head training run. The defaults are the papers' recipe (TAME, T-TAME).
+    """A head training run. ``recipe`` fills the options left ``None`` (see :data:`RECIPES`).
 
     ``out`` is the head checkpoint (``.safetensors`` + ``.json`` card); the resumable state and the
     JSON-lines log go beside it unless ``state`` / ``log`` say otherwise. A run whose outputs already
@@ -28,20 +44,25 @@ class TrainConfig:
     data: list[Path]  # folders and/or .txt lists of image files (one path or several)
     out: Path
     backbone: str = "efficientnet_lite0"
-    weights: str = "pretrained"  # backbone weights: "pretrained", "random" or a file
-    layers: Sequence[str] | None = None  # None: the backbone's default layers
+    weights: str = "pretrained"  # backbone weights: "pretrained", "random" or a file (a fine-tune: any number of classes)
+    labels: Path | None = None  # class names: one per line, or a JSON list (default: the architecture's)
+    input_size: Sequence[int] | None = None  # preprocessing overrides for a fine-tune that differs from its architecture
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    recipe: str = DEFAULT_RECIPE
+    layers: Sequence[str] | None = None  # None: the backbone's default layers (little-data: ending at the pooled layer)
     variant: str = "tame"
-    fuser: str = "class"  # "tied": class rows = classifier rows x a shared projection (every image trains every class)
+    fuser: str | None = None  # "tied": class rows = classifier rows x a shared projection (every image trains every class)
     split: str = "all"  # "train"/"heldout": the project's ImageNet split of the folder
     limit: int | None = None  # use only the first N images (sorted paths) of the split
-    epochs: int = 8
+    epochs: int | None = None
     batch_size: int = 32  # per process; DDP's global batch is this times the world size
-    lr: float = 1e-3  # OneCycleLR's max learning rate
+    lr: float | None = None  # OneCycleLR's max learning rate
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 5e-4  # on weights; none on biases
     seed: int = 0
-    augment: str = "standard"
-    init: str = "random"  # "cam": every class starts from its class activation map
+    augment: str | None = None
+    init: str | None = None  # "cam": every class starts from its class activation map
     freeze_fuser: bool = False  # train only the branches: what is learned then applies to every class
     exclude_targets: str | None = None  # "heldout": never train a map whose target is a held-out ImageNet class
     top_k: int = 1  # train each image's maps for its top-k predicted classes...
@@ -66,7 +87,23 @@ class TrainConfig:
             self.loss = LossWeights(**self.loss)
         if self.layers is not None:
             self.layers = list(self.layers)
+        if self.labels is not None:
+            self.labels = Path(self.labels)
+        if self.recipe != AUTO and self.recipe not in RECIPES:
+            raise TrainingError(f"recipe {self.recipe!r} is not one of {', '.join([AUTO, *RECIPES])}")
+        self._from_recipe = tuple(name for name in RECIPES["paper"] if getattr(self, name) is None)
+        for name in self._from_recipe:  # auto: little-data until settle_recipe() knows the backbone
+            setattr(self, name, RECIPES["little-data" if self.recipe == AUTO else self.recipe][name])
         self.validate()
+
+    def settle_recipe(self, can_start_from_cam: bool) -> str:
+        """Make an ``auto`` recipe concrete for the backbone (see :data:`AUTO`); returns the recipe's name."""
+        if self.recipe == AUTO:
+            self.recipe = "little-data" if can_start_from_cam else "paper"
+            for name in self._from_recipe:
+                setattr(self, name, RECIPES[self.recipe][name])
+            self.validate()
+        return self.recipe
 
     @property
     def state_path(self) -> Path:
@@ -104,16 +141,23 @@ class TrainConfig:
         if not self.lr > 0:
             raise TrainingError(f"lr must be positive, got {self.lr}")
 
+    def preprocess_overrides(self) -> dict[str, Any] | None:
+        """The preprocessing fields this run sets (load_backbone's ``preprocess``), or None."""
+        changes = {"input_size": self.input_size, "mean": self.mean, "std": self.std}
+        return {k: list(v) for k, v in changes.items() if v is not None} or None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for the card and the saved state."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["loss"] = asdict(self.loss)
+        values["loss"] = self.loss.to_dict()  # the destroying/insertion weights only when on
         values["data"] = [str(source) for source in self.data]
+        for key in ("input_size", "mean", "std"):
+            values[key] = list(values[key]) if values[key] is not None else None
         return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
     def schedule_key(self) -> dict[str, Any]:
         """What a resumed run must share with the saved one to continue the same schedule."""
-        keep = ("backbone", "weights", "layers", "variant", "split", "limit", "epochs", "batch_size", "lr", "momentum",
+        keep = ("backbone", "weights", "labels", "input_size", "mean", "std", "recipe", "layers", "variant", "split", "limit", "epochs", "batch_size", "lr", "momentum",
                 "weight_decay", "seed", "augment", "init", "fuser", "exclude_targets", "freeze_fuser", "top_k", "classes_per_image", "mask_order", "loss")
         values = self.to_dict()
         return {k: values[k] for k in keep}

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..devices import auto_device
+from ..devices import parse_device
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Distributed:
         """Join the process group torchrun describes (gloo on CPUs, NCCL on GPUs), or run alone."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        chosen = auto_device() if device == "auto" else torch.device(device)
+        chosen = parse_device(device)
         if chosen.type == "cuda" and chosen.index is None:
             chosen = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
         if chosen.type == "cuda":

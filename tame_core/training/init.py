@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..backbones.base import classifier_module
 from ..errors import TrainingError
 from ..head import TAMEHead, TiedFuser, TiedTAMEHead
 from ..taps import LayerTaps
@@ -25,9 +26,8 @@ INITS = ("random", "cam")
 
 def classifier_of(backbone: Backbone) -> nn.Linear:
     """The final linear layer that maps pooled features to logits."""
-    net = backbone.net
-    layer = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "fc", None)
-    if not isinstance(layer, nn.Linear):
+    layer = classifier_module(backbone.net)
+    if layer is None:
         raise TrainingError(
             f"--init cam and --fuser tied need a classifier that ends in global pooling + one linear layer; {backbone.name} does not"
         )

@@ -16,6 +16,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..atomic import write_failures
+
 Callback = Callable[[dict[str, Any]], None]
 
 
@@ -32,8 +34,9 @@ class RunReporter:
         self.callback = callback
         self.handle = None
         if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(log_path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 - open for the run
+            with write_failures(log_path):
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                self.handle = open(log_path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 - open for the run
         self.bar = tqdm(
             total=total_steps, initial=initial_step, unit="step", desc="train", file=sys.stderr,
             disable=not progress, dynamic_ncols=True,
@@ -41,8 +44,9 @@ class RunReporter:
 
     def _emit(self, record: dict[str, Any]) -> None:
         if self.handle is not None:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
+            with write_failures(self.handle.name, kept="the lines before are kept"):
+                self.handle.write(json.dumps(record) + "\n")
+                self.handle.flush()
         if self.callback is not None:
             self.callback(record)
 
@@ -50,7 +54,7 @@ class RunReporter:
         self._emit(record)
         self.bar.update(1)
         self.bar.set_postfix(
-            {k: f"{record[k]:.3g}" for k in ("loss", "ce", "area", "tv", "lr")} | {"epoch": record["epoch"]},
+            {k: f"{record[k]:.3g}" for k in ("loss", "ce", "area", "tv", "destroy", "insert", "lr") if k in record} | {"epoch": record["epoch"]},
             refresh=False,
         )
 
@@ -63,4 +67,6 @@ class RunReporter:
     def close(self) -> None:
         self.bar.close()
         if self.handle is not None:
-            self.handle.close()
+            handle, self.handle = self.handle, None
+            with write_failures(handle.name, kept="the lines before are kept"):
+                handle.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,8 +23,13 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import TrainingError
+from ..reading import read_regular
 
 STATE_VERSION = 2
+
+#: Largest state file read back, and largest step, image or second count it may hold.
+MAX_STATE_BYTES = 4 * 2**30
+MAX_COUNT = 1e15
 STATE_FORMAT = "tame-training-state"
 
 #: What a state holds, and the type of each part (checked before any of it is used).
@@ -75,9 +82,10 @@ def load_state(path: Path) -> dict[str, Any]:
     """Read a state written by :func:`save_state`; a missing, unreadable, changed or incomplete file is a
     one-line :class:`TrainingError`."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise TrainingError(f"--resume: no training state at {path}")
-    wrapper = _torch_load(path, path)
+    raw = read_regular(path, MAX_STATE_BYTES, TrainingError, f"--resume: {path}")
+    wrapper = _torch_load(io.BytesIO(raw), path)
     if not isinstance(wrapper, dict) or wrapper.get("format") != STATE_FORMAT:
         raise TrainingError(
             f"--resume: {path} is not a training state this version of tame_core can read "
@@ -102,6 +110,10 @@ def load_state(path: Path) -> dict[str, Any]:
     if wrong:
         name = wrong[0]
         raise TrainingError(f"--resume: {path}: {name!r} is a {type(state[name]).__name__}, not a training state's {name}")
+    for name in ("step", "images", "seconds"):
+        value = state[name]
+        if not (math.isfinite(value) and 0 <= value <= MAX_COUNT):
+            raise TrainingError(f"--resume: {path}: {name} must be a number from 0 to {MAX_COUNT:.0e}, got {value!r}")
     return state
 
 

@@ -1,7 +1,9 @@
 """One training step's loss: clean forward -> targets -> head maps -> masked forward -> loss.
 
 The backbone is frozen, but the cross-entropy gradient must flow *through* it back to the mask, so
-only the clean forward (targets and tapped features) runs without a graph.
+only the clean forward (targets and tapped features) runs without a graph. The optional destroying and
+insertion terms (:mod:`.losses`) each add one forward of the same masks, with the region removed or
+pasted on the blurred image: fills shared with the deletion and insertion curves.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import Backbone
+from ..metrics.curves import baseline_images, fill_colour
 from ..taps import LayerTaps
 from .losses import LossTerms, LossWeights, tame_loss
 
@@ -30,6 +33,18 @@ def masked_logits(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tenso
     if order == "normalized":
         return backbone.net(backbone.normalize(inputs01) * masks)
     raise ValueError(f"mask order must be one of {MASK_ORDERS}, got {order!r}")
+
+
+def removed_inputs(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``inputs01`` (N, 3, H, W) with the masks' (N, 1, H, W) region set to the classifier's mean colour:
+    the complement mask ``1 - m`` keeps the rest (the deletion curves' default fill, RISE's)."""
+    fill = baseline_images(inputs01, "mean", fill_colour(backbone))
+    return inputs01 * (1 - masks) + fill * masks
+
+
+def inserted_inputs(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The masks' region of ``inputs01`` pasted on its blur (the insertion curves' canvas, RISE's)."""
+    return inputs01 * masks + baseline_images(inputs01, "blur", fill_colour(backbone)) * (1 - masks)
 
 
 def choose_targets(candidates: torch.Tensor, count: int | None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -84,6 +99,13 @@ def batch_loss(
     own = masks[rows[:, None], (rows[:, None] * count + torch.arange(count, device=masks.device))]  # (B, n, h, w)
     upsampled = F.interpolate(own, size=tuple(size), mode="bilinear", align_corners=False)
     repeated = inputs01.repeat_interleave(count, dim=0)
+    flat = upsampled.reshape(-1, 1, *size)
+    weights = weights or LossWeights()
+    extra = {}
     with autocast:
-        logits_masked = masked_logits(backbone, repeated, upsampled.reshape(-1, 1, *size), mask_order)
-    return tame_loss(logits_masked, targets, masks, weights or LossWeights())
+        logits_masked = masked_logits(backbone, repeated, flat, mask_order)
+        if weights.destroy:
+            extra["removed_logits"] = backbone(removed_inputs(backbone, repeated, flat))
+        if weights.insert:
+            extra["inserted_logits"] = backbone(inserted_inputs(backbone, repeated, flat))
+    return tame_loss(logits_masked, targets, masks, weights, **extra)

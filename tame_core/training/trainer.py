@@ -8,6 +8,7 @@ of its parameters or batch-norm statistics change; only the head trains.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import threading
@@ -21,14 +22,15 @@ from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
 from ..checkpoint import metadata_for, paths_for, save_head
-from ..classes import imagenet_wnids
+from ..classes import imagenet_wnids, read_labels
 from ..devices import autocast, autocast_dtype
-from ..errors import TrainingError
+from ..atomic import OutputLock
+from ..errors import TameError, TrainingError
 from ..fingerprint import file_digest, files_digest
 from ..head import TAMEHead, TiedTAMEHead
 from ..stopping import check
 from ..taps import LayerTaps, check_layers
-from .config import TrainConfig
+from .config import AUTO, TrainConfig
 from .data import (
     HELDOUT_EVERY,
     HELDOUT_REMAINDER,
@@ -66,13 +68,48 @@ def _autocast(device: torch.device, amp: bool | None) -> tuple[contextlib.Abstra
     return autocast(device, True), autocast_dtype(device)
 
 
+def recipe_layers(backbone: Backbone, config: TrainConfig) -> list[str]:
+    """The layers a run taps when none are given: the backbone's defaults, and for a run that starts from
+    the class activation map, its last two stages and the layer the classifier pools (Lite0: ``bn2``)."""
+    return default_layers_for(backbone, config.init == "cam", config.recipe)
+
+
+def default_layers_for(backbone: Backbone, from_cam: bool, recipe: str = "little-data") -> list[str]:
+    """See :func:`recipe_layers`; a backbone whose classifier pools no layer cannot start from the CAM."""
+    defaults = list(backbone.default_layers)
+    if not from_cam:
+        return defaults
+    pooled = backbone.pooled_layer
+    if pooled is None:
+        fix = "use --recipe paper" if recipe == "little-data" else "leave out --init cam"
+        raise TrainingError(
+            f"the {recipe} recipe with --init cam starts each map from the class activation map, which needs a classifier "
+            f"that global-pools one layer into a linear layer; {backbone.name} has none: {fix}"
+        )
+    return defaults if defaults[-1] == pooled else [layer for layer in defaults[-2:] if layer != pooled] + [pooled]
+
+
+def public_recipe(config: TrainConfig) -> dict:
+    """The run's settings as the card records them: what reproduces the head, and no local paths."""
+    skip = ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device")
+    recipe = {k: v for k, v in config.to_dict().items() if k not in skip}
+    for key in ("weights", "labels"):
+        if recipe.get(key) not in (None, "pretrained", "random"):
+            recipe[key] = Path(recipe[key]).name
+    return recipe
+
+
 def train_head(
     config: TrainConfig,
     callback: Callback | None = None,
     stop: threading.Event | None = None,
     phase: Callable[[str], None] | None = None,
+    backbone: Backbone | None = None,
 ) -> Path:
     """Train a head as ``config`` says; returns the head checkpoint path (``config.out``).
+
+    ``backbone`` replaces ``config.backbone``/``weights``: any classifier :func:`~tame_core.backbones.wrap_classifier`
+    made (the head is then loaded with ``Explainer.load(head, backbone=...)``).
 
     ``callback(record)`` receives every log record (step records and events) on rank 0. Setting
     ``stop`` makes the run save its resumable state and the head so far, then return;
@@ -81,9 +118,11 @@ def train_head(
     the images: tens of seconds on a large folder), on rank 0.
     """
     dist = Distributed.setup(config.device)
+    lock = OutputLock(config.out, "--out")  # one writer per head: held from before the first check to the end
     try:
-        return _Run(config, dist, callback, stop, phase).train()
+        return _Run(config, dist, callback, stop, phase, lock, backbone).train()
     finally:
+        lock.release()
         dist.close()
 
 
@@ -95,8 +134,10 @@ class _Run:
         callback: Callback | None,
         stop: threading.Event | None,
         on_phase: Callable[[str], None] | None = None,
+        lock: OutputLock | None = None,
+        backbone: Backbone | None = None,
     ) -> None:
-        self.config, self.dist, self.stop = config, dist, stop
+        self.config, self.dist, self.stop, self.lock = config, dist, stop, lock
 
         def phase(text: str) -> None:  # before the first step: say what takes the time, honour Stop
             check(stop)
@@ -106,9 +147,16 @@ class _Run:
         self._on_every_rank(self._claim_outputs)  # before any slow work: a refused run fails at once
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        phase(f"loading the backbone ({config.backbone})")
-        self.backbone: Backbone = load_backbone(config.backbone, config.weights, dist.device)
-        self.layers = list(config.layers or self.backbone.default_layers)
+        phase(f"loading the backbone ({backbone.name if backbone is not None else config.backbone})")
+        self.backbone: Backbone = backbone.to(dist.device) if backbone is not None else load_backbone(
+            config.backbone, config.weights, dist.device,
+            class_names=read_labels(config.labels) if config.labels is not None else None,
+            preprocess=config.preprocess_overrides(),
+        )
+        if config.top_k > self.backbone.num_classes:
+            raise TrainingError(f"--top-k {config.top_k}: {self.backbone.name} has only {self.backbone.num_classes} classes")
+        fell_back = config.recipe == AUTO and config.settle_recipe(self.backbone.pooled_layer is not None) == "paper"
+        self.layers = list(config.layers or recipe_layers(self.backbone, config))
         channels = [info.channels for info in check_layers(self.backbone, self.layers)]
         phase("checking that every image can be read")
         files, problems = readable_images(config.data, config.split, config.limit, dist.rank, dist.world)
@@ -119,6 +167,11 @@ class _Run:
         if not self.files:
             sources = ", ".join(map(str, config.data))
             raise TrainingError(f"--data {sources}: no readable images (split {config.split!r})")
+        if fell_back and dist.is_main:  # said once the data is known to be usable, so a data error stays the only line
+            logging.getLogger("tame_core.training").warning(
+                "%s's classifier pools no single layer, so maps cannot start from its class activation maps: "
+                "training the papers' recipe, which needs far more photos (ImageNet-scale)", self.backbone.name
+            )
         mine = [(index, file_digest(path)) for index, path in enumerate(self.files) if index % dist.world == dist.rank]
         self.data_digest = files_digest(self.files, [content for _, content in sorted(dist.gather(mine))])
         preprocess = self.backbone.preprocess
@@ -184,16 +237,18 @@ class _Run:
         if self.dist.is_main:
             try:
                 outcome = check()
-            except TrainingError as error:
+            except TameError as error:
                 outcome = error
         outcome = self.dist.broadcast(outcome)
-        if isinstance(outcome, TrainingError):
+        if isinstance(outcome, TameError):
             raise outcome
         return outcome
 
     def _claim_outputs(self) -> None:
         """A new run never silently replaces an earlier run's state, log or head: it needs --overwrite."""
         config = self.config
+        if self.lock is not None:
+            self.lock.acquire()  # a second run on this --out stops here, before it reads or removes anything
         if config.resume:
             return
         head, card = paths_for(config.out)
@@ -252,7 +307,7 @@ class _Run:
         config = self.config
         finished = self.step >= self.total_steps
         training = {
-            "recipe": {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device")},
+            "recipe": public_recipe(config),
             "steps": self.step,
             "total_steps": self.total_steps,
             "finished": finished,
@@ -316,6 +371,9 @@ class _Run:
         dist.barrier()
         return config.out
 
+    def _check_finite(self, loss: float) -> None:
+        _finite_or_stop(self, loss)
+
     def _train_step(self, model: torch.nn.Module, taps: LayerTaps, images: torch.Tensor, epoch: int) -> bool:
         """One optimisation step; True when the run must stop (the state is then saved)."""
         config, dist = self.config, self.dist
@@ -327,7 +385,8 @@ class _Run:
         )
         if terms is None:  # every image targeted an excluded class: an empty step keeps the schedule (and DDP) in step
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            terms = LossTerms(zero, zero.detach(), zero.detach(), zero.detach())
+            nil = zero.detach()
+            terms = LossTerms(zero, nil, nil, nil, nil if config.loss.destroy else None, nil if config.loss.insert else None)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
         self.scaler.step(self.optimizer)
@@ -335,17 +394,30 @@ class _Run:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
-        values = dist.mean(torch.stack([terms.loss, terms.ce, terms.area, terms.tv]).detach().float()).tolist()
+        logged = terms.logged()  # the same names on every rank: the terms that are on
+        values = dist.mean(torch.stack(list(logged.values())).detach().float()).tolist()
+        self._check_finite(values[0])
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
         self.images += inputs.shape[0] * dist.world
-        record = {"step": self.step, "epoch": epoch, **dict(zip(("loss", "ce", "area", "tv"), values)),
+        record = {"step": self.step, "epoch": epoch, **dict(zip(logged, values)),
                   "lr": lr, "images": inputs.shape[0] * dist.world, "seconds": round(elapsed, 4)}
         self.reporter.step(record)
         stopping = dist.any(self.stop is not None and self.stop.is_set())
         if stopping or self.step % config.checkpoint_every == 0:
             self._save_state()
         return stopping
+
+
+def _finite_or_stop(run: "_Run", loss: float) -> None:
+    """Stop the run in one line on a NaN or infinite loss: nothing more is saved, so the last state and head
+    on disk are the last good ones."""
+    if math.isfinite(loss):
+        return
+    kept = f"the state saved at step {run.saved_step} is kept" if run.saved_step > 0 else "no head or state was saved"
+    raise TrainingError(
+        f"step {run.step}: the loss is {loss} (the head diverged; try a lower --lr than {run.config.lr:g}); {kept}"
+    )
 
 
 def _difference(name: str, saved: Any, now: Any) -> str:
