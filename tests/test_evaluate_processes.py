@@ -19,7 +19,7 @@ from noise_images import noise_folder
 def test_two_processes_give_the_rows_and_report_of_one(tmp_path, random_head_path, capsys):
     folder = noise_folder(tmp_path / "images", 10, bad_at=6)
     arguments = ["evaluate", "--head", str(random_head_path), "--device", "cpu", "--data", str(folder), "--methods", "tame,gradcam",
-                 "--metrics", "adic,curves", "--steps", "4", "--baseline", "zeros", "--batch-size", "3", "--no-progress"]
+                 "--metrics", "adic,curves", "--steps", "4", "--baseline", "black", "--batch-size", "3", "--no-progress"]
     assert main([*arguments, "--out", str(tmp_path / "one")]) == 0
     one_table = capsys.readouterr().out
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -61,7 +61,7 @@ def test_two_processes_killed_mid_run_resume_without_redoing_an_image(tmp_path, 
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tame_core", "evaluate", "--head", str(random_head_path),
                "--device", "cpu", "--data", str(folder), "--methods", "tame", "--metrics", "adic,curves", "--steps", "8",
-               "--baseline", "zeros", "--batch-size", "1", "--no-progress", "--out", str(out)]
+               "--baseline", "black", "--batch-size", "1", "--no-progress", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     states = [out / f"evaluation_state.rank{rank}-of-2.json" for rank in (0, 1)]
 

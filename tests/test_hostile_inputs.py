@@ -240,7 +240,7 @@ def test_top_k_above_the_backbones_classes_is_one_line(tmp_path, tiny_data, caps
         classes = 10
     code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "h"), *TINY, "--top-k", str(classes + 1)])
     assert code == 2 and _errors(capsys.readouterr().err) == [
-        f"error: --top-k {classes + 1}: timm:test_efficientnet has only {classes} classes"
+        f"error: --top-k {classes + 1}: test_efficientnet has only {classes} classes"
     ]
 
 
