@@ -127,22 +127,9 @@ def main() -> int:
         state_path=args.work / "evaluation_state.json",
     )
     print(report.table())
-    (args.work / "results.json").write_text(report.to_json())
-    print(paired_intervals(report))
+    report.save(args.work)  # results.json, results.csv and per_image.csv
+    print(report.comparison_table("tame", "gradcam"))  # paired differences, 95 % bootstrap intervals, verdicts
     return 0
-
-
-def paired_intervals(report) -> str:
-    """Head minus Grad-CAM per metric: the mean difference and its 95 % paired bootstrap interval."""
-    from tame_core.evaluation.report import bootstrap_difference
-
-    lines = []
-    ours, theirs = report.per_image.get("tame", {}), report.per_image.get("gradcam", {})
-    for metric in ours:
-        if metric in theirs and len(ours[metric]) == len(theirs[metric]) and ours[metric]:
-            d = bootstrap_difference(ours[metric], theirs[metric])
-            lines.append(f"{metric:>14}: tame - gradcam {d['mean']:+.4f}  95% [{d['low']:+.4f}, {d['high']:+.4f}]")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ message names the file.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import warnings
@@ -41,14 +42,27 @@ MAX_IMAGE_FILE_BYTES = 1 * 2**30
 MAX_IMAGE_SIDE = 20_000
 MAX_ASPECT_RATIO = 10.0
 
+#: Key of :attr:`PIL.Image.Image.info` where :func:`load_image` records the upright size before a reduced decode.
+ORIGINAL_SIZE = "tame_original_size"
+
 #: White background for transparent pixels: what a viewer shows on a light page.
 _BACKGROUND = (255, 255, 255)
 
 
-def load_image(source: ImageSource, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: ImageSource,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    min_short_side: int | None = None,
+    min_long_side: int = 1,
+) -> Image.Image:
     """Open ``source`` as an upright 8-bit RGB image (EXIF orientation applied).
 
-    ``name`` is what error messages call the file (defaults to the path, or ``<bytes>``).
+    ``name`` is what error messages call the file (defaults to the path, or ``<bytes>``). With
+    ``min_short_side``, a JPEG is decoded reduced by DCT scaling (1/2, 1/4 or 1/8: Pillow's draft mode) as
+    far as its short side stays at least that long (and its long side at least ``min_long_side``): a
+    12-megapixel photo decodes in a fraction of the time when the model needs 224 px. Other formats decode whole. :func:`original_size` gives the picture's
+    upright size before any reduction.
     """
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
     data = _read_bytes(source, label)
@@ -67,9 +81,15 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int = M
             check_image_size(height, width, label)
             if getattr(image, "is_animated", False):
                 image.seek(0)  # explain the first frame of an animation
+            if min_short_side is not None:
+                _draft(image, min_short_side, min_long_side)
             image.load()
+            decoded = image.size
             image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+            upright = (width, height) if image.size == decoded else (height, width)
+            image = to_rgb(image)
+            image.info[ORIGINAL_SIZE] = (upright[1], upright[0])
+            return image
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -83,6 +103,22 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int = M
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
         reason = " ".join(str(error).split()) or error.__class__.__name__
         raise ImageLoadError(f"{label}: corrupt or truncated image ({reason})") from None
+
+
+def original_size(image: Image.Image) -> tuple[int, int]:
+    """(height, width) of the upright picture a :func:`load_image` result was decoded from (its own size
+    when it was decoded whole, or for images that did not come from :func:`load_image`)."""
+    height, width = image.info.get(ORIGINAL_SIZE, (image.height, image.width))
+    return int(height), int(width)
+
+
+def _draft(image: Image.Image, min_short_side: int, min_long_side: int) -> None:
+    """Ask a JPEG decoder for the smallest DCT scale whose short and long sides are at least the ones asked."""
+    if min_short_side < 1 or min_long_side < 1:
+        raise ValueError(f"min_short_side and min_long_side must be at least 1, got {min_short_side}, {min_long_side}")
+    scale = max(min_short_side / min(image.size), min_long_side / max(image.size))
+    if image.format == "JPEG" and scale < 0.5:  # Pillow picks a scale whose size is at least the one asked
+        image.draft(image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
 
 
 def check_image_size(height: int, width: int, label: str = "image") -> None:

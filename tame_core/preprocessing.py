@@ -95,6 +95,12 @@ class Preprocess:
         scale = short / min(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
+    @property
+    def decode_short_side(self) -> int:
+        """Short side a reduced JPEG decode keeps (``load_image(min_short_side=...)``): twice the largest
+        side any geometry resizes to, so the one resize to the model's input still has detail to average."""
+        return 2 * max(max(self.input_size), int(min(self.input_size) / self.crop_pct))
+
     def to_input(self, image: torch.Tensor, geometry: Geometry = "full") -> torch.Tensor:
         """One image (3, H, W), ``uint8`` or float in [0, 1], to a float [0, 1] model input."""
         if image.ndim != 3 or image.shape[0] != 3:

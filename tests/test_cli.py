@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -27,7 +28,7 @@ def test_explain_writes_maps_and_overlays(tmp_path, sample_images, random_head_p
     assert code == 0
     for stem, picture in (("chelsea", sample_images["chelsea"]), ("rocket", sample_images["rocket"])):
         saliency = np.load(out / f"{stem}.npy")
-        assert saliency.shape == picture.shape[:2] and saliency.dtype == np.float32
+        assert saliency.shape == picture.shape[:2] and saliency.dtype == np.float16
         assert saliency.min() >= 0 and saliency.max() <= 1 and saliency.max() > 0.9
         with Image.open(out / f"{stem}_overlay.png") as overlay:
             assert overlay.size == (picture.shape[1], picture.shape[0]) and overlay.mode == "RGB"
@@ -109,3 +110,24 @@ def test_bad_files_one_line_each_no_traceback(tmp_path, sample_images, random_he
     written = sorted(p.name for p in (tmp_path / "out").glob("*.npy"))
     assert written == ["alpha.npy", "cmyk.npy", "good.npy", "gray.npy"]
     assert result.stdout.count("top-5") == 4
+
+
+def test_bounded_maps_line_up_with_the_full_size_map(tmp_path, sample_images, random_head_path):
+    """A 2400 x 1800 JPEG (EXIF-rotated): by default its outputs are 1024 px on the long side, decoded
+    reduced; ``--full-size`` gives the picture's size from a full decode. Both show the same map."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big = np.asarray(Image.fromarray(sample_images["chelsea"]).resize((2400, 1800), Image.Resampling.BICUBIC))
+    photo = _save(tmp_path / "phone.jpg", big, quality=95, exif=exif)
+    base = ["explain", str(photo), "--head", str(random_head_path), "--device", "cpu", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "small")]) == 0
+    assert main([*base, "--out", str(tmp_path / "full"), "--full-size"]) == 0
+    small, full = np.load(tmp_path / "small" / "phone.npy"), np.load(tmp_path / "full" / "phone.npy")
+    assert small.shape == (1024, 768) and full.shape == (2400, 1800) and small.dtype == full.dtype == np.float16
+    with Image.open(tmp_path / "small" / "phone_overlay.png") as overlay:
+        assert overlay.size == (768, 1024)
+    shrunk = cv2.resize(full.astype(np.float32), (768, 1024), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(np.float32) - shrunk).max() < 0.05  # the model saw a draft decode, not the full one
+    assert np.corrcoef(small.ravel(), shrunk.ravel())[0, 1] > 0.999
+    for flipped in (shrunk[::-1], shrunk[:, ::-1]):  # a map upside down or mirrored would not pass
+        assert np.abs(small.astype(np.float32) - flipped).max() > 0.2

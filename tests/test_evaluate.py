@@ -325,3 +325,116 @@ def test_a_killed_evaluation_resumes_with_the_same_arguments_only(explainer, ran
     assert row["images"] == 12
     for name in ("AD100", "IC50", "deletion_auc", "insertion_auc"):
         assert row[name] == pytest.approx(whole.methods["tame"][name], abs=1e-4), name
+
+
+# --- per-image rows, comparison, per-image resume ----------------------------------------------------
+def test_every_mean_is_computed_from_the_per_image_rows(explainer, tmp_path):
+    folder = noise_folder(tmp_path / "images" / "sub", 5, bad_at=2).parent
+    report = run_evaluation(explainer, folder, ["tame", "gradcam"], metrics=("adic",), batch_size=2, method_limits={"gradcam": 3})
+    rows = report.per_image()
+    assert [(row["image"], row["method"]) for row in rows] == [
+        ("sub/img0.png", "tame"), ("sub/img0.png", "gradcam"), ("sub/img1.png", "tame"), ("sub/img1.png", "gradcam"),
+        ("sub/img3.png", "tame"), ("sub/img4.png", "tame"),
+    ]  # keyed by the path below --data; the unreadable file has no row, gradcam stops at the 3rd file
+    for method, count in (("tame", 4), ("gradcam", 2)):
+        mine = [row for row in rows if row["method"] == method]
+        assert report.methods[method]["images"] == report.methods[method]["images_adic"] == count == len(mine)
+        for name in ("AD100", "IC15", "ms_per_image", "forward_passes"):
+            assert report.methods[method][name] == pytest.approx(np.mean([row[name] for row in mine]), rel=1e-12), name
+    assert {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "ms_per_image", "forward_passes", "backward_passes"} <= set(rows[0])
+
+
+def _toy_report(a_values: dict[str, list[float]], b_values: dict[str, list[float]], b_images: int | None = None):
+    """A report of hand-made rows: method ``tame`` has ``a_values`` per image, ``gradcam`` ``b_values``."""
+    from tame_core.evaluation import EvaluationReport
+
+    rows = []
+    for method, values in (("tame", a_values), ("gradcam", b_values)):
+        count = len(next(iter(values.values())))
+        for image in range(count if method == "tame" or b_images is None else b_images):
+            rows.append({"image": f"img{image}.png", "method": method, "ms_per_image": 1.0, "forward_passes": 1.0,
+                         "backward_passes": 0.0, "values": {"toy": {name: column[image] for name, column in values.items()}}})
+    return EvaluationReport.from_rows({}, rows, ["tame", "gradcam"])
+
+
+def test_compare_gives_the_bootstrap_interval_worked_out_by_hand():
+    """Paired differences tame - gradcam over 3 images. The mean of 3 images drawn with replacement is the
+    smallest difference only when all three draws hit it: probability 1/27 = 3.7 %, over the 2.5 % tail, so
+    the 95 % interval runs exactly from the smallest to the largest difference; equal differences give a
+    point. AD100 (lower is better) +1, +2, +3: tame is worse, interval [1, 3]. IC100 (higher is better)
+    +2 on every image: better, [2, 2]. Deletion AUC -0.1, 0, +0.1: within noise, [-0.1, 0.1]."""
+    report = _toy_report(
+        {"AD100": [11.0, 22.0, 33.0], "IC100": [5.0, 7.0, 9.0], "deletion_auc": [0.2, 0.5, 0.9]},
+        {"AD100": [10.0, 20.0, 30.0], "IC100": [3.0, 5.0, 7.0], "deletion_auc": [0.3, 0.5, 0.8]},
+    )
+    rows = {row["metric"]: row for row in report.compare("tame", "gradcam")}
+    assert rows["AD100"] == {"metric": "AD100", "images": 3, "mean": 2.0, "low": 1.0, "high": 3.0, "verdict": "worse"}
+    assert rows["IC100"] == {"metric": "IC100", "images": 3, "mean": 2.0, "low": 2.0, "high": 2.0, "verdict": "better"}
+    assert rows["deletion_auc"] == {"metric": "deletion_auc", "images": 3, "mean": 0.0, "low": -0.1, "high": 0.1, "verdict": "within noise"}
+    flipped = {row["metric"]: row for row in report.compare("gradcam", "tame")}
+    assert (flipped["AD100"]["low"], flipped["AD100"]["high"], flipped["AD100"]["verdict"]) == (-3.0, -1.0, "better")
+    fewer = _toy_report({"AD100": [11.0, 22.0, 33.0]}, {"AD100": [10.0, 20.0, 30.0]}, b_images=2)
+    assert fewer.compare("tame", "gradcam")[0]["images"] == 2  # paired over the images both measured
+    with pytest.raises(EvaluationError, match="--compare: no per-image results for method 'rise'"):
+        report.compare("tame", "rise")
+
+
+def test_evaluate_writes_per_image_rows_and_compares_on_the_command_line(tmp_path, random_head_path, capsys):
+    folder = noise_folder(tmp_path / "images", 3)
+    out = tmp_path / "out"
+    base = ["evaluate", "--head", str(random_head_path), "--device", "cpu", "--data", str(folder), "--out", str(out),
+            "--methods", "tame,gradcam", "--metrics", "adic", "--no-progress"]
+    assert main([*base, "--compare", "tame,rise"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --compare: method 'rise' is not in --methods (tame,gradcam)"
+    assert main([*base, "--compare", "tame,gradcam"]) == 0
+    printed = capsys.readouterr().out
+    assert "tame - gradcam: mean difference over the same images, 95% bootstrap interval, verdict for tame" in printed
+    assert any(line.startswith("AD100↓") and "(3 images)" in line for line in printed.splitlines())
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert [(row["image"], row["method"]) for row in rows] == [(f"img{i}.png", m) for i in range(3) for m in ("tame", "gradcam")]
+    means = {row["method"]: row for row in csv.DictReader((out / "results.csv").open())}
+    for method in ("tame", "gradcam"):
+        values = [float(row["AD50"]) for row in rows if row["method"] == method]
+        assert float(means[method]["AD50"]) == pytest.approx(np.mean(values), rel=1e-5)
+
+
+def test_a_resumed_run_redoes_no_finished_image(explainer, tmp_path, monkeypatch):
+    """Stopped in its 3rd batch, then resumed: the resumed run forwards exactly what a run of the images
+    left does, each finished image was read once, and the rows are those of one whole run."""
+    folder = noise_folder(tmp_path / "images", 7)
+    settings = dict(metrics=("adic",), batch_size=2)
+    forwards = []
+    hook = explainer.backbone.register_forward_hook(lambda module, args, output: forwards.append(args[0].shape[0]))
+    try:
+        _resume_and_count(explainer, folder, settings, forwards, tmp_path, monkeypatch)
+    finally:
+        hook.remove()
+
+
+def _resume_and_count(explainer, folder, settings, forwards, tmp_path, monkeypatch):
+    import tame_core.evaluation.run as run_module
+
+    reads: list[str] = []
+    real_load = run_module.load_image
+    monkeypatch.setattr(run_module, "load_image", lambda path, **kw: reads.append(Path(path).name) or real_load(path, **kw))
+    whole = run_evaluation(explainer, folder, ["tame"], **settings)
+
+    state, stop = tmp_path / "state.json", threading.Event()
+    run_evaluation(explainer, folder, ["tame"], state_path=state, stop=stop,
+                   progress=lambda _, __, message: "images 5-6" in message and stop.set(), **settings)
+    finished = json.loads(state.read_text())["tally"]["done"]
+    assert finished == ["img0.png", "img1.png", "img2.png", "img3.png"]
+    forwards.clear()
+    reads.clear()
+    resumed = run_evaluation(explainer, folder, ["tame"], state_path=state, **settings)
+    resumed_forwards, resumed_reads = sum(forwards), list(reads)
+    assert resumed_reads == ["img4.png", "img5.png", "img6.png"]
+    listing = tmp_path / "rest.txt"
+    listing.write_text("img4.png\nimg5.png\nimg6.png\n")
+    forwards.clear()
+    run_evaluation(explainer, folder, ["tame"], list_file=listing, **settings)
+    assert resumed_forwards == sum(forwards) > 0  # not one forward for a finished image
+    assert [(r["image"], r["method"]) for r in resumed.per_image()] == [(r["image"], r["method"]) for r in whole.per_image()]
+    for mine, theirs in zip(resumed.per_image(), whole.per_image()):
+        for name in ("AD100", "IC50", "AD15"):
+            assert mine[name] == pytest.approx(theirs[name], abs=1e-5), (mine["image"], name)

@@ -127,13 +127,18 @@ def _state(tmp_path: Path, tally_change) -> Path:
     from tame_core.evaluation.state import Tally, save_state
 
     settings = {"images": 4, "backbone": "x"}
-    tally = Tally({"values": {"tame": {"ad100": [0.5, 0.25]}}, "costs": {"tame": {"images": 2, "seconds": 1.0, "forwards": 2.0, "backwards": 0.0}},
-                   "counts": {"tame": {"adic": 2}}, "images_done": 2, "skipped": []})
+    row = {"image": "a.png", "method": "tame", "ms_per_image": 3.5, "forward_passes": 1.0, "backward_passes": 0.0,
+           "values": {"adic": {"AD100": 0.5, "IC100": 0.0}}}
+    tally = Tally({"rows": [row], "done": ["a.png", "b.png"], "skipped": ["b.png: not an image"]})
     data = {"settings": settings, "tally": tally.to_dict()}
     tally_change(data["tally"])
     path = tmp_path / "evaluation_state.json"
     path.write_text(json.dumps(data))
     return path, settings
+
+
+def _row_change(**change):
+    return lambda t: t["rows"][0].update(change)
 
 
 @pytest.mark.parametrize(
@@ -144,12 +149,13 @@ def _state(tmp_path: Path, tally_change) -> Path:
         (lambda t: t.update(images_done=-3), "images_done must be a whole number from 0 to 4, got -3"),
         (lambda t: t.update(images_done=9), "images_done must be a whole number from 0 to 4, got 9"),
         (lambda t: t.update(images_done=True), "images_done must be a whole number from 0 to 4, got true"),
-        (lambda t: t.update(costs={"tame": {"images": 2}}), "costs must map each method to images, seconds"),
-        (lambda t: t.update(costs={"tame": {"images": "2", "seconds": 1, "forwards": 1, "backwards": 0}}), "costs must map"),
-        (lambda t: t.update(costs={"tame": {"images": -2, "seconds": 1, "forwards": 1, "backwards": 0}}), "costs must map"),
-        (lambda t: t.update(costs=[1, 2]), "costs must map"),
-        (lambda t: t.update(values={"tame": {"ad100": ["x"]}}), "values must map each method to lists of numbers"),
-        (lambda t: t.update(counts={"tame": {"adic": -1}}), "counts must map each method to whole numbers"),
+        (lambda t: t.update(done=["a", "b", "c", "d", "e"]), "done must be a list of at most 4 image names"),
+        (lambda t: t.update(done="a.png"), "done must be a list of at most 4 image names"),
+        (_row_change(ms_per_image=-2), "rows must be objects with an image, a method, costs of 0 or more"),
+        (_row_change(forward_passes="2"), "rows must be objects"),
+        (_row_change(values={"adic": {"AD100": ["x"]}}), "rows must be objects"),
+        (_row_change(image=7), "rows must be objects"),
+        (lambda t: t.update(rows={"a": 1}), "rows must be objects"),
         (lambda t: t.update(skipped="all"), "skipped must be a list of texts"),
     ],
 )
@@ -234,7 +240,7 @@ def test_top_k_above_the_backbones_classes_is_one_line(tmp_path, tiny_data, caps
         classes = 10
     code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "h"), *TINY, "--top-k", str(classes + 1)])
     assert code == 2 and _errors(capsys.readouterr().err) == [
-        f"error: --top-k {classes + 1}: timm:test_efficientnet has only {classes} classes"
+        f"error: --top-k {classes + 1}: test_efficientnet has only {classes} classes"
     ]
 
 

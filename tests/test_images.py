@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tame_core.errors import ImageLoadError
-from tame_core.images import find_images, load_image, to_rgb
+from tame_core.images import find_images, load_image, original_size, to_rgb
 from tame_core.preprocessing import Preprocess, as_image_tensors
 
 
@@ -169,3 +169,54 @@ def test_geometries():
     # the crop box is the centre of the picture: 256-px short side, 224 crop -> 0.875 of the short side
     top, left, bottom, right = preprocess.crop_box(300, 600, "crop")
     assert (bottom - top) == pytest.approx(262.5) and (left + right) / 2 == pytest.approx(300)
+
+
+def _jpeg_bytes(array: np.ndarray, **params) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=95, **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def big_photo(sample_images) -> np.ndarray:
+    """Chelsea enlarged to 2400 x 1800: a phone-sized JPEG without the test cost of 12 megapixels."""
+    return np.asarray(Image.fromarray(sample_images["chelsea"]).resize((2400, 1800), Image.Resampling.BICUBIC))
+
+
+def _mean_difference(reduced: Image.Image, full: Image.Image) -> float:
+    """Mean absolute pixel difference of ``reduced`` and ``full`` shrunk to its size (0..255)."""
+    shrunk = full.resize(reduced.size, Image.Resampling.BOX)
+    return float(np.abs(np.asarray(reduced, dtype=np.float32) - np.asarray(shrunk, dtype=np.float32)).mean())
+
+
+def test_draft_decode_keeps_twice_the_model_size_and_records_the_original_size(big_photo):
+    preprocess = Preprocess()  # 224 px input, crop 0.875: the crop geometry resizes the short side to 256
+    assert preprocess.decode_short_side == 512 == 2 * int(224 / 0.875)
+    data = _jpeg_bytes(big_photo)
+    reduced = load_image(data, min_short_side=preprocess.decode_short_side)
+    full = load_image(data)
+    assert reduced.size == (1200, 900)  # 1/2: 1/4 would be 450 px, under 512
+    assert original_size(reduced) == original_size(full) == (1800, 2400)
+    assert full.size == (2400, 1800)
+    assert _mean_difference(reduced, full) < 2.0  # the same picture, at half the size
+    assert load_image(data, min_short_side=200).size == (300, 225)  # 1/8 is as far as DCT scaling goes
+    assert load_image(data, min_short_side=200, min_long_side=1024).size == (1200, 900)
+
+
+def test_draft_decode_keeps_exif_rotation(big_photo):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was held upright: shown turned 90 degrees clockwise
+    data = _jpeg_bytes(big_photo, exif=exif)
+    reduced = load_image(data, min_short_side=512)
+    full = load_image(data)
+    assert full.size == (1800, 2400) and reduced.size == (900, 1200)
+    assert original_size(reduced) == (2400, 1800)
+    assert _mean_difference(reduced, full) < 2.0
+    assert _mean_difference(reduced, full.transpose(Image.Transpose.ROTATE_180)) > 20.0  # the right way round
+
+
+def test_only_jpegs_decode_reduced(big_photo):
+    picture = load_image(_png_bytes(Image.fromarray(big_photo)), min_short_side=512)
+    assert picture.size == (2400, 1800) and original_size(picture) == (1800, 2400)
+    small = load_image(_jpeg_bytes(big_photo[:600, :800]), min_short_side=512)
+    assert small.size == (800, 600)  # 1/2 would leave 300 px: decoded whole

@@ -1,15 +1,18 @@
 """``tame evaluate --data DIR``: the papers' faithfulness table for TAME and the comparison methods on a folder.
 
 Prints AD/IC at 100/50/15%, ROAD MoRF/LeRF, deletion/insertion AUC, milliseconds and forward passes
-per image for each method, and writes ``results.json`` and ``results.csv`` into ``--out``. The run
-saves its per-image results after every batch: after Ctrl-C, the same command with ``--resume``
-continues where it stopped. On a CPU shared with other jobs, ``OMP_NUM_THREADS=1`` can make a run
+per image for each method, and writes ``results.json``, ``results.csv`` (the means) and ``per_image.csv``
+(one row per image and method, keyed by the path relative to ``--data``) into ``--out``; ``--compare A,B``
+adds the paired difference of two methods on every metric with a 95 % bootstrap interval over images.
+The run saves its per-image results after every batch: after Ctrl-C, the same command with ``--resume``
+continues where it stopped, and redoes no finished image. On a CPU shared with other jobs, ``OMP_NUM_THREADS=1`` can make a run
 many times faster (the solver behind ROAD is many small tensor operations).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("."), help="folder for results.json and results.csv (default: .)")
     output.add_argument("--resume", action="store_true", help=f"continue the run saved in --out/{STATE_FILE}")
+    output.add_argument("--compare", metavar="A,B", help="also print method A against B on every metric: paired difference, 95%% bootstrap interval, verdict")
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_evaluate)
 
@@ -72,19 +76,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
         method_limits=_limits(args.method_limit, "--method-limit"), metric_limits=_limits(args.metric_limit, "--metric-limit"),
         metric_batch_size=args.metric_batch_size, seed=args.seed,
     )
+    compared = _compared(args.compare, config.methods)
     writable_folder(args.out)  # now, not after the run: results and the resumable state go there
-    state = args.out / STATE_FILE
-    with OutputLock(state, "--out"):  # one run per --out: a second one is refused before it touches the state
-        return _run_locked(args, config, state)
+    from ..training.distributed import Distributed
+
+    dist = Distributed.setup(args.device)  # under torchrun: this rank's device (LOCAL_RANK), gloo or NCCL
+    try:
+        state = state_file(args.out, dist.rank, dist.world)
+        with OutputLock(state, "--out"):  # one run per state file: a second one is refused before it touches it
+            return _run_rank(args, config, compared, dist, state)
+    finally:
+        dist.close()
 
 
-def _run_locked(args: argparse.Namespace, config: Any, state: Path) -> int:
+def _run_rank(args: argparse.Namespace, config: Any, compared: tuple[str, str] | None, dist: Any, state: Path) -> int:
+    """One process's part of ``tame evaluate`` (the only one without torchrun); rank 0 writes and prints."""
     from ..evaluation import evaluate
 
-    if state.exists() and not args.resume:
+    args.device = str(dist.device)
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0  # torchrun --max-restarts
+    if args.resume or restarted:  # a restarted worker continues its own state, as --resume does
+        others = sorted(p.name for p in args.out.glob("evaluation_state*.json") if p.name != state.name)
+        if others and not state.exists():
+            raise EvaluationError(
+                f"--resume: {args.out} holds the state of a run with another number of processes ({others[0]}); "
+                f"resume with that many, or start afresh without --resume"
+            )
+    elif state.exists():
         state.unlink()  # a fresh run; --resume keeps it
     explainer = explainer_from(args)
-    bar = tqdm(total=0, unit="img", desc="evaluate", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+    disable = args.no_progress or not dist.is_main
+    bar = tqdm(total=0, unit="img", desc="evaluate", file=sys.stderr, disable=disable, dynamic_ncols=True)
 
     def progress(done: int, total: int, message: str) -> None:
         bar.total = total
@@ -92,19 +114,42 @@ def _run_locked(args: argparse.Namespace, config: Any, state: Path) -> int:
         bar.set_postfix_str(message, refresh=True)
 
     try:
-        report = evaluate(explainer, config, progress, state_path=state)
+        report = evaluate(explainer, config, progress, state_path=state, dist=dist)
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: the images done are saved in {state}; add --resume to continue", file=sys.stderr)
         raise
     bar.close()
+    if not dist.is_main:
+        return 0
     report.settings["head"] = str(args.head) if args.head else report.settings["head"]
-    json_path, csv_path = report.save(args.out)
+    json_path, csv_path, rows_path = report.save(args.out)
     print(report.table())
+    if compared:
+        print()
+        print(report.comparison_table(*compared))
     for skipped in report.skipped:
         print(f"skipped: {skipped}", file=sys.stderr)
-    print(f"wrote {json_path} and {csv_path}", file=sys.stderr)
+    print(f"wrote {json_path}, {csv_path} and {rows_path}", file=sys.stderr)
     return 0
+
+
+def state_file(out: Path, rank: int = 0, world: int = 1) -> Path:
+    """This process's state file: one per rank under torchrun, so no two processes write one file."""
+    return out / (STATE_FILE if world == 1 else f"evaluation_state.rank{rank}-of-{world}.json")
+
+
+def _compared(text: str | None, methods: tuple[str, ...]) -> tuple[str, str] | None:
+    """``"tame,gradcam"`` -> ``("tame", "gradcam")``, two different methods of the run."""
+    if text is None:
+        return None
+    names = _names(text)
+    if len(names) != 2 or names[0] == names[1]:
+        raise EvaluationError(f"--compare {text!r} must name two different methods, e.g. tame,gradcam")
+    missing = [name for name in names if name not in methods]
+    if missing:
+        raise EvaluationError(f"--compare: method '{missing[0]}' is not in --methods ({','.join(methods)})")
+    return names[0], names[1]
 
 
 def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,6 +1,7 @@
 """``tame explain IMAGE... --out DIR``: maps (.npy) and overlays (.png) for each image, top-5 printed.
 
-Each input gets ``<stem>.npy`` and ``<stem>_overlay.png``; inputs that share a stem get ``<stem>-2``,
+Each input gets ``<stem>.npy`` (float16 in [0, 1]) and ``<stem>_overlay.png``, at most 1024 px on the long
+side (``--full-size``: the picture's own size); inputs that share a stem get ``<stem>-2``,
 ``<stem>-3``... (never another input's own stem). A file that cannot be read or written gets one
 ``error:`` line and the rest go on; the exit code is 1 when any failed.
 """
@@ -11,21 +12,31 @@ import argparse
 import contextlib
 import os
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ImageLoadError
-from ..images import load_image
+from ..images import load_image, original_size
 from ..maps import COLORMAPS, overlay
 from ..preprocessing import GEOMETRIES
 from ..streams import explain_stream
 from .common import MAX_BATCH, MAX_CLASSES_PER_IMAGE, add_model_options, explainer_from, fraction, int_between, writable_folder
 
 OVERLAY_SUFFIX = "_overlay.png"
+
+#: Longest side of the maps and overlays written without ``--full-size``: a phone photo's full-size
+#: float map is 49 MB, and the model saw 224 px of it.
+OUTPUT_SIDE = 1024
+
+#: Outputs that may wait for the disk while the model goes on (each holds one picture and its map).
+WRITES_IN_FLIGHT = 4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet")
     parser.add_argument("--alpha", type=fraction, default=0.5, help="overlay opacity of the heatmap, 0..1")
     parser.add_argument("--top", type=int_between(1, MAX_CLASSES_PER_IMAGE), default=5, help="how many predictions to print")
+    parser.add_argument(
+        "--full-size", action="store_true", help=f"maps and overlays at the picture's own size (default: at most {OUTPUT_SIDE} px a side)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -49,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
     target = None if args.target is None else explainer.backbone.class_index(args.target)  # fail before any work
     stems = unique_stems(args.images, out)
     names = explainer.backbone.class_names
+    preprocess = explainer.backbone.preprocess
+    # a JPEG decodes reduced to what the model and the written outputs need (the full picture for --full-size)
+    decode = {} if args.full_size else {"min_short_side": preprocess.decode_short_side, "min_long_side": OUTPUT_SIDE}
     positions: list[int] = []  # stream index -> position in args.images
-    pictures: dict[int, np.ndarray] = {}  # by stream index, until its map is written
+    pictures: dict[int, np.ndarray] = {}  # by stream index, until its map is computed
+    sizes: dict[int, tuple[int, int]] = {}  # by stream index: (height, width) of its outputs
     failures = 0
     bar = tqdm(total=len(args.images), unit="img", desc="explain", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
 
@@ -63,36 +81,63 @@ def run(args: argparse.Namespace) -> int:
     def readable() -> Iterator[np.ndarray]:
         for position, path in enumerate(args.images):
             try:
-                picture = np.asarray(load_image(path))
+                image = load_image(path, **decode)
             except ImageLoadError as error:
                 fail(str(error))
                 continue
-            pictures[len(positions)] = picture
+            pictures[len(positions)] = np.asarray(image)
+            sizes[len(positions)] = output_size(*original_size(image), args.full_size)
             positions.append(position)
-            yield picture
+            yield pictures[len(positions) - 1]
+
+    writes: deque[tuple[Future, int, str]] = deque()  # in stream order: (write, position, line to print)
+
+    def report(waiting: int) -> None:
+        """Report the finished writes in order; wait for the oldest while more than ``waiting`` are pending."""
+        while writes and (len(writes) > waiting or writes[0][0].done()):
+            write, position, line = writes.popleft()
+            try:
+                write.result()
+            except OSError as error:
+                fail(f"{args.images[position]}: cannot write its map into {out} ({error.strerror or error})")
+                continue
+            bar.update()
+            tqdm.write(line)
 
     results = explain_stream(explainer, readable(), classes=target, batch_size=args.batch_size, geometry=args.geometry)
-    for index, explanation in results:
-        position, picture = positions[index], pictures.pop(index)
-        saliency = explanation.map_at_original(0, 0)
-        try:
-            _write(out, stems[position], picture, saliency, args.alpha, args.colormap)
-        except OSError as error:
-            fail(f"{args.images[position]}: cannot write its map into {out} ({error.strerror or error})")
-            continue
-        bar.update()
-        explained = int(explanation.classes[0, 0])
-        predictions = ", ".join(f"{name} {prob:.1%}" for _, name, prob in explanation.top_k(args.top)[0])
-        tqdm.write(f"{args.images[position]}: explained '{names[explained]}' | top-{args.top}: {predictions}")
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tame-write") as disk:  # the model never waits on it
+        for index, explanation in results:
+            position, picture = positions[index], pictures.pop(index)
+            height, width = sizes.pop(index)
+            saliency = preprocess.map_on_picture(explanation.maps[0, 0], height, width, explanation.geometry)
+            explained = int(explanation.classes[0, 0])
+            predictions = ", ".join(f"{name} {prob:.1%}" for _, name, prob in explanation.top_k(args.top)[0])
+            line = f"{args.images[position]}: explained '{names[explained]}' | top-{args.top}: {predictions}"
+            write = disk.submit(_write, out, stems[position], picture, saliency, args.alpha, args.colormap)
+            writes.append((write, position, line))
+            report(WRITES_IN_FLIGHT - 1)
+        report(0)
     bar.close()
     return 1 if failures else 0
 
 
+def output_size(height: int, width: int, full_size: bool = False) -> tuple[int, int]:
+    """(height, width) of the written map and overlay of a picture: at most :data:`OUTPUT_SIDE` on the
+    long side, the aspect ratio kept (never enlarged), or the picture's own size with ``full_size``."""
+    scale = 1.0 if full_size else min(1.0, OUTPUT_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def _write(out: Path, stem: str, picture: np.ndarray, saliency: np.ndarray, alpha: float, colormap: str) -> None:
-    """Both outputs of one image, or neither (a half-written pair is removed before the error goes up)."""
+    """Both outputs of one image, or neither (a half-written pair is removed before the error goes up).
+
+    The map is float16 (half the bytes of float32; a [0, 1] map keeps 3 decimals); a picture decoded at
+    another size than the map is resized to it first."""
     npy, png = out / f"{stem}.npy", out / f"{stem}{OVERLAY_SUFFIX}"
+    if picture.shape[:2] != saliency.shape:
+        picture = cv2.resize(picture, (saliency.shape[1], saliency.shape[0]), interpolation=cv2.INTER_AREA)
     try:
-        np.save(npy, saliency.astype(np.float32))
+        np.save(npy, saliency.astype(np.float16))
         Image.fromarray(overlay(picture, saliency, alpha, colormap)).save(png)
     except OSError:
         for path in (npy, png):

@@ -32,7 +32,7 @@ def run_layers(args: argparse.Namespace) -> int:
             print(f"{mark} {info.name:<45} {info.module_type:<22} {info.channels:>5} ch  {size:>7}  {info.kind}")
         elif args.all:
             print(f"  {info.name:<45} {info.module_type:<22} cannot be tapped: {info.reason}")
-    print("(* = default layers" + (f"; ^ = {pooled}, the layer the classifier pools: the little-data recipe ends there)" if pooled and pooled not in defaults else ")"))
+    print("(* = default layers" + (f"; ^ = {pooled}, the layer global-pooled into the logits: the little-data recipe ends there)" if pooled and pooled not in defaults else ")"))
     print(f"{backbone.num_classes} classes ({backbone.source})")
     return 0
 

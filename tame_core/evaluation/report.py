@@ -1,5 +1,5 @@
-"""What an evaluation reports: one averaged row per method, as a table, JSON and CSV, and how much of a
-difference between two methods is noise."""
+"""What an evaluation reports: one row per image and method, the averaged row per method computed from
+them (a table, JSON and CSV), and how much of a difference between two methods is noise (``compare``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,14 @@ import torch
 
 from ..atomic import write_atomically
 from ..errors import EvaluationError
-from ..metrics import spec_for
+from ..metrics import METRICS, spec_for
 from .state import plain
+
+#: The file of per-image rows ``tame evaluate`` writes beside ``results.json``.
+PER_IMAGE_FILE = "per_image.csv"
+
+#: The cost columns of a per-image row (the rest are metric values).
+COSTS = ("ms_per_image", "forward_passes", "backward_passes")
 
 #: The columns of the printed table (the JSON and CSV hold every metric).
 TABLE_COLUMNS = (
@@ -34,7 +40,62 @@ class EvaluationReport:
     settings: dict[str, Any]
     methods: dict[str, dict[str, float]]
     skipped: list[str] = field(default_factory=list)
-    per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # method -> metric -> one value per image
+    image_rows: list[dict[str, Any]] = field(default_factory=list)  # one per (image, method): see ``Tally.rows``
+
+    @classmethod
+    def from_rows(
+        cls, settings: dict[str, Any], rows: Sequence[dict[str, Any]], methods: Sequence[str], skipped: Sequence[str] = ()
+    ) -> "EvaluationReport":
+        """The report of per-image rows: every mean in it is computed from them."""
+        return cls(settings, summarize(rows, methods), list(skipped), list(rows))
+
+    def per_image(self) -> list[dict[str, Any]]:
+        """One flat dict per image and method: ``image``, ``method``, every metric value, the costs."""
+        return [
+            {"image": row["image"], "method": row["method"],
+             **{name: value for group in row["values"].values() for name, value in group.items()},
+             **{name: row[name] for name in COSTS}}
+            for row in self.image_rows
+        ]
+
+    def per_image_csv(self) -> str:
+        rows = self.per_image()
+        names: list[str] = []
+        for row in rows:
+            names.extend(name for name in row if name not in names)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _cell(value) for key, value in row.items()})
+        return buffer.getvalue()
+
+    def compare(self, a: str, b: str, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+        """Method ``a`` against ``b`` on every metric both have, over the images both measured: the mean
+        paired difference ``a - b``, its 95 % bootstrap interval over images and a verdict for ``a``
+        (``better``, ``worse`` or ``within noise``) by the metric's declared direction."""
+        rows = {method: {row["image"]: row for row in self.per_image() if row["method"] == method} for method in (a, b)}
+        for method in (a, b):
+            if not rows[method]:
+                raise EvaluationError(f"--compare: no per-image results for method '{method}' (methods run: {', '.join(self.methods)})")
+        names = _ordered({name: 0 for row in rows[a].values() for name in row if name not in ("image", "method", *COSTS)})
+        out = []
+        for name in names[:-1]:  # the last is "images"
+            pairs = [(row[name], rows[b][image][name]) for image, row in rows[a].items()
+                     if image in rows[b] and _number(row.get(name)) and _number(rows[b][image].get(name))]
+            if not pairs:
+                continue
+            interval = bootstrap_difference([p[0] for p in pairs], [p[1] for p in pairs], resamples, seed)
+            out.append({"metric": name, "images": len(pairs), **interval, "verdict": _verdict(name, interval)})
+        return out
+
+    def comparison_table(self, a: str, b: str) -> str:
+        """:meth:`compare` as text: one line per metric."""
+        lines = [f"{a} - {b}: mean difference over the same images, 95% bootstrap interval, verdict for {a}"]
+        for row in self.compare(a, b):
+            name = row["metric"] + spec_for(row["metric"]).arrow
+            lines.append(f"{name:<16} {row['mean']:>+10.4f}  [{row['low']:+.4f}, {row['high']:+.4f}]  {row['verdict']:<13} ({row['images']} images)")
+        return "\n".join(lines)
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per method: ``method`` and each metric by name (NaN, where a metric had no value, as None)."""
@@ -58,12 +119,13 @@ class EvaluationReport:
             writer.writerow({key: _cell(value) for key, value in row.items()})
         return buffer.getvalue()
 
-    def save(self, out: str | os.PathLike) -> tuple[Path, Path]:
-        """Write ``results.json`` and ``results.csv`` into the folder ``out``."""
+    def save(self, out: str | os.PathLike) -> tuple[Path, Path, Path]:
+        """Write ``results.json``, ``results.csv`` and ``per_image.csv`` into the folder ``out``."""
         folder = Path(out)
-        paths = folder / "results.json", folder / "results.csv"
+        paths = folder / "results.json", folder / "results.csv", folder / PER_IMAGE_FILE
         write_atomically(paths[0], self.to_json())
         write_atomically(paths[1], self.to_csv())
+        write_atomically(paths[2], self.per_image_csv())
         return paths
 
     def table(self, columns: Sequence[str] = TABLE_COLUMNS) -> str:
@@ -98,6 +160,48 @@ def bootstrap_difference(
     tail = (1.0 - level) / 2
     low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
     return {"mean": round(float(differences.mean()), 4), "low": round(low, 4), "high": round(high, 4)}
+
+
+def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, float]]:
+    """One row per method from per-image rows: each metric's mean over the images that have it, the mean
+    costs, the image count and the count of each metric group."""
+    result = {}
+    for method in methods:
+        mine = [row for row in rows if row["method"] == method]
+        if not mine:
+            continue
+        columns: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        for row in mine:
+            for group, values in row["values"].items():
+                counts[group] = counts.get(group, 0) + 1
+                for name, value in values.items():
+                    columns.setdefault(name, []).append(float("nan") if value is None else value)
+            for name in COSTS:
+                columns.setdefault(name, []).append(row[name])
+        means: dict[str, float] = {name: sum(values) / len(values) for name, values in columns.items()}
+        means["images"] = len(mine)
+        result[method] = {name: means[name] for name in _ordered(means)}
+        result[method].update({f"images_{group}": n for group, n in counts.items()})
+    return result
+
+
+def _ordered(row: dict[str, Any]) -> list[str]:
+    """Metric names in the registry's order, then any others, then the image count."""
+    known = [name for name in METRICS if name in row]
+    return [*known, *(name for name in row if name not in known and name != "images"), "images"]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _verdict(name: str, interval: dict[str, float]) -> str:
+    """``better``/``worse`` when the interval leaves out 0 (by the metric's direction), else ``within noise``."""
+    if interval["low"] <= 0.0 <= interval["high"]:
+        return "within noise"
+    higher = interval["low"] > 0.0
+    return "better" if higher == (spec_for(name).direction == "higher") else "worse"
 
 
 def _format(value: float | None) -> str:

@@ -26,9 +26,10 @@ from ..metrics import average_drop_increase, deletion_insertion, road
 from ..metrics.road import DEFAULT_NOISE
 from ..stopping import Stopped, check, stop_on
 from ..training.data import split_files  # the project's one definition of the ImageNet split
+from ..training.distributed import Distributed
 from .config import EvaluationConfig, metric_forwards
 from .report import EvaluationReport
-from .state import Tally, load_state, save_state
+from .state import load_state, save_state
 
 #: progress(done, total, message): units are (image, method) pairs.
 Progress = Callable[[int, int, str], None]
@@ -68,13 +69,16 @@ def evaluate(
     *,
     state_path: str | os.PathLike | None = None,
     stop: threading.Event | None = None,
+    dist: Distributed | None = None,
 ) -> EvaluationReport:
     """Explain the images ``config`` names with each of its methods and measure the maps.
 
     With ``state_path`` the per-image results are saved after every batch and a run with the same
     settings resumes from them; ``stop`` ends the run at the next forward pass (the batch in progress is
     dropped, the report covers the images done before it). Cheap methods are warmed up once before
-    their first timed batch, so their time is their own work.
+    their first timed batch, so their time is their own work. Under ``torchrun`` (``dist`` of several
+    ranks) each rank takes the files whose index modulo the world size is its rank, keeps its own state
+    file, and every rank returns the report of all ranks' rows (progress counts this rank's share).
 
     Example:
         >>> config = EvaluationConfig(data="photos/", methods=("tame", "gradcam"), limit=20)
@@ -111,8 +115,13 @@ def evaluate(
     }
     batch_size = config.batch_size
     tally = load_state(state_path, settings)
-    total = sum(min(len(files), limits.get(m, len(files))) for m in methods)
-    done = sum(min(tally.images_done, limits.get(m, len(files))) for m in methods)
+    keys = [image_key(path, config.data) for path in files]
+    finished = tally.finished()
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    mine = [position for position in range(len(files)) if position % world == rank]  # this rank's fixed shard
+    todo = [position for position in mine if keys[position] not in finished]  # a resume redoes no finished image
+    total = sum(_before(mine, limits.get(m)) for m in methods)
+    done = total - sum(_before(todo, limits.get(m)) for m in methods)
     per_image = {m: get_method(m).expected_passes(explainer, **options[m])[0] for m in methods}
     preprocess = backbone.preprocess
     warmed: set[str] = set()
@@ -126,13 +135,14 @@ def evaluate(
 
     try:
         with stop_on(backbone, stop, on_forward):
-            for start in range(tally.images_done, len(files), batch_size):
+            for first in range(0, len(todo), batch_size):
                 check(stop)
-                paths = files[start : start + batch_size]
+                batch = todo[first : first + batch_size]  # indices in ``files``
+                start, paths = batch[0], [files[position] for position in batch]
                 pictures, positions, unreadable = [], [], []  # readable pictures and their indices in ``files``
-                for position, path in enumerate(paths, start):
+                for position, path in zip(batch, paths):
                     try:
-                        pictures.append(image_to_tensor(load_image(path)))
+                        pictures.append(image_to_tensor(load_image(path, min_short_side=preprocess.decode_short_side)))
                         positions.append(position)
                     except ImageLoadError as error:
                         unreadable.append(str(error))
@@ -146,8 +156,8 @@ def evaluate(
                         keep = _before(positions, limits.get(method))  # a limit counts files, whatever the batch size
                         if keep == 0:
                             continue
-                        span = min(len(paths), limits.get(method, len(files)) - start)
-                        message = f"{method} on images {start + 1}-{start + len(paths)} of {len(files)}"
+                        span = _before(batch, limits.get(method))
+                        message = f"{method} on images {start + 1}-{batch[-1] + 1} of {len(files)}"
                         counts = {g: _before(positions[:keep], group_limits.get(g)) for g in metrics}
                         expected = keep * per_image[method] + sum(
                             n * metric_forwards([g], steps, road_percentages) for g, n in counts.items()
@@ -159,22 +169,31 @@ def evaluate(
                             warm_up(explainer, inputs, classes, method, **options[method])
                             warmed.add(method)
                             unit["seen"] = 0
-                        outcomes.append(_evaluate_method(
+                        outcomes.extend(_evaluate_method(
                             method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
-                            counts, config,
+                            counts, config, [keys[position] for position in positions[:keep]],
                         ))
                         done += span
-                tally.skipped.extend(unreadable)
-                for outcome in outcomes:
-                    outcome(tally)
-                tally.images_done = start + len(paths)
+                tally.add([keys[position] for position in batch], outcomes, unreadable)  # the whole batch, or none of it
                 save_state(state_path, settings, tally)
     except Stopped:
         pass  # the batch in progress is dropped; the report covers the images done
     if progress is not None and not (stop is not None and stop.is_set()):
         progress(done, total, "done")
-    per_image = {method: tally.values.get(method, {}) for method in methods}
-    return EvaluationReport({**settings, "images_done": tally.images_done}, tally.summary(methods), list(tally.skipped), per_image)
+    rows, skipped, images_done = tally.rows, tally.skipped, tally.images_done
+    if world > 1:  # every rank's rows, merged (a rank stopped early contributes what it finished)
+        rows, skipped, images_done = dist.gather(rows), sorted(dist.gather(skipped)), sum(dist.gather([images_done]))
+    order = {key: index for index, key in enumerate(keys)}
+    rows = sorted(rows, key=lambda row: (order.get(row["image"], len(order)), methods.index(row["method"])))
+    return EvaluationReport.from_rows({**settings, "images_done": images_done}, rows, methods, skipped)
+
+
+def image_key(path: Path, data: str | os.PathLike) -> str:
+    """What a per-image row is keyed by: the image's path relative to the data folder, with forward slashes."""
+    try:
+        return Path(path).relative_to(data).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
 
 
 
@@ -187,8 +206,9 @@ def _evaluate_method(
     options: Mapping[str, Any],
     counts: Mapping[str, int],
     config: EvaluationConfig,
-) -> Callable[[Tally], None]:
-    """Explain and measure one batch; returns what to add to the tally (once the whole batch is done)."""
+    images: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Explain and measure one batch; returns its rows, one per image (``images``: their keys), for the tally."""
     result = explain_with(explainer, inputs, classes, method, **options)
     model, size, seed = explainer.backbone, config.metric_batch_size, config.seed
     measured = []
@@ -204,14 +224,16 @@ def _evaluate_method(
                 values.update(road(model, x, maps, c, config.road_percentages, order, size, seed=seed, clean_logits=clean).per_image())
         else:
             values = deletion_insertion(model, x, maps, c, config.steps, config.baseline, size).per_image()
-        measured.append((group, values, count))
-
-    def apply(tally: Tally) -> None:
-        tally.add_cost(method, inputs.shape[0], result.seconds, result.forward_passes, result.backward_passes)
-        for group, values, count in measured:
-            tally.add(method, group, values, count)
-
-    return apply
+        measured.append((group, {name: value.detach().double().cpu().tolist() for name, value in values.items()}, count))
+    ms = result.seconds * 1000.0 / len(images)  # the batch's time, shared by its images
+    return [
+        {
+            "image": key, "method": method, "ms_per_image": ms,
+            "forward_passes": float(result.forward_passes), "backward_passes": float(result.backward_passes),
+            "values": {group: {name: column[row] for name, column in values.items()} for group, values, count in measured if row < count},
+        }
+        for row, key in enumerate(images)
+    ]
 
 
 def _before(positions: Sequence[int], limit: int | None) -> int:

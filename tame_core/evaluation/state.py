@@ -1,4 +1,4 @@
-"""The resumable part of an evaluation run: per-image values and costs, saved after every batch.
+"""The resumable part of an evaluation run: one row per image and method, saved after every batch.
 
 A state file holds the run's settings beside its tally, so a run resumes only what the same settings
 (same head tensors, same files) started, and says which settings differ otherwise.
@@ -9,64 +9,44 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
-
-import torch
+from pathlib import Path
+from typing import Any, Sequence
 
 from ..atomic import write_atomically
 from ..errors import EvaluationError
 from ..reading import read_json
-from ..metrics import METRICS
 
 #: Largest evaluation state read back: per-image values of every method for a large folder.
 MAX_STATE_BYTES = 512 * 2**20
 
 
 class Tally:
-    """Per-image metric values and summed costs of each method: what a state file holds."""
+    """What a state file holds: one row per finished (image, method), keyed by the image's path relative to
+    the data folder, and the images that could not be read. An image is finished when its rows are in."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         data = data or {}
-        self.values: dict[str, dict[str, list[float]]] = data.get("values", {})
-        self.costs: dict[str, dict[str, float]] = data.get("costs", {})
-        self.counts: dict[str, dict[str, int]] = data.get("counts", {})
-        self.images_done: int = data.get("images_done", 0)
-        self.skipped: list[str] = data.get("skipped", [])
+        # {"image", "method", "ms_per_image", "forward_passes", "backward_passes", "values": {group: {metric: value}}}
+        self.rows: list[dict[str, Any]] = data.get("rows", [])
+        self.done: list[str] = data.get("done", [])  # keys of the images finished (read or not), in the order done
+        self.skipped: list[str] = data.get("skipped", [])  # one message per unreadable image
 
-    def add(self, method: str, group: str, per_image: Mapping[str, torch.Tensor], images: int) -> None:
-        counts = self.counts.setdefault(method, {})
-        counts[group] = counts.get(group, 0) + images
-        row = self.values.setdefault(method, {})
-        for name, values in per_image.items():
-            row.setdefault(name, []).extend(float(v) for v in values.detach().float().cpu())
+    def finished(self) -> set[str]:
+        """Keys of the images done: measured by every method that takes them, or unreadable."""
+        return set(self.done)
 
-    def add_cost(self, method: str, images: int, seconds: float, forwards: float, backwards: float) -> None:
-        cost = self.costs.setdefault(method, {"images": 0, "seconds": 0.0, "forwards": 0.0, "backwards": 0.0})
-        cost["images"] += images
-        cost["seconds"] += seconds
-        cost["forwards"] += forwards * images
-        cost["backwards"] += backwards * images
+    @property
+    def images_done(self) -> int:
+        return len(self.done)
 
-    def summary(self, methods: Sequence[str]) -> dict[str, dict[str, float]]:
-        result = {}
-        for method in methods:
-            cost = self.costs.get(method)
-            if not cost or not cost["images"]:
-                continue
-            row = {name: sum(values) / len(values) for name, values in self.values.get(method, {}).items() if values}
-            row["ms_per_image"] = cost["seconds"] * 1000.0 / cost["images"]
-            row["forward_passes"] = cost["forwards"] / cost["images"]
-            row["backward_passes"] = cost["backwards"] / cost["images"]
-            row["images"] = cost["images"]
-            result[method] = {name: row[name] for name in _ordered(row)}
-            result[method].update({f"images_{group}": n for group, n in self.counts.get(method, {}).items()})
-        return result
+    def add(self, images: Sequence[str], rows: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> None:
+        """One batch: the keys of all its images, their rows and the messages of the unreadable ones."""
+        self.done.extend(images)
+        self.rows.extend(rows)
+        self.skipped.extend(skipped)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "values": self.values, "costs": self.costs, "counts": self.counts,
-            "images_done": self.images_done, "skipped": self.skipped,
-        }
+        return {"rows": self.rows, "done": self.done, "skipped": self.skipped, "images_done": self.images_done}
 
 
 def load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> Tally:
@@ -94,24 +74,34 @@ _NAMES = {"head_tensors_sha256": "head weights", "data_files_sha256": "image fil
 
 def checked_tally(tally: dict[str, Any], settings: dict[str, Any], path: Any) -> dict[str, Any]:
     """A saved tally whose every field has the type and range tame_core writes, or one EvaluationError line
-    (a hand-edited ``"images_done": "2"``, a list, a negative count, a cost that is not a number)."""
+    (a hand-edited ``"images_done": "2"``, a list, a negative count, a row whose values are not numbers)."""
     images = settings.get("images")
+    done, rows = tally.get("done", []), tally.get("rows", [])
     problem = None
     if not _whole(images):
         problem = "settings.images is not a whole number of 0 or more"
     elif not (_whole(tally.get("images_done", 0)) and tally.get("images_done", 0) <= images):
         problem = f"images_done must be a whole number from 0 to {images}, got {_shown(tally.get('images_done'))}"
-    elif not _mapping_of(tally.get("values", {}), lambda row: _mapping_of(row, lambda v: isinstance(v, list) and all(_number(x) for x in v))):
-        problem = "values must map each method to lists of numbers"
-    elif not _mapping_of(tally.get("costs", {}), _cost):
-        problem = "costs must map each method to images, seconds, forwards and backwards (numbers of 0 or more)"
-    elif not _mapping_of(tally.get("counts", {}), lambda row: _mapping_of(row, _whole)):
-        problem = "counts must map each method to whole numbers of 0 or more"
+    elif not (isinstance(done, list) and len(done) <= images and all(isinstance(x, str) for x in done)):
+        problem = f"done must be a list of at most {images} image names"
+    elif not (isinstance(rows, list) and all(_row(row) for row in rows)):
+        problem = "rows must be objects with an image, a method, costs of 0 or more and numbers as values"
     elif not (isinstance(tally.get("skipped", []), list) and all(isinstance(x, str) for x in tally.get("skipped", []))):
         problem = "skipped must be a list of texts"
     if problem:
         raise EvaluationError(f"evaluation state {path} was changed by hand or is damaged ({problem}); delete it to start afresh")
     return tally
+
+
+def _row(row: Any) -> bool:
+    """One saved row: {"image", "method", costs, "values": {group: {metric: number or null}}}."""
+    if not (isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("method"), str)):
+        return False
+    costs = ("ms_per_image", "forward_passes", "backward_passes")
+    if not all(row.get(n) is None or (_number(row[n]) and math.isfinite(row[n]) and row[n] >= 0) for n in costs):
+        return False
+    values = row.get("values", {})
+    return _mapping_of(values, lambda group: _mapping_of(group, lambda v: v is None or _number(v)))
 
 
 def _whole(value: Any) -> bool:
@@ -120,11 +110,6 @@ def _whole(value: Any) -> bool:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _cost(value: Any) -> bool:
-    names = ("images", "seconds", "forwards", "backwards")
-    return isinstance(value, dict) and all(_number(value.get(n)) and math.isfinite(value[n]) and value[n] >= 0 for n in names)
 
 
 def _mapping_of(value: Any, check: Any) -> bool:
@@ -139,12 +124,6 @@ def _shown(value: Any) -> str:
 def save_state(path: str | os.PathLike | None, settings: dict[str, Any], tally: Tally) -> None:
     if path is not None:
         write_atomically(path, json.dumps({"settings": settings, "tally": tally.to_dict()}, default=plain))
-
-
-def _ordered(row: Mapping[str, float]) -> list[str]:
-    """Metric names in the registry's order, then any others, then the image count."""
-    known = [name for name in METRICS if name in row]
-    return [*known, *(name for name in row if name not in known and name != "images"), "images"]
 
 
 def plain(value: Any) -> Any:

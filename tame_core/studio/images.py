@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageLoadError
-from ..images import load_image
+from ..images import load_image, original_size
 
 #: File types the image uploader offers (what browsers and Pillow both read well).
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
@@ -58,9 +58,9 @@ def pixels_digest(pixels: np.ndarray) -> str:
 def active_image(picture: Image.Image | np.ndarray, name: str, source: str) -> ActiveImage:
     """Wrap an RGB picture, downscaled so its longest side is at most :data:`MAX_SIDE`, with smaller copies."""
     image = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
+    original = original_size(image)  # before a reduced decode, if there was one
     image = image.convert("RGB")
-    original = (image.height, image.width)
-    scale = MAX_SIDE / max(original)
+    scale = MAX_SIDE / max(image.size)
     if scale < 1:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
     pixels = np.asarray(image, dtype=np.uint8).copy()
@@ -79,4 +79,5 @@ def read_upload(name: str, data: bytes, max_mb: float = MAX_UPLOAD_MB) -> Active
     """Decode an uploaded file; any problem is an :class:`ImageLoadError` naming the file."""
     if len(data) > max_mb * 1024 * 1024:
         raise ImageLoadError(f"{name}: {len(data) / 2**20:.1f} MB is over the {max_mb:g} MB upload limit")
-    return active_image(load_image(data, name=name), name, "upload")
+    # decoded no smaller than the longest side kept (and so over twice any model's input on the short side)
+    return active_image(load_image(data, name=name, min_short_side=MAX_SIDE), name, "upload")

@@ -97,16 +97,19 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class ImageFiles(Dataset):
     """Images by file; an item is (index, augmentation seed) as :class:`EpochSampler` yields them."""
 
-    def __init__(self, files: Sequence[Path], transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(
+        self, files: Sequence[Path], transform: Callable[[torch.Tensor], torch.Tensor], min_short_side: int | None = None
+    ) -> None:
         self.files = list(files)
         self.transform = transform
+        self.min_short_side = min_short_side  # reduced JPEG decode (see ``Preprocess.decode_short_side``)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
         index, seed = item
-        picture = image_to_tensor(load_image(self.files[index]))
+        picture = image_to_tensor(load_image(self.files[index], min_short_side=self.min_short_side))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(picture)
@@ -154,7 +157,7 @@ def readable_images(
         if position % world != rank:
             continue
         try:
-            load_image(path)
+            load_image(path, min_short_side=1)  # the smallest decode still reads every byte of the file
         except ImageLoadError as error:
             problems.append(str(path))
             log.warning("skipping %s", error)

@@ -174,7 +174,8 @@ class _Run:
             )
         mine = [(index, file_digest(path)) for index, path in enumerate(self.files) if index % dist.world == dist.rank]
         self.data_digest = files_digest(self.files, [content for _, content in sorted(dist.gather(mine))])
-        self.dataset = ImageFiles(self.files, build_transform(self.backbone.preprocess, config.augment))
+        preprocess = self.backbone.preprocess
+        self.dataset = ImageFiles(self.files, build_transform(preprocess, config.augment), preprocess.decode_short_side)
         self.sampler = EpochSampler(self.dataset, config.seed, dist.rank, dist.world)
         self.steps_per_epoch = math.ceil(len(self.sampler.base) / config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
