@@ -14,6 +14,7 @@ from PIL import Image
 from tame_core import TAMEHead, load_head, save_head
 from tame_core.checkpoint import metadata_for, paths_for
 from tame_core.cli import main
+from noise_images import noise_folder
 
 
 def _save(path: Path, array: np.ndarray) -> Path:
@@ -134,11 +135,7 @@ TINY = ["--backbone", "timm:test_efficientnet", "--weights", "random", "--device
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray((rng.random((48, 56, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    return noise_folder(tmp_path_factory.mktemp("tiny"), 4)
 
 
 def test_train_out_with_a_dot_leaves_the_plain_name_alone(tmp_path, tiny_data, capsys):

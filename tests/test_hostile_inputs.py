@@ -27,6 +27,7 @@ from tame_core.checkpoint import metadata_for, paths_for, read_metadata
 from tame_core.cli import main
 from tame_core.errors import CheckpointError, EvaluationError, ImageLoadError, OptionError, TrainingError
 from tame_core.reading import MAX_JSON_DEPTH, parse_json, read_json, read_regular
+from noise_images import noise_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "timm:test_efficientnet", "--weights", "random", "--device", "cpu", "--no-progress"]
@@ -38,11 +39,7 @@ def _errors(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray((rng.random((48, 56, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    return noise_folder(tmp_path_factory.mktemp("tiny"), 4)
 
 
 # --- JSON: one reader ---------------------------------------------------------------------------------

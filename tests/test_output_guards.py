@@ -23,17 +23,14 @@ from tame_core import load_head
 from tame_core.atomic import OutputLock, atomic_path
 from tame_core.cli import main
 from tame_core.errors import OutputError
+from noise_images import noise_folder
 
 TINY = ["--backbone", "timm:test_efficientnet", "--weights", "random", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray((rng.random((48, 56, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    return noise_folder(tmp_path_factory.mktemp("tiny"), 6)
 
 
 def _errors(text: str) -> list[str]:

@@ -100,18 +100,6 @@ class JobContext:
             yield
 
     @property
-    def remaining(self) -> float | None:
-        """Seconds left at the rate this run has kept since its first progress (setup excluded, so a busy
-        machine's slowness is in it); None until a twentieth of the work and a second have passed."""
-        first = self._first_progress
-        if first is None or not self.running:
-            return None
-        since, done = time.monotonic() - first[0], self._progress - first[1]
-        if since < 1.0 or done < 0.05:
-            return None
-        return since / done * (1.0 - self._progress)
-
-    @property
     def forwards(self) -> int:
         """Images sent forward through watched models so far."""
         return self._job._forwards
