@@ -26,7 +26,7 @@ from tame_core.studio import (
 )
 from tame_core.studio.jobs import share_cpu_between_threads
 from tame_core.studio.models import MAX_HEAD_UPLOAD_MB, available_devices
-from tame_core.studio.storage import hub_repo_id, server_head
+from tame_core.studio.storage import hub_repo_id, server_head, server_path
 
 st.set_page_config(page_title="TAME Explorer", page_icon=":material/local_fire_department:", layout="wide")
 

@@ -21,7 +21,7 @@ from tame_core import Explainer, TAMEHead, load_backbone, save_head, wrap_classi
 from tame_core.checkpoint import bundled_head_path, load_head, metadata_for
 from tame_core.classes import read_labels
 from tame_core.cli import main
-from tame_core.errors import BackboneError, CheckpointError, ClassError, TrainingError
+from tame_core.errors import BackboneError, ClassError, TrainingError
 from tame_core.training import TrainConfig, train_head
 
 #: tabby, espresso, missile, space shuttle, golden retriever

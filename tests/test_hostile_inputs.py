@@ -121,7 +121,7 @@ def test_an_embedded_header_nested_100000_deep_is_one_line(tmp_path, lite0):
 
 # --- evaluation state edited by hand ------------------------------------------------------------------
 def _state(tmp_path: Path, tally_change) -> Path:
-    from tame_core.evaluation.state import Tally, save_state
+    from tame_core.evaluation.state import Tally
 
     settings = {"images": 4, "backbone": "x"}
     row = {"image": "a.png", "method": "tame", "ms_per_image": 3.5, "forward_passes": 1.0, "backward_passes": 0.0,

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation import EvaluationConfig, evaluate
+    from ..evaluation import EvaluationConfig
 
     config = EvaluationConfig(  # checked now, before the model loads
         data=args.data, methods=tuple(_names(args.methods)), split=args.split, list_file=args.list_file,
