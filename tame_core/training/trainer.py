@@ -8,7 +8,6 @@ of its parameters or batch-norm statistics change; only the head trains.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import random
 import threading
@@ -167,11 +166,8 @@ class _Run:
         if not self.files:
             sources = ", ".join(map(str, config.data))
             raise TrainingError(f"--data {sources}: no readable images (split {config.split!r})")
-        if fell_back and dist.is_main:  # said once the data is known to be usable, so a data error stays the only line
-            logging.getLogger("tame_core.training").warning(
-                "%s's classifier pools no single layer, so maps cannot start from its class activation maps: "
-                "training the papers' recipe, which needs far more photos (ImageNet-scale)", self.backbone.name
-            )
+        if fell_back:  # the card's recipe says "paper"; the progress bar says so too (stderr stays for errors)
+            phase(f"{self.backbone.name}'s classifier pools no single layer: the papers' recipe")
         mine = [(index, file_digest(path)) for index, path in enumerate(self.files) if index % dist.world == dist.rank]
         self.data_digest = files_digest(self.files, [content for _, content in sorted(dist.gather(mine))])
         preprocess = self.backbone.preprocess
