@@ -410,7 +410,9 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, tiny_data, delay):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "tame_core", "train", "--data", str(tiny_data), "--out", str(tmp_path / "h"), *TINY,
                "--epochs", "200", "--batch-size", "2"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that started the tests in the background leaves SIGINT ignored, which children inherit: undo that
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     try:
