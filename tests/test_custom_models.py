@@ -407,3 +407,16 @@ def test_the_default_recipe_is_the_bundled_heads_recipe(tmp_path, lite0):
     ours = config.schedule_key()
     differing = {k for k in ours if k in shipped and ours[k] != shipped[k]}
     assert differing == set() and ours["recipe"] == "little-data"
+
+
+def test_a_weights_file_with_nan_or_inf_is_refused_in_one_line(tmp_path):
+    from tame_core.backbones import read_weights
+
+    for value in (float("nan"), float("inf")):
+        path = tmp_path / "broken.safetensors"
+        save_file({"fc.weight": torch.tensor([[1.0, value]]), "fc.bias": torch.zeros(1)}, str(path))
+        with pytest.raises(BackboneError) as error:
+            read_weights(path)
+        assert str(error.value) == "weights file broken.safetensors: fc.weight holds NaN or infinite values; the classifier cannot be used"
+    torch.save({"fc.weight": torch.ones(1, 2)}, tmp_path / "fine.pt")
+    assert read_weights(tmp_path / "fine.pt").state["fc.weight"].shape == (1, 2)

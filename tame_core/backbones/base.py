@@ -224,6 +224,9 @@ def read_weights(path: str | os.PathLike) -> LoadedWeights:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BackboneError(f"weights file {path.name} does not hold a state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if broken is not None:
+        raise BackboneError(f"weights file {path.name}: {broken} holds NaN or infinite values; the classifier cannot be used")
     return LoadedWeights(state, path.name, hashlib.sha256(raw).hexdigest())
 
 
