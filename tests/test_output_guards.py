@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -88,9 +89,15 @@ def test_two_concurrent_train_runs_on_one_new_out_one_runs_one_is_refused(tmp_pa
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert lock.exists(), first.communicate()
-    # even --overwrite, which would remove an earlier run's files, is refused while the first run writes them
-    second = subprocess.run([*command, "--overwrite"], env=env, capture_output=True, text=True, timeout=300)
-    assert first.poll() is None, "the first run ended before the second started: make it longer"
+    # the first run is paused while it holds the lock (a stopped process keeps it), so however fast the
+    # machine, the second run starts while the first is still writing
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert first.poll() is None, "the first run ended before it could be paused: make it longer"
+        # even --overwrite, which would remove an earlier run's files, is refused while the first run writes them
+        second = subprocess.run([*command, "--overwrite"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
     out_first, err_first = first.communicate(timeout=600)
     assert first.returncode == 0, err_first
     assert second.returncode == 2 and second.stdout == ""
