@@ -29,7 +29,7 @@ from tame_core.studio.costs import Estimate, duration_text
 from tame_core.studio.jobs import STOPPED_BY_USER
 from tame_core.studio.methods import AUTO_START_SECONDS
 from tame_core.studio.samples import GETS_IT_WRONG, mispredicted
-from tame_core.studio.storage import SessionFolder, public_message
+from tame_core.studio.storage import DISCONNECTED_TTL_S, SessionFolder, public_message
 
 log = logging.getLogger("tame_core.studio.app")
 T = TypeVar("T")
@@ -77,8 +77,9 @@ def keep_jobs_alive() -> None:
 
 def session_folder() -> SessionFolder:
     """This browser session's own folder for trained heads, unpacked zips and evaluation states."""
-    if "session_folder" not in st.session_state:
-        st.session_state["session_folder"] = SessionFolder()
+    if "session_folder" not in st.session_state:  # its scratch goes once Streamlit would drop the session too
+        gone_after = float(st.get_option("server.disconnectedSessionTTL") or DISCONNECTED_TTL_S)
+        st.session_state["session_folder"] = SessionFolder(alive=_session_probe(), gone_after=gone_after)
     return st.session_state["session_folder"]
 
 

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -85,8 +86,10 @@ def load_image(
                 _draft(image, min_short_side, min_long_side)
             image.load()
             decoded = image.size
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no full-size copy of an upright picture
             upright = (width, height) if image.size == decoded else (height, width)
+            if min_short_side is not None:  # any format: shrink before a conversion copies the full picture
+                image = _reduced(image, min_short_side, min_long_side)
             image = to_rgb(image)
             image.info[ORIGINAL_SIZE] = (upright[1], upright[0])
             return image
@@ -112,13 +115,50 @@ def original_size(image: Image.Image) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _draft(image: Image.Image, min_short_side: int, min_long_side: int) -> None:
-    """Ask a JPEG decoder for the smallest DCT scale whose short and long sides are at least the ones asked."""
+def _scale(size: tuple[int, int], min_short_side: int, min_long_side: int) -> float:
+    """The smallest scale of ``size`` whose short and long sides are still at least the ones asked."""
     if min_short_side < 1 or min_long_side < 1:
         raise ValueError(f"min_short_side and min_long_side must be at least 1, got {min_short_side}, {min_long_side}")
-    scale = max(min_short_side / min(image.size), min_long_side / max(image.size))
+    return max(min_short_side / min(size), min_long_side / max(size))
+
+
+def _draft(image: Image.Image, min_short_side: int, min_long_side: int) -> None:
+    """Ask a JPEG decoder for the smallest DCT scale whose short and long sides are at least the ones asked."""
+    scale = _scale(image.size, min_short_side, min_long_side)
     if image.format == "JPEG" and scale < 0.5:  # Pillow picks a scale whose size is at least the one asked
         image.draft(image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+
+
+#: Modes Pillow's box :meth:`~PIL.Image.Image.reduce` averages as they are.
+_REDUCIBLE = {"L", "RGB", "LA", "CMYK", "YCbCr", "I", "F", "RGBa", "La"}
+
+
+def _reduced(image: Image.Image, min_short_side: int, min_long_side: int) -> Image.Image:
+    """``image`` box-averaged by the largest whole factor that keeps the sides asked, in its own mode, so that
+    a decoded 88-megapixel PNG is the only full-size copy (the conversions that follow work on the small one).
+
+    Transparent pictures are averaged premultiplied (what :func:`to_rgb`'s white background then shows), 16-bit
+    ones in 16 bits, palette and 1-bit ones after a conversion to what their pixels mean."""
+    factor = int(1 / _scale(image.size, min_short_side, min_long_side))
+    if factor < 2:
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        pixels = np.asarray(image)
+        small = cv2.resize(pixels, (image.width // factor, image.height // factor), interpolation=cv2.INTER_AREA)
+        reduced = Image.fromarray(small.astype(np.uint16))  # native order: mode "I;16"
+    else:
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        elif image.mode == "1":
+            image = image.convert("L")
+        if image.mode in ("RGBA", "PA"):
+            image = image.convert("RGBa")
+        if image.mode not in _REDUCIBLE:
+            image = image.convert("RGB")
+        reduced = image.reduce(factor)
+        if reduced.mode in ("RGBa", "La"):
+            reduced = reduced.convert("RGBA" if reduced.mode == "RGBa" else "LA")
+    return reduced
 
 
 def check_image_size(height: int, width: int, label: str = "image") -> None:

@@ -203,20 +203,51 @@ def test_draft_decode_keeps_twice_the_model_size_and_records_the_original_size(b
     assert load_image(data, min_short_side=200, min_long_side=1024).size == (1200, 900)
 
 
-def test_draft_decode_keeps_exif_rotation(big_photo):
+@pytest.mark.parametrize("encode", ["jpeg", "png"])
+def test_reduced_decode_keeps_exif_rotation(big_photo, encode):
     exif = Image.Exif()
     exif[0x0112] = 6  # the camera was held upright: shown turned 90 degrees clockwise
-    data = _jpeg_bytes(big_photo, exif=exif)
+    data = _jpeg_bytes(big_photo, exif=exif) if encode == "jpeg" else _png_bytes(Image.fromarray(big_photo), exif=exif)
     reduced = load_image(data, min_short_side=512)
     full = load_image(data)
-    assert full.size == (1800, 2400) and reduced.size == (900, 1200)
+    assert full.size == (1800, 2400) and reduced.size == ((900, 1200) if encode == "jpeg" else (600, 800))
     assert original_size(reduced) == (2400, 1800)
     assert _mean_difference(reduced, full) < 2.0
     assert _mean_difference(reduced, full.transpose(Image.Transpose.ROTATE_180)) > 20.0  # the right way round
 
 
-def test_only_jpegs_decode_reduced(big_photo):
-    picture = load_image(_png_bytes(Image.fromarray(big_photo)), min_short_side=512)
-    assert picture.size == (2400, 1800) and original_size(picture) == (1800, 2400)
+def test_small_jpegs_decode_whole(big_photo):
     small = load_image(_jpeg_bytes(big_photo[:600, :800]), min_short_side=512)
     assert small.size == (800, 600)  # 1/2 would leave 300 px: decoded whole
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16", "1"])
+def test_other_formats_shrink_in_their_own_mode_before_any_conversion(big_photo, mode, monkeypatch):
+    """A big PNG is box-averaged by a whole factor right after decode, so the conversions that copy a picture
+    (alpha on white, 16 to 8 bits, palette) see the small one: one 88-megapixel PNG stays one decoded copy."""
+    import tame_core.images as images
+
+    gray = big_photo[..., 0]
+    pictures = {
+        "RGB": Image.fromarray(big_photo),
+        "RGBA": Image.fromarray(np.dstack([big_photo, np.tile(np.linspace(0, 255, 2400, dtype=np.uint8), (1800, 1))])),
+        "L": Image.fromarray(gray),
+        "P": Image.fromarray(big_photo).quantize(64),
+        "I;16": Image.fromarray(gray.astype(np.uint16) * 257),
+        "1": Image.fromarray(gray > 128),
+    }
+    data = _png_bytes(pictures[mode])
+    converted: list[tuple[str, tuple[int, int]]] = []
+    real_to_rgb = images.to_rgb
+    monkeypatch.setattr(images, "to_rgb", lambda image: converted.append((image.mode, image.size)) or real_to_rgb(image))
+    reduced = load_image(data, min_short_side=512)
+    assert reduced.size == (800, 600) and reduced.mode == "RGB"  # 1800 / 3 = 600 >= 512; 1800 / 4 = 450 < 512
+    assert original_size(reduced) == (1800, 2400)
+    assert converted == [(reduced.mode if mode == "RGB" else converted[0][0], (800, 600))]  # only the small one
+    full = load_image(data)
+    assert full.size == (2400, 1800)
+    # the same picture as the full decode box-shrunk: transparency averaged premultiplied, 16 bits kept to the end
+    assert _mean_difference(reduced, full) < 0.6
+    assert load_image(data, min_short_side=512, min_long_side=1200).size == (1200, 900)  # the long side asked
+
+

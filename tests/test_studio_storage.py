@@ -240,6 +240,59 @@ def test_the_hub_field_takes_a_repo_id_and_never_a_path(tmp_path, monkeypatch, r
     assert models._head_source(ModelChoice(head=str(tmp_path / "heads" / "h1.safetensors"))) == str(tmp_path / "heads" / "h1.safetensors")
 
 
+def test_a_disconnected_sessions_scratch_goes_once_streamlit_would_drop_it(tmp_path):
+    """Not at garbage collection (minutes later, or never while something holds the session): the janitor
+    removes the scratch once the session has been disconnected ``gone_after`` seconds, and a reconnect in
+    time keeps it."""
+    from tame_core.studio.storage import Janitor
+
+    clock = {"now": 0.0}
+    janitor = Janitor(clock=lambda: clock["now"])
+    connected = {"a": True, "b": True}
+    a = SessionFolder(tmp_path, alive=lambda: connected["a"], gone_after=120, janitor=janitor)
+    b = SessionFolder(tmp_path, alive=lambda: connected["b"], gone_after=120, janitor=janitor)
+    for folder in (a, b):
+        (folder.uploads / "photo.jpg").write_bytes(b"x")
+        (folder.evaluations / "state.json").write_text("{}")
+        (folder.heads / "mine.safetensors").write_bytes(b"kept")
+
+    def at(seconds: float) -> list[Path]:
+        clock["now"] = seconds
+        return janitor.sweep()
+
+    assert at(10) == []
+    connected["a"] = connected["b"] = False  # both tabs closed; b's comes back in time (a network blip)
+    assert at(20) == [] and at(100) == []
+    connected["b"] = True
+    assert at(110) == []
+    connected["b"] = False
+    assert at(139) == []  # a: gone 119 s
+    assert at(140) == [a.path]  # a: gone 120 s; b: seen gone since 139 only
+    assert not (a.path / "uploads").exists() and not (a.path / "evaluations").exists()
+    assert (a.path / "heads" / "mine.safetensors").read_bytes() == b"kept"
+    assert (b.path / "uploads" / "photo.jpg").exists()
+    assert at(258) == [] and at(259) == [b.path] and at(10_000) == []  # each cleaned once
+    assert not (b.path / "uploads").exists()
+
+    def broken() -> bool:
+        raise RuntimeError("runtime gone")
+
+    c = SessionFolder(tmp_path, alive=broken, gone_after=5, janitor=janitor)
+    (c.uploads / "x").write_bytes(b"x")
+    assert at(20_000) == [] and at(20_005) == [c.path]  # a probe that fails counts as gone
+
+
+def test_the_apps_janitor_runs_in_one_daemon_thread(tmp_path):
+    import threading
+
+    from tame_core.studio import storage
+
+    SessionFolder(tmp_path, alive=lambda: True)
+    SessionFolder(tmp_path, alive=lambda: True)
+    threads = [t for t in threading.enumerate() if t.name == "tame-session-janitor"]
+    assert len(threads) == 1 and threads[0].daemon and storage._JANITOR is not None
+
+
 def test_uploaded_heads_live_in_the_session_and_go_with_it(tmp_path, monkeypatch, random_head_path):
     monkeypatch.setenv("TAME_STUDIO_DIR", str(tmp_path / "studio"))
     folder = SessionFolder()

@@ -24,8 +24,10 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import AccessError, OutputError
@@ -35,6 +37,10 @@ DEFAULT_QUOTA_MB = 20_000
 QUOTA_ENV = "TAME_STUDIO_QUOTA_MB"
 
 STUDIO_DIR_ENV = "TAME_STUDIO_DIR"
+
+#: How long a disconnected session keeps its scratch files: Streamlit's own ``server.disconnectedSessionTTL``
+#: default, the time it keeps the session for a reconnect (the app passes the configured value).
+DISCONNECTED_TTL_S = 120.0
 ALLOWED_ROOTS_ENV = "TAME_ALLOWED_ROOTS"
 
 
@@ -46,12 +52,22 @@ def studio_dir() -> Path:
 
 class SessionFolder:
     """One browser session's files: ``heads/`` (trained heads, kept), ``uploads/``, ``uploaded-heads/`` and ``evaluations/``
-    (scratch, removed when the session object is garbage-collected or the server exits)."""
+    (scratch, removed once the session has been gone ``gone_after`` seconds when ``alive`` tells whether it is
+    connected, and in any case when the object is garbage-collected or the server exits)."""
 
-    def __init__(self, root: str | os.PathLike | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        token: str | None = None,
+        alive: Callable[[], bool] | None = None,
+        gone_after: float = DISCONNECTED_TTL_S,
+        janitor: "Janitor | None" = None,
+    ) -> None:
         self.token = token or secrets.token_hex(8)
         self.path = Path(root if root is not None else studio_dir()) / "sessions" / self.token
         self._cleanup = weakref.finalize(self, _remove_scratch, self.path)
+        if alive is not None:
+            (janitor or _janitor()).watch(self, alive, gone_after)
 
     @property
     def heads(self) -> Path:
@@ -71,8 +87,8 @@ class SessionFolder:
         return self._made("evaluations")
 
     def cleanup(self) -> None:
-        """Remove the scratch folders now (the trained heads stay)."""
-        self._cleanup()
+        """Remove the scratch folders now (the trained heads stay; used again, the folder is cleaned at exit too)."""
+        _remove_scratch(self.path)
 
     def _made(self, name: str) -> Path:
         folder = self.path / name
@@ -81,6 +97,76 @@ class SessionFolder:
 
 
 _SCRATCH = ("uploads", "uploaded-heads", "evaluations")
+
+#: How often the janitor looks at the sessions that own folders.
+SWEEP_INTERVAL_S = 5.0
+
+
+class Janitor:
+    """Removes a session folder's scratch once its session has been disconnected for ``gone_after`` seconds.
+
+    A closed tab leaves the session object alive for a while (Streamlit keeps it for a reconnect, and the
+    garbage collector frees it when it likes), so waiting for the object to be freed left uploads on disk for
+    minutes. One daemon thread per process (:meth:`start`) calls :meth:`sweep`; tests call it with their own clock.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._watched: dict[int, tuple[weakref.ref, Callable[[], bool], float]] = {}
+        self._gone_since: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, folder: SessionFolder, alive: Callable[[], bool], gone_after: float) -> None:
+        with self._lock:
+            self._watched[id(folder)] = (weakref.ref(folder), alive, gone_after)
+
+    def sweep(self) -> list[Path]:
+        """Clean every folder whose session has been gone long enough; the folders cleaned."""
+        now, cleaned = self._clock(), []
+        with self._lock:
+            watched = list(self._watched.items())
+        for key, (ref, alive, gone_after) in watched:
+            folder = ref()
+            try:
+                connected = folder is not None and bool(alive())
+            except Exception:  # noqa: BLE001 - a broken probe counts as gone, like the jobs' watchdog
+                connected = False
+            if connected:
+                self._gone_since.pop(key, None)
+                continue
+            since = self._gone_since.setdefault(key, now)
+            if folder is None or now - since >= gone_after:
+                if folder is not None:
+                    folder.cleanup()
+                    cleaned.append(folder.path)
+                with self._lock:
+                    self._watched.pop(key, None)
+                self._gone_since.pop(key, None)
+        return cleaned
+
+    def start(self) -> "Janitor":
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tame-session-janitor", daemon=True)
+                self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(SWEEP_INTERVAL_S)
+            self.sweep()
+
+
+_JANITOR: Janitor | None = None
+
+
+def _janitor() -> Janitor:
+    """The process's janitor, its thread started on first use."""
+    global _JANITOR
+    if _JANITOR is None:
+        _JANITOR = Janitor()
+    return _JANITOR.start()
 
 
 def _remove_scratch(path: Path) -> None:
