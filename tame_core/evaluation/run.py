@@ -70,6 +70,7 @@ def evaluate(
     state_path: str | os.PathLike | None = None,
     stop: threading.Event | None = None,
     dist: Distributed | None = None,
+    on_maps: Callable[[list[str], str, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvaluationReport:
     """Explain the images ``config`` names with each of its methods and measure the maps.
 
@@ -79,6 +80,8 @@ def evaluate(
     their first timed batch, so their time is their own work. Under ``torchrun`` (``dist`` of several
     ranks) each rank takes the files whose index modulo the world size is its rank, keeps its own state
     file, and every rank returns the report of all ranks' rows (progress counts this rank's share).
+    ``on_maps(keys, method, inputs, maps)`` sees each batch's maps as they are measured (the app keeps
+    thumbnails of them): the images' keys, the model inputs (B, 3, H, W) in [0, 1] and the maps (B, H, W).
 
     Example:
         >>> config = EvaluationConfig(data="photos/", methods=("tame", "gradcam"), limit=20)
@@ -171,7 +174,7 @@ def evaluate(
                             unit["seen"] = 0
                         outcomes.extend(_evaluate_method(
                             method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
-                            counts, config, [keys[position] for position in positions[:keep]],
+                            counts, config, [keys[position] for position in positions[:keep]], on_maps,
                         ))
                         done += span
                 tally.add([keys[position] for position in batch], outcomes, unreadable)  # the whole batch, or none of it
@@ -207,9 +210,12 @@ def _evaluate_method(
     counts: Mapping[str, int],
     config: EvaluationConfig,
     images: Sequence[str],
+    on_maps: Callable[[list[str], str, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Explain and measure one batch; returns its rows, one per image (``images``: their keys), for the tally."""
     result = explain_with(explainer, inputs, classes, method, **options)
+    if on_maps is not None:
+        on_maps(list(images), method, inputs, result.maps)
     model, size, seed = explainer.backbone, config.metric_batch_size, config.seed
     measured = []
     for group, count in counts.items():
