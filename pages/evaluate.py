@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from pages._shared import guarded, job_status, live, model_or_stop, session_folder, workspace
@@ -10,7 +12,11 @@ from tame_core.evaluation import TABLE_COLUMNS, EvaluationConfig, select_files
 from tame_core.methods import list_methods
 from tame_core.metrics.curves import DEFAULT_FILLS, DEFAULT_STEPS, FILLS
 from tame_core.studio.costs import evaluation_estimate, with_relative_times
-from tame_core.studio.evaluation import can_resume, column_title, evaluation_work, state_path
+from tame_core.studio.evaluation import can_resume, column_title, evaluation_work, forget_run, state_path
+from tame_core.studio.per_image import (
+    MAX_THUMBNAIL_IMAGES, WITHIN_NOISE, comparison_rows, default_pair, image_count, per_image_rows, thumbnail_folder,
+)
+from tame_core.studio.plots import comparison_figure
 from tame_core.studio.storage import public_message, server_folder
 from tame_core.training import SPLITS
 
@@ -76,9 +82,74 @@ def results(job) -> None:
     if report.skipped:
         with st.expander(f"{len(report.skipped)} unreadable images were skipped"):
             st.write("\n".join(f"- {line}" for line in report.skipped))
-    csv, raw = st.columns(2)
+    csv, raw, images = st.columns(3)
     csv.download_button("Results (.csv)", report.to_csv(), file_name="results.csv", mime="text/csv", key="eval_csv")
     raw.download_button("Results (.json)", report.to_json(), file_name="results.json", mime="application/json", key="eval_json")
+    images.download_button(
+        "Per image (.csv)", report.per_image_csv(), file_name="per_image.csv", mime="text/csv", key="eval_per_image"
+    )
+    per_image_table(report, thumbnail_folder(job.tag) if isinstance(job.tag, Path) else None)
+    comparison(report)
+
+
+def per_image_table(report, thumbnails) -> None:
+    rows = per_image_rows(report, thumbnails)
+    if not rows:
+        return
+    st.subheader("Image by image")
+    metrics = [name for name in rows[0] if name not in ("image", "method", "picture", "map")]
+    st.dataframe(
+        rows,
+        hide_index=True,
+        column_config={
+            "image": st.column_config.TextColumn("image", help="the path inside the folder"),
+            "picture": st.column_config.ImageColumn("picture", help="the centre crop the classifier sees"),
+            "map": st.column_config.ImageColumn("map", help="this method's map over it"),
+            **{name: st.column_config.NumberColumn(format="%.3f") for name in metrics},
+        },
+        key="eval_per_image_table",
+    )
+    count = image_count(report)
+    cut = f" Thumbnails for the first {MAX_THUMBNAIL_IMAGES} of {count} images only." if count > MAX_THUMBNAIL_IMAGES else ""
+    st.caption(
+        "One row per image and method. Click a heading to sort: sorting by AD100 ↓ from the top, for example, "
+        "brings the images a method explains worst to the top; hover a thumbnail to enlarge it." + cut
+    )
+
+
+def comparison(report) -> None:
+    methods = list(report.methods)
+    pair = default_pair(methods)
+    if pair is None:
+        st.caption("Evaluate two methods or more to compare them image by image.")
+        return
+    st.subheader("Paired comparison")
+    first, second = st.columns(2)
+    a = first.selectbox("Method", methods, index=methods.index(pair[0]), key=f"eval_compare_a-{'-'.join(methods)}")
+    b = second.selectbox("against", methods, index=methods.index(pair[1]), key=f"eval_compare_b-{'-'.join(methods)}")
+    if a == b:
+        st.info("Pick two different methods.")
+        return
+    rows = comparison_rows(report, a, b)
+    if not rows:
+        st.info(f"{a} and {b} have no metric measured on the same images.")
+        return
+    st.plotly_chart(comparison_figure(rows, a, b), key="eval_compare_figure", width="stretch")
+    st.dataframe(
+        rows,
+        hide_index=True,
+        column_config={
+            "mean difference": st.column_config.NumberColumn(f"mean of {a} − {b}", format="%+.4f"),
+            "low": st.column_config.NumberColumn("95% interval from", format="%+.4f"),
+            "high": st.column_config.NumberColumn("to", format="%+.4f"),
+            "verdict": st.column_config.TextColumn(f"verdict for {a}"),
+        },
+        key="eval_compare_table",
+    )
+    st.caption(
+        f"Each image's value for {a} minus its value for {b}, averaged over the images both measured; the "
+        "interval comes from resampling the images (2,000 bootstrap draws). " + WITHIN_NOISE
+    )
 
 
 def body() -> None:
@@ -110,12 +181,12 @@ def body() -> None:
         )
         if fresh or resume:
             if fresh:
-                state.unlink(missing_ok=True)  # start over rather than continue a stopped run
+                forget_run(config, model.choice, states)  # start over rather than continue a stopped run
             ws.start_job(
                 "evaluate",
                 f"Evaluating (estimated {estimate.duration})",
                 lambda context: evaluation_work(model.choice, config, context, states),
-                config,
+                state,  # where its thumbnails are: beside its state
             )
             st.rerun()
     if job is None:

@@ -479,7 +479,44 @@ def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_imag
     table = app.dataframe[0].value
     assert list(table["method"]) == ["tame"] and list(table["images"]) == [2]
     assert {"AD100 ↓", "IC100 ↑", "deletion_auc ↓", "insertion_auc ↑", "ms_per_image ↓", "× TAME time"} <= set(table.columns)
-    assert [b.label for b in app.get("download_button")] == ["Results (.csv)", "Results (.json)"]
+    assert [b.label for b in app.get("download_button")] == ["Results (.csv)", "Results (.json)", "Per image (.csv)"]
+    assert list(app.dataframe[1].value["image"]) == ["chelsea.png", "rocket.png"]
+    assert "Evaluate two methods or more to compare them image by image." in [c.value for c in app.caption]
+
+
+def test_evaluate_page_shows_each_image_and_the_paired_comparison(app, tmp_path):
+    data = noise_folder(tmp_path / "images", 3)
+    ok(open_page(app, "evaluate"))
+    app.text_input(key="eval_folder").input(str(data)).run()
+    app.multiselect(key="eval_methods").set_value(["tame", "gradcam"]).run()
+    ok(app.select_slider(key="eval_steps").set_value(10).run())
+    ok(app.button(key="eval_start").click().run())
+    finish_jobs(app)
+    ok(app)
+    report = app.session_state["workspace"].jobs["evaluate"].result
+    per_image = app.dataframe[1].value
+    assert list(zip(per_image["image"], per_image["method"])) == [
+        (f"img{i}.png", m) for i in range(3) for m in ("tame", "gradcam")
+    ]
+    assert all(uri.startswith("data:image/png;base64,") for uri in [*per_image["picture"], *per_image["map"]])
+    assert list(per_image["AD100 ↓"]) == pytest.approx([row["AD100"] for row in report.per_image()])
+    assert app.selectbox(key="eval_compare_a-tame-gradcam").value == "tame"
+    assert app.selectbox(key="eval_compare_b-tame-gradcam").value == "gradcam"
+    table = app.dataframe[2].value
+    compared = {row["metric"]: row for row in report.compare("tame", "gradcam")}
+    assert list(table["metric"])[:2] == ["AD100 ↓", "IC100 ↑"]
+    assert list(table["mean difference"]) == [compared[m.split()[0]]["mean"] for m in table["metric"]]
+    assert set(table["verdict"]) <= {"better", "worse", "within noise"}
+    assert app.get("plotly_chart")
+    shown = [e.value for kind in ("markdown", "caption", "info", "subheader") for e in app.main.get(kind)]
+    assert any("“Within noise” means" in text for text in shown)
+    cells = [*per_image["image"], *per_image["method"], *table["metric"], *table["verdict"]]
+    assert not [text for text in [*shown, *cells] if "None" in str(text) or "nan" in str(text)]
+    ok(app.selectbox(key="eval_compare_a-tame-gradcam").set_value("gradcam").run())
+    assert app.info[0].value == "Pick two different methods."
+    ok(app.selectbox(key="eval_compare_b-tame-gradcam").set_value("tame").run())
+    flipped = app.dataframe[2].value
+    assert list(flipped["mean difference"]) == [compared[m.split()[0]]["mean"] * -1 for m in flipped["metric"]]
 
 
 def test_heads_from_an_upload_or_the_hub(app, fake_hub, random_head_path):

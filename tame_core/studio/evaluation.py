@@ -2,7 +2,8 @@
 
 An evaluation runs for minutes, so it gets its own copy of the model instead of holding the shared one
 (which would stall every other session's explanations). Its per-image results are saved after every
-batch to a state file named by the settings, in a folder of the session's own
+batch to a state file named by the settings (and small thumbnails of the first images and their maps to
+a folder beside it, :mod:`.per_image`), in a folder of the session's own
 (:class:`~tame_core.studio.storage.SessionFolder`), so a stopped run resumes where it stopped and no
 session starts over, or resumes, another's run.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,9 +21,11 @@ from ..errors import EvaluationError, TameError
 from ..evaluation import EvaluationConfig, EvaluationReport, evaluate
 from ..evaluation.state import MAX_STATE_BYTES, checked_tally
 from ..reading import read_json
-from ..metrics import spec_for
 from .jobs import JobContext
 from .models import ModelChoice, load_model
+from .per_image import ThumbnailKeeper, column_title, thumbnail_folder
+
+__all__ = ["can_resume", "column_title", "evaluation_work", "forget_run", "state_path"]
 
 
 def state_path(config: EvaluationConfig, choice: ModelChoice, folder: str | Path) -> Path:
@@ -40,10 +44,18 @@ def can_resume(config: EvaluationConfig, choice: ModelChoice, state_folder: str 
         return False
 
 
+def forget_run(config: EvaluationConfig, choice: ModelChoice, state_folder: str | Path) -> None:
+    """Drop a stopped run's state and thumbnails, so a fresh run starts over."""
+    state = state_path(config, choice, state_folder)
+    state.unlink(missing_ok=True)
+    shutil.rmtree(thumbnail_folder(state), ignore_errors=True)
+
+
 def evaluation_work(
     choice: ModelChoice, config: EvaluationConfig, context: JobContext, state_folder: str | Path
 ) -> EvaluationReport:
-    """Run the evaluation (resuming its saved state, if any) with progress and stop wired to the job."""
+    """Run the evaluation (resuming its saved state, if any) with progress and stop wired to the job; the
+    first images' thumbnails and maps go to :func:`~.per_image.thumbnail_folder` of its state."""
     context.progress(0.0, "Loading a copy of the model")
     explainer = load_model(choice).explainer
 
@@ -52,11 +64,5 @@ def evaluation_work(
 
     state = state_path(config, choice, state_folder)
     with OutputLock(state, "this evaluation"), context.watching(explainer.backbone):  # one job per state; evaluate checks Stop itself
-        return evaluate(explainer, config, progress, state_path=state, stop=context.stop_event)
-
-
-def column_title(name: str) -> str:
-    """A table heading that says which way is better: ``AD100 ↓``, ``IC100 ↑``."""
-    if name in ("method", "images"):
-        return name
-    return f"{name} {spec_for(name).arrow}"
+        keeper = ThumbnailKeeper(thumbnail_folder(state))  # thumbnails of a stopped run's images are kept
+        return evaluate(explainer, config, progress, state_path=state, stop=context.stop_event, on_maps=keeper)

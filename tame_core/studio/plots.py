@@ -1,4 +1,4 @@
-"""Plotly figures the pages draw: deletion/insertion curves and training losses."""
+"""Plotly figures the pages draw: deletion/insertion curves, training losses and paired comparisons."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from typing import Any, Sequence
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from .methods import CurvePoint, auc_direction
 
@@ -91,3 +92,40 @@ def log_ticks(records: Sequence[dict[str, Any]]) -> list[float]:
     below = [t for t in ticks if t < min(values)][-1:]
     above = [t for t in ticks if t > max(values)][:1]
     return [float(f"{t:.3g}") for t in below + inside + above]
+
+
+#: Interval colours by verdict: the first method better (green), worse (red), or no telling (grey).
+VERDICT_COLOURS = {"better": "#2b8a3e", "worse": "#c92a2a", "within noise": "#868e96"}
+
+
+def comparison_figure(rows: Sequence[dict[str, Any]], a: str, b: str, row_height: int = 58) -> go.Figure:
+    """``a - b`` per metric (rows of :func:`~.per_image.comparison_rows`): the mean difference and its 95 %
+    interval, one small panel per metric (metrics differ in scale) centred on 0, coloured by verdict."""
+    figure = make_subplots(rows=max(1, len(rows)), cols=1, vertical_spacing=0.35 / max(1, len(rows)))
+    shown: set[str] = set()
+    for index, row in enumerate(rows, start=1):
+        colour = VERDICT_COLOURS[row["verdict"]]
+        figure.add_trace(
+            go.Scatter(
+                x=[row["mean difference"]], y=[0], mode="markers", marker={"color": colour, "size": 9},
+                error_x={"type": "data", "symmetric": False, "array": [row["high"] - row["mean difference"]],
+                         "arrayminus": [row["mean difference"] - row["low"]], "color": colour, "thickness": 3, "width": 6},
+                name=row["verdict"], legendgroup=row["verdict"], showlegend=row["verdict"] not in shown,
+                hovertemplate=f"{row['metric']}: %{{x:+.4f}} [{row['low']:+.4f}, {row['high']:+.4f}], {row['verdict']}<extra></extra>",
+            ),
+            row=index, col=1,
+        )
+        shown.add(row["verdict"])
+        reach = max(abs(row["low"]), abs(row["high"]), 1e-9) * 1.2  # 0 in the middle: the side is the answer
+        figure.add_vline(x=0, line_color="#495057", line_width=1, row=index, col=1)
+        figure.update_xaxes(range=[-reach, reach], zeroline=False, row=index, col=1)
+        figure.update_yaxes(
+            tickvals=[0], ticktext=[row["metric"]], range=[-1, 1], row=index, col=1
+        )
+    figure.update_layout(
+        title=f"{a} − {b}: mean difference and 95% interval per metric",
+        height=90 + row_height * max(1, len(rows)),
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1.0, "xanchor": "right"},
+    )
+    return figure
