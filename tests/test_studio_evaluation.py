@@ -150,6 +150,8 @@ def test_the_comparison_table_and_figure_are_report_compare(finished):
         assert mean + trace.error_x.array[0] == pytest.approx(row["high"], abs=1e-12)
         assert mean - trace.error_x.arrayminus[0] == pytest.approx(row["low"], abs=1e-12)
         assert trace.marker.color == VERDICT_COLOURS[row["verdict"]] and trace.name == row["verdict"]
+    flat = comparison_figure([{**rows[0], "mean difference": 0.0, "low": 0.0, "high": 0.0}], "tame", "gradcam")
+    assert list(flat.layout.xaxis.range) == [-1.0, 1.0]  # all images tie: a readable axis, not ±1e-9
     axis = figure.layout.yaxis
     assert list(axis.ticktext) == [rows[0]["metric"]]
     low, high = figure.layout.xaxis.range

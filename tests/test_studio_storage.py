@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tame_core.errors import AccessError
 from tame_core.studio import ModelChoice, store_uploaded_head
 from tame_core.studio import training
 from tame_core.evaluation import EvaluationConfig
-from tame_core.studio.evaluation import state_path
+from tame_core.studio.evaluation import forget_run, state_path
+from tame_core.studio.per_image import ThumbnailKeeper, thumbnail_folder
 from tame_core.studio.storage import ALLOWED_ROOTS_ENV, SessionFolder, server_path, studio_dir
 from tame_core.studio.training import extract_zip, output_path, unpack_upload
 from tame_core.training import TrainingError
@@ -145,8 +147,15 @@ def test_sessions_get_folders_of_their_own_and_scratch_goes_with_them(tmp_path, 
     config, choice = EvaluationConfig(data="/data/x", methods=("tame",)), ModelChoice()
     assert state_path(config, choice, first.evaluations) != state_path(config, choice, second.evaluations)
     state_path(config, choice, second.evaluations).write_text("{}")
-    state_path(config, choice, first.evaluations).unlink(missing_ok=True)  # what a fresh Evaluate does
-    assert state_path(config, choice, second.evaluations).read_text() == "{}"
+    theirs = thumbnail_folder(state_path(config, choice, second.evaluations))
+    ThumbnailKeeper(theirs)(["a.png"], "tame", torch.zeros(1, 3, 8, 8), torch.zeros(1, 8, 8))
+    ThumbnailKeeper(thumbnail_folder(state_path(config, choice, first.evaluations)))(
+        ["a.png"], "tame", torch.zeros(1, 3, 8, 8), torch.zeros(1, 8, 8)
+    )
+    forget_run(config, choice, first.evaluations)  # what a fresh Evaluate does
+    assert state_path(config, choice, second.evaluations).read_text() == "{}" and len(list(theirs.rglob("*.png"))) == 2
+    assert not thumbnail_folder(state_path(config, choice, first.evaluations)).exists()
+    assert theirs.parent == second.evaluations  # under the session's scratch: its clean-up takes them
 
     head = first.heads / "mine.safetensors"
     head.write_bytes(b"kept")

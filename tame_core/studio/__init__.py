@@ -10,7 +10,8 @@ Pure Python over :mod:`tame_core` (nothing here imports Streamlit), so all of it
 * :mod:`.render`: overlays, heatmaps, colour scales and download files; :mod:`.plots`: plotly figures;
 * :mod:`.costs`: estimates before work starts, honest timings after;
 * the work behind the pages: :mod:`.ablation` (Branches), :mod:`.methods` (Deletion curves, Compare),
-  :mod:`.training` (Train), :mod:`.evaluation` (Evaluate); Demo mode uses ``Workspace.precompute``.
+  :mod:`.training` (Train), :mod:`.evaluation` and :mod:`.per_image` (Evaluate); Demo mode uses
+  ``Workspace.precompute``.
 """
 
 from .images import MAX_UPLOAD_MB, UPLOAD_TYPES, ActiveImage, read_upload

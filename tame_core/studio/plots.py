@@ -116,9 +116,9 @@ def comparison_figure(rows: Sequence[dict[str, Any]], a: str, b: str, row_height
             row=index, col=1,
         )
         shown.add(row["verdict"])
-        reach = max(abs(row["low"]), abs(row["high"]), 1e-9) * 1.2  # 0 in the middle: the side is the answer
+        reach = max(abs(row["low"]), abs(row["high"])) * 1.2 or 1.0  # 0 in the middle: the side is the answer
         figure.add_vline(x=0, line_color="#495057", line_width=1, row=index, col=1)
-        figure.update_xaxes(range=[-reach, reach], zeroline=False, row=index, col=1)
+        figure.update_xaxes(range=[-reach, reach], zeroline=False, nticks=7, row=index, col=1)
         figure.update_yaxes(
             tickvals=[0], ticktext=[row["metric"]], range=[-1, 1], row=index, col=1
         )
