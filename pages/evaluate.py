@@ -112,8 +112,8 @@ def per_image_table(report, thumbnails) -> None:
     count = image_count(report)
     cut = f" Thumbnails for the first {MAX_THUMBNAIL_IMAGES} of {count} images only." if count > MAX_THUMBNAIL_IMAGES else ""
     st.caption(
-        "One row per image and method. Click a heading to sort: sorting by AD100 ↓ from the top, for example, "
-        "brings the images a method explains worst to the top; hover a thumbnail to enlarge it." + cut
+        "One row per image and method. Click a heading to sort: AD100 ↓ sorted from high to low, for example, "
+        "puts the images a method explains worst first; hover a thumbnail to enlarge it." + cut
     )
 
 
@@ -148,7 +148,7 @@ def comparison(report) -> None:
     )
     st.caption(
         f"Each image's value for {a} minus its value for {b}, averaged over the images both measured; the "
-        "interval comes from resampling the images (2,000 bootstrap draws). " + WITHIN_NOISE
+        "interval comes from resampling the images (a bootstrap). " + WITHIN_NOISE
     )
 
 
