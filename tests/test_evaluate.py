@@ -417,7 +417,7 @@ def _resume_and_count(explainer, folder, settings, forwards, tmp_path, monkeypat
     reads: list[str] = []
     real_load = run_module.load_image
     monkeypatch.setattr(run_module, "load_image", lambda path, **kw: reads.append(Path(path).name) or real_load(path, **kw))
-    whole = run_evaluation(explainer, folder, ["tame"], **settings)
+    whole = run_evaluation(explainer, folder, ["tame"], state_path=tmp_path / "whole.json", **settings)
 
     state, stop = tmp_path / "state.json", threading.Event()
     run_evaluation(explainer, folder, ["tame"], state_path=state, stop=stop,
@@ -434,6 +434,9 @@ def _resume_and_count(explainer, folder, settings, forwards, tmp_path, monkeypat
     forwards.clear()
     run_evaluation(explainer, folder, ["tame"], list_file=listing, **settings)
     assert resumed_forwards == sum(forwards) > 0  # not one forward for a finished image
+    # the state counts the forwards of its saved batches over both attempts: those of one whole run
+    counted = [json.loads(path.read_text())["tally"]["forwards"] for path in (state, tmp_path / "whole.json")]
+    assert counted[0] == counted[1] > 0
     assert [(r["image"], r["method"]) for r in resumed.per_image()] == [(r["image"], r["method"]) for r in whole.per_image()]
     for mine, theirs in zip(resumed.per_image(), whole.per_image()):
         for name in ("AD100", "IC50", "AD15"):

@@ -93,3 +93,85 @@ def test_two_processes_killed_mid_run_resume_without_redoing_an_image(tmp_path, 
         assert [row["image"] for row in after[rank]] == [f"img{i}.png" for i in range(rank, 8, 2)]
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert [row["image"] for row in rows] == [f"img{i}.png" for i in range(8)]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [int(item[5:]) for item in environ if item.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+@pytest.mark.slow
+def test_one_rank_killed_under_max_restarts_finishes_without_redoing_an_image(tmp_path, random_head_path):
+    """Rank 1 alone is killed (SIGKILL) mid-run under `torchrun --max-restarts 1`: torchrun restarts both
+    ranks, each continues its own state, and the run ends with every image once, the rows finished before
+    the kill unchanged, and exactly the forwards of an uninterrupted run (counted in the states: no finished
+    image computed twice). Rank 0's progress bar counts both ranks' images."""
+    import re
+    import signal
+    import time
+
+    folder = noise_folder(tmp_path / "images", 8)
+    arguments = ["evaluate", "--head", str(random_head_path), "--device", "cpu", "--data", str(folder), "--methods", "tame",
+                 "--metrics", "adic,curves", "--steps", "8", "--baseline", "black", "--batch-size", "1"]
+    assert main([*arguments, "--no-progress", "--out", str(tmp_path / "one")]) == 0
+    uninterrupted = json.loads((tmp_path / "one" / "evaluation_state.json").read_text())["tally"]["forwards"]
+
+    out = tmp_path / "out"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "--max-restarts", "1", "-m", "tame_core",
+               *arguments, "--out", str(out)]
+    # PyTorch issue 135712: with the store torchrun shares with its workers, a restarted worker may read the
+    # previous attempt's gloo addresses and fail or hang; the README says to set this with --max-restarts
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    states = [out / f"evaluation_state.rank{rank}-of-2.json" for rank in (0, 1)]
+
+    def rows(path: Path) -> list[dict]:
+        try:
+            return json.loads(path.read_text())["tally"]["rows"]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and process.poll() is None and not rows(states[1]):
+            time.sleep(0.05)
+        workers = {_rank_of(pid): pid for pid in _descendants(process.pid)}
+        assert process.poll() is None and 1 in workers, "the run ended before rank 1 could be killed"
+        os.kill(workers[1], signal.SIGKILL)
+        before = {rank: rows(states[rank]) for rank in (0, 1)}
+        assert 0 < len(before[1]) < 4
+        stdout, stderr = process.communicate(timeout=900)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr[-3000:]
+    after = {rank: rows(states[rank]) for rank in (0, 1)}
+    for rank in (0, 1):
+        assert after[rank][: len(before[rank])] == before[rank]  # kept as they were, timings included
+        assert [row["image"] for row in after[rank]] == [f"img{i}.png" for i in range(rank, 8, 2)]
+    counted = sum(json.loads(state.read_text())["tally"]["forwards"] for state in states)
+    assert counted == uninterrupted > 0
+    table = [line for line in stdout.splitlines() if line.startswith("tame ")]
+    assert len(table) == 1 and table[0].split()[-1] == "8"
+    bars = re.findall(r"evaluate:.*?\b(\d+)/(\d+)\b", stderr)  # rank 0's bar: both ranks' images
+    assert bars and bars[-1] == ("8", "8")

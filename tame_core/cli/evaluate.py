@@ -110,7 +110,7 @@ def _run_rank(args: argparse.Namespace, config: Any, compared: tuple[str, str] |
 
     def progress(done: int, total: int, message: str) -> None:
         bar.total = total
-        bar.n = done
+        bar.n = round(done, 1)  # a part of the image in flight, without 16 digits
         bar.set_postfix_str(message, refresh=True)
 
     try:

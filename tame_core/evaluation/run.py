@@ -128,13 +128,24 @@ def evaluate(
     per_image = {m: get_method(m).expected_passes(explainer, **options[m])[0] for m in methods}
     preprocess = backbone.preprocess
     warmed: set[str] = set()
-    unit = {"done": 0.0, "span": 0.0, "expected": 0, "seen": 0, "message": ""}
+    unit = {"done": 0.0, "span": 0.0, "expected": 0, "seen": 0, "message": "", "forwards": 0}
+    # rank 0's progress counts every rank's images: each rank adds its finished units to a shared count
+    shared = dist.counter("evaluate-done") if world > 1 else None
+    everyone = (sum(dist.gather([total])), sum(dist.gather([done]))) if shared is not None else (total, done)
+
+    def show(local: float, message: str) -> None:
+        """Progress of ``local`` units on this rank (finished ``done`` plus a part of the one in flight)."""
+        if progress is None or rank != 0:
+            return
+        finished = everyone[1] + shared(0) if shared is not None else done
+        progress(finished + (local - done), everyone[0], message)
 
     def on_forward(images: int) -> None:  # progress inside a (method, batch) unit, from its forwards
         unit["seen"] += images
-        if progress is not None and unit["expected"]:
+        unit["forwards"] += images
+        if unit["expected"]:
             part = min(1.0, unit["seen"] / unit["expected"])
-            progress(unit["done"] + part * unit["span"], total, unit["message"])
+            show(unit["done"] + part * unit["span"], unit["message"])
 
     try:
         with stop_on(backbone, stop, on_forward):
@@ -150,6 +161,7 @@ def evaluate(
                     except ImageLoadError as error:
                         unreadable.append(str(error))
                 outcomes = []  # applied once every method has finished the batch: a stop drops the batch whole
+                unit["forwards"] = 0  # images through the backbone for this batch's results (warm-ups left out)
                 if pictures:
                     inputs = preprocess.batch(pictures, "crop", explainer.device)
                     with torch.no_grad():
@@ -166,26 +178,29 @@ def evaluate(
                             n * metric_forwards([g], steps, road_percentages) for g, n in counts.items()
                         )
                         unit.update(done=done, span=span, expected=expected, seen=0, message=message)
-                        if progress is not None:
-                            progress(done, total, message)
+                        show(done, message)
                         if method not in warmed:  # time the method's own work, not its first call's set-up
+                            before = unit["forwards"]
                             warm_up(explainer, inputs, classes, method, **options[method])
                             warmed.add(method)
-                            unit["seen"] = 0
+                            unit["seen"], unit["forwards"] = 0, before
                         outcomes.extend(_evaluate_method(
                             method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
                             counts, config, [keys[position] for position in positions[:keep]], on_maps,
                         ))
                         done += span
-                tally.add([keys[position] for position in batch], outcomes, unreadable)  # the whole batch, or none of it
+                        if shared is not None:
+                            shared(span)
+                # the whole batch, or none of it
+                tally.add([keys[position] for position in batch], outcomes, unreadable, unit["forwards"])
                 save_state(state_path, settings, tally)
     except Stopped:
         pass  # the batch in progress is dropped; the report covers the images done
-    if progress is not None and not (stop is not None and stop.is_set()):
-        progress(done, total, "done")
     rows, skipped, images_done = tally.rows, tally.skipped, tally.images_done
     if world > 1:  # every rank's rows, merged (a rank stopped early contributes what it finished)
         rows, skipped, images_done = dist.gather(rows), sorted(dist.gather(skipped)), sum(dist.gather([images_done]))
+    if not (stop is not None and stop.is_set()):
+        show(done, "done")  # after the merge: every rank has finished
     order = {key: index for index, key in enumerate(keys)}
     rows = sorted(rows, key=lambda row: (order.get(row["image"], len(order)), methods.index(row["method"])))
     return EvaluationReport.from_rows({**settings, "images_done": images_done}, rows, methods, skipped)

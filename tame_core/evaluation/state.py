@@ -29,6 +29,9 @@ class Tally:
         self.rows: list[dict[str, Any]] = data.get("rows", [])
         self.done: list[str] = data.get("done", [])  # keys of the images finished (read or not), in the order done
         self.skipped: list[str] = data.get("skipped", [])  # one message per unreadable image
+        #: Images passed through the backbone for the saved batches, over every attempt (warm-ups left out):
+        #: a resume that redid a finished image would show here.
+        self.forwards: int = data.get("forwards", 0)
 
     def finished(self) -> set[str]:
         """Keys of the images done: measured by every method that takes them, or unreadable."""
@@ -38,14 +41,17 @@ class Tally:
     def images_done(self) -> int:
         return len(self.done)
 
-    def add(self, images: Sequence[str], rows: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> None:
-        """One batch: the keys of all its images, their rows and the messages of the unreadable ones."""
+    def add(self, images: Sequence[str], rows: Sequence[dict[str, Any]], skipped: Sequence[str] = (), forwards: int = 0) -> None:
+        """One batch: the keys of all its images, their rows, the messages of the unreadable ones and the
+        images it passed through the backbone."""
         self.done.extend(images)
         self.rows.extend(rows)
         self.skipped.extend(skipped)
+        self.forwards += forwards
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "done": self.done, "skipped": self.skipped, "images_done": self.images_done}
+        return {"rows": self.rows, "done": self.done, "skipped": self.skipped, "images_done": self.images_done,
+                "forwards": self.forwards}
 
 
 def load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> Tally:
@@ -85,6 +91,8 @@ def checked_tally(tally: dict[str, Any], settings: dict[str, Any], path: Any) ->
         problem = f"done must be a list of at most {images} image names"
     elif not (isinstance(rows, list) and all(_row(row) for row in rows)):
         problem = "rows must be objects with an image, a method, costs of 0 or more and numbers as values"
+    elif not _whole(tally.get("forwards", 0)):
+        problem = f"forwards must be a whole number of 0 or more, got {_shown(tally.get('forwards'))}"
     elif not (isinstance(tally.get("skipped", []), list) and all(isinstance(x, str) for x in tally.get("skipped", []))):
         problem = "skipped must be a list of texts"
     if problem:

@@ -7,7 +7,7 @@ training runs in one process and every collective here is a no-op.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,22 @@ class Distributed:
         box = [value if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def counter(self, name: str) -> Callable[[int], int]:
+        """``add(n)``: adds ``n`` to a count every rank shares and returns the new total (``add(0)`` reads it),
+        without waiting for the other ranks: the process group's key-value store, on every machine. Alone, a
+        local count. A torchrun restart starts a fresh count."""
+        if self.world == 1:
+            total = [0]
+
+            def add(n: int) -> int:
+                total[0] += n
+                return total[0]
+
+            return add
+        store = dist.distributed_c10d._get_default_store()  # the store every rank joined the group through
+        key = f"tame/{name}/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        return lambda n: int(store.add(key, int(n)))
 
     def barrier(self) -> None:
         if self.world > 1:
