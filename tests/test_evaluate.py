@@ -398,6 +398,32 @@ def test_evaluate_writes_per_image_rows_and_compares_on_the_command_line(tmp_pat
         assert float(means[method]["AD50"]) == pytest.approx(np.mean(values), rel=1e-5)
 
 
+def test_a_stop_keeps_the_methods_that_finished_the_batch_in_progress(explainer, tmp_path, monkeypatch):
+    """One batch of 5 images, stopped while its second method runs: the first method's 5 rows are kept (the
+    images are not done), and the resume runs only the method they lack, to the rows of one whole run."""
+    import tame_core.evaluation.run as run_module
+
+    folder = noise_folder(tmp_path / "images", 5)
+    settings = dict(metrics=("adic", "curves"), steps=4, batch_size=8)
+    whole = run_evaluation(explainer, folder, ["tame", "gradcam"], **settings)
+    calls: list[tuple[str, int]] = []
+    real = run_module.explain_with
+    monkeypatch.setattr(run_module, "explain_with", lambda e, x, c, method, **o: calls.append((method, len(x))) or real(e, x, c, method, **o))
+    state, stop = tmp_path / "state.json", threading.Event()
+    stopped = run_evaluation(explainer, folder, ["tame", "gradcam"], state_path=state, stop=stop,
+                             progress=lambda done, total, message: message.startswith("gradcam") and stop.set(), **settings)
+    saved = json.loads(state.read_text())["tally"]
+    assert saved["done"] == [] and sorted((r["image"], r["method"]) for r in saved["rows"]) == [(f"img{i}.png", "tame") for i in range(5)]
+    assert stopped.methods["tame"]["images"] == 5 and "gradcam" not in stopped.methods
+    calls.clear()
+    resumed = run_evaluation(explainer, folder, ["tame", "gradcam"], state_path=state, **settings)
+    assert calls == [("gradcam", 5)]  # not TAME again
+    assert [(r["image"], r["method"]) for r in resumed.per_image()] == [(r["image"], r["method"]) for r in whole.per_image()]
+    for mine, theirs in zip(resumed.per_image(), whole.per_image()):
+        for name in ("AD100", "IC15", "deletion_auc", "insertion_auc"):
+            assert mine[name] == pytest.approx(theirs[name], abs=1e-5), (mine["image"], mine["method"], name)
+
+
 def test_a_resumed_run_redoes_no_finished_image(explainer, tmp_path, monkeypatch):
     """Stopped in its 3rd batch, then resumed: the resumed run forwards exactly what a run of the images
     left does, each finished image was read once, and the rows are those of one whole run."""

@@ -120,6 +120,7 @@ def evaluate(
     tally = load_state(state_path, settings)
     keys = [image_key(path, config.data) for path in files]
     finished = tally.finished()
+    measured = {(row["image"], row["method"]) for row in tally.rows}  # with a stopped batch's finished methods
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     mine = [position for position in range(len(files)) if position % world == rank]  # this rank's fixed shard
     todo = [position for position in mine if keys[position] not in finished]  # a resume redoes no finished image
@@ -147,6 +148,8 @@ def evaluate(
             part = min(1.0, unit["seen"] / unit["expected"])
             show(unit["done"] + part * unit["span"], unit["message"])
 
+    outcomes: list[dict[str, Any]] = []  # the batch in progress's rows, by finished method
+    kept = {"forwards": 0}
     try:
         with stop_on(backbone, stop, on_forward):
             for first in range(0, len(todo), batch_size):
@@ -160,7 +163,8 @@ def evaluate(
                         positions.append(position)
                     except ImageLoadError as error:
                         unreadable.append(str(error))
-                outcomes = []  # applied once every method has finished the batch: a stop drops the batch whole
+                outcomes = []  # applied once every method has finished the batch; on a stop, each finished method's
+                kept["forwards"] = 0  # images through the backbone up to the last finished method
                 unit["forwards"] = 0  # images through the backbone for this batch's results (warm-ups left out)
                 if pictures:
                     inputs = preprocess.batch(pictures, "crop", explainer.device)
@@ -172,9 +176,17 @@ def evaluate(
                         if keep == 0:
                             continue
                         span = _before(batch, limits.get(method))
+                        # the images this method still lacks (all, unless a stop kept its rows for this batch)
+                        need = [i for i in range(keep) if (keys[positions[i]], method) not in measured]
+                        if not need:
+                            done += span
+                            if shared is not None:
+                                shared(span)
+                            continue
+                        rows_of = slice(0, keep) if len(need) == keep else torch.tensor(need, device=inputs.device)
                         message = f"{method} on images {start + 1}-{batch[-1] + 1} of {len(files)}"
-                        counts = {g: _before(positions[:keep], group_limits.get(g)) for g in metrics}
-                        expected = keep * per_image[method] + sum(
+                        counts = {g: _before([positions[i] for i in need], group_limits.get(g)) for g in metrics}
+                        expected = len(need) * per_image[method] + sum(
                             n * metric_forwards([g], steps, road_percentages) for g, n in counts.items()
                         )
                         unit.update(done=done, span=span, expected=expected, seen=0, message=message)
@@ -185,17 +197,24 @@ def evaluate(
                             warmed.add(method)
                             unit["seen"], unit["forwards"] = 0, before
                         outcomes.extend(_evaluate_method(
-                            method, explainer, inputs[:keep], classes[:keep], logits[:keep], options[method],
-                            counts, config, [keys[position] for position in positions[:keep]], on_maps,
+                            method, explainer, inputs[rows_of], classes[rows_of], logits[rows_of], options[method],
+                            counts, config, [keys[positions[i]] for i in need], on_maps,
                         ))
+                        kept["forwards"] = unit["forwards"]
                         done += span
                         if shared is not None:
                             shared(span)
-                # the whole batch, or none of it
                 tally.add([keys[position] for position in batch], outcomes, unreadable, unit["forwards"])
                 save_state(state_path, settings, tally)
-    except Stopped:
-        pass  # the batch in progress is dropped; the report covers the images done
+                outcomes = []
+    except (Stopped, KeyboardInterrupt) as interrupted:
+        # the methods that finished the batch in progress keep their rows (its images are not done: a resume
+        # runs only the methods they still lack); the method in flight is dropped
+        if outcomes:
+            tally.add([], outcomes, (), kept["forwards"])
+            save_state(state_path, settings, tally)
+        if isinstance(interrupted, KeyboardInterrupt):
+            raise
     rows, skipped, images_done = tally.rows, tally.skipped, tally.images_done
     if world > 1:  # every rank's rows, merged (a rank stopped early contributes what it finished)
         rows, skipped, images_done = dist.gather(rows), sorted(dist.gather(skipped)), sum(dist.gather([images_done]))
