@@ -272,7 +272,7 @@ def test_compare_shows_each_method_with_time_and_passes(app):
     assert list(app.dataframe[0].value["method"]) == ["tame", "gradcam", "xgradcam"]
 
 
-def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_within_two_seconds(app):
+def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_at_the_next_forward(app):
     pick_sample(app)
     open_page(app, "compare")
     finish_jobs(app)  # the quick default comparison methods start by themselves
@@ -290,7 +290,7 @@ def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_within_two_s
     ok(app.run())
     ok(app.button(key="stop-compare").click().run())
     assert not job.running, "RISE ignored Stop"
-    assert job.state is JobState.STOPPED and job.stop_latency < 2.0
+    assert job.state is JobState.STOPPED and job.forwards_after_stop <= 1  # counted: a busy machine cannot fail it
     assert "stopped" in app.warning[0].value and "after you asked" in app.warning[0].value  # on the very next screen
     assert app.button(key="compare_start").label.startswith("Run rise")  # offered again, not restarted
 

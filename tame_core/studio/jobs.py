@@ -93,6 +93,7 @@ class JobContext:
         def counted(images: int) -> None:
             with self._job._lock:
                 self._job._forwards += images
+                self._job._forward_calls += 1
             if on_forward is not None:
                 on_forward(images)
 
@@ -162,6 +163,8 @@ class Job:
         self._stop_reason: str | None = None
         self._seen = time.monotonic()
         self._forwards = 0
+        self._forward_calls = 0
+        self._calls_at_stop: int | None = None
 
     def start(self) -> "Job":
         if self._thread is not None:
@@ -179,6 +182,7 @@ class Job:
         with self._lock:
             if self._stop_asked is None:
                 self._stop_asked, self._stop_reason = time.monotonic(), reason
+                self._calls_at_stop = self._forward_calls
         self._stop.set()
 
     def touch(self) -> None:
@@ -289,6 +293,18 @@ class Job:
     def forwards(self) -> int:
         """Images sent forward through the models the work watches (see :meth:`JobContext.watching`)."""
         return self._forwards
+
+    @property
+    def forward_calls(self) -> int:
+        """Forwards (calls, any batch size) started through the models the work watches: a stop is honoured
+        when at most one more starts after it is asked (the one that finds the flag set)."""
+        return self._forward_calls
+
+    @property
+    def forwards_after_stop(self) -> int | None:
+        """Forwards started after Stop was asked (None if it never was): 0 or 1 when the work honours it at
+        its next forward, however busy the machine (what the tests check instead of a time)."""
+        return None if self._calls_at_stop is None else self._forward_calls - self._calls_at_stop
 
     @property
     def stop_reason(self) -> str | None:
