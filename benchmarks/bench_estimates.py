@@ -10,9 +10,10 @@ function) with the embedded default model. Two ratios are printed per piece:
 * **live**: the job's remaining-time estimate (:attr:`Job.remaining`, the rate of this run so far) read once
   a quarter of the work is done ÷ the time that was actually left then.
 
-"busy" repeats everything while two processes keep both cores busy (a neighbour on a shared machine); the
-forward time behind the "before" estimates stays the one measured in the quiet phase, as a server that
-started on a quiet machine keeps it.
+"busy" repeats everything while two processes keep both cores busy (a neighbour on a shared machine). The
+server measured its forward time in the quiet phase; the busy phase first waits until that figure is
+:data:`~tame_core.studio.costs.FORWARD_MAX_AGE_S` old and asks for it once, as any page render does, so the
+background refresh sees the neighbour (what a server that has been busy for half a minute shows).
 The target is 0.67-1.5 for every ratio. FOLDER holds photos (for example ../shared/data/imagenet-samples);
 the first ``--images`` are evaluated, the first 16 trained on, the first one explained.
 """
@@ -66,6 +67,15 @@ def ratio(estimate: float | None, actual: float | None) -> str:
     return f"{estimate / actual:5.2f}" if estimate is not None and actual else "    –"
 
 
+def settle_forward_time() -> None:
+    """Let the server's forward time go stale under the neighbour, ask for it, and wait for the refresh."""
+    model = load_model(default_choice())
+    time.sleep(costs.FORWARD_MAX_AGE_S + 1)
+    costs.forward_seconds(model)
+    while model.key in costs._REFRESHING:
+        time.sleep(0.1)
+
+
 def measure(folder: Path, images: int, scratch: Path) -> list[tuple[str, str, str, float]]:
     choice = default_choice()
     model = load_model(choice)
@@ -109,6 +119,8 @@ def main() -> None:
             for burner in burners:
                 burner.start()
             try:
+                if burners:
+                    settle_forward_time()
                 for work, before, live, seconds in measure(args.folder, args.images, Path(scratch)):
                     print(f"{phase:6} {work:42} {before:>6} {live:>6} {seconds:9.1f}", flush=True)
             finally:

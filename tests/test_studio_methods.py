@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import zipfile
 
@@ -188,6 +189,29 @@ def test_a_baseline_added_to_the_curves_is_computed_alone(subject):
     assert curves_estimate(subject, ["tame", "gradcam"], 4, cache).forwards == 0
     estimate = curves_estimate(subject, ["gradcam++"], 4, cache)
     assert (estimate.forwards, estimate.backwards) == (1 + 2 * 5, 1) and estimate.seconds > 0
+
+
+def test_a_stale_forward_time_is_measured_again_in_the_background(model, monkeypatch):
+    """The caller never waits for a refresh: it gets the last figure, and the next call the new one."""
+    costs.forward_seconds(model)
+    measured = iter([0.5, 0.25])
+    started = threading.Event()
+
+    def slow_measure(model, batch):
+        started.set()
+        return next(measured)
+
+    monkeypatch.setattr(costs, "_measure", slow_measure)
+    old, when = costs._FORWARD_SECONDS[model.key]
+    assert costs.forward_seconds(model) == old and not started.is_set()  # fresh: not measured again
+    costs._FORWARD_SECONDS[model.key] = (old, when - costs.FORWARD_MAX_AGE_S - 1)
+    assert costs.forward_seconds(model) == old  # stale: the old figure at once, a refresh started
+    assert started.wait(10)
+    deadline = time.monotonic() + 10
+    while model.key in costs._REFRESHING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert costs.forward_seconds(model) == 0.5  # the refreshed figure
+    costs._FORWARD_SECONDS[model.key] = (old, when)
 
 
 def test_costs_are_estimated_from_stated_passes_and_measured_forwards(model, subject):
