@@ -480,7 +480,7 @@ def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_imag
     assert list(table["method"]) == ["tame"] and list(table["images"]) == [2]
     assert {"AD100 ↓", "IC100 ↑", "deletion_auc ↓", "insertion_auc ↑", "ms_per_image ↓", "× TAME time"} <= set(table.columns)
     assert [b.label for b in app.get("download_button")] == ["Results (.csv)", "Results (.json)", "Per image (.csv)"]
-    assert list(app.dataframe[1].value["image"]) == ["chelsea.png", "rocket.png"]
+    assert list(app.dataframe[2].value["image"]) == ["chelsea.png", "rocket.png"]
     assert "Evaluate two methods or more to compare them image by image." in [c.value for c in app.caption]
 
 
@@ -494,7 +494,7 @@ def test_evaluate_page_shows_each_image_and_the_paired_comparison(app, tmp_path)
     finish_jobs(app)
     ok(app)
     report = app.session_state["workspace"].jobs["evaluate"].result
-    per_image = app.dataframe[1].value
+    per_image = app.dataframe[2].value
     assert list(zip(per_image["image"], per_image["method"])) == [
         (f"img{i}.png", m) for i in range(3) for m in ("tame", "gradcam")
     ]
@@ -502,7 +502,7 @@ def test_evaluate_page_shows_each_image_and_the_paired_comparison(app, tmp_path)
     assert list(per_image["AD100 ↓"]) == pytest.approx([row["AD100"] for row in report.per_image()])
     assert app.selectbox(key="eval_compare_a-tame-gradcam").value == "tame"
     assert app.selectbox(key="eval_compare_b-tame-gradcam").value == "gradcam"
-    table = app.dataframe[2].value
+    table = app.dataframe[3].value
     compared = {row["metric"]: row for row in report.compare("tame", "gradcam")}
     assert list(table["metric"])[:2] == ["AD100 ↓", "IC100 ↑"]
     assert list(table["mean difference"]) == [compared[m.split()[0]]["mean"] for m in table["metric"]]
@@ -515,7 +515,7 @@ def test_evaluate_page_shows_each_image_and_the_paired_comparison(app, tmp_path)
     ok(app.selectbox(key="eval_compare_a-tame-gradcam").set_value("gradcam").run())
     assert app.info[0].value == "Pick two different methods."
     ok(app.selectbox(key="eval_compare_b-tame-gradcam").set_value("tame").run())
-    flipped = app.dataframe[2].value
+    flipped = app.dataframe[3].value
     assert list(flipped["mean difference"]) == [compared[m.split()[0]]["mean"] * -1 for m in flipped["metric"]]
 
 
