@@ -543,3 +543,31 @@ def test_heads_from_an_upload_or_the_hub(app, fake_hub, random_head_path):
     app.sidebar.text_input(key="hub_repo").input("team/missing").run()
     assert not app.exception
     assert app.sidebar.error[0].value.startswith("Cannot load the model: ") and "team/missing" in app.sidebar.error[0].value
+
+
+@pytest.fixture
+def unfinished_head(tmp_path, lite0) -> Path:
+    """A head whose card says its training stopped at step 40 of 400 (what a stopped run saves)."""
+    from tame_core import TAMEHead, save_head
+    from tame_core.checkpoint import metadata_for
+    from tame_core.taps import check_layers
+
+    channels = [info.channels for info in check_layers(lite0, lite0.default_layers)]
+    head = TAMEHead(channels, lite0.num_classes).eval()
+    training = {"finished": False, "steps": 40, "total_steps": 400}
+    path = tmp_path / "heads" / "half_trained.safetensors"
+    path.parent.mkdir()
+    save_head(head, metadata_for(head, lite0, lite0.default_layers, training=training), path)
+    return path
+
+
+def test_a_head_whose_training_did_not_finish_says_so(app, unfinished_head):
+    assert not app.sidebar.warning  # the test head's card says nothing about its training
+    app.sidebar.selectbox(key="head_source").set_value("file").run()
+    ok(app.sidebar.text_input(key="head_path").input(str(unfinished_head)).run())
+    assert [w.value for w in app.sidebar.warning] == [
+        "This head's training did not finish (stopped at step 40 of 400): its maps may be weak."
+    ]
+    ok(app.sidebar.selectbox(key="head_source").set_value("bundled").run())
+    assert not app.sidebar.warning
+
