@@ -571,3 +571,20 @@ def test_a_head_whose_training_did_not_finish_says_so(app, unfinished_head):
     ok(app.sidebar.selectbox(key="head_source").set_value("bundled").run())
     assert not app.sidebar.warning
 
+
+def test_a_head_typed_as_its_card_loads_and_errors_name_no_server_path(app, unfinished_head):
+    app.sidebar.selectbox(key="head_source").set_value("file").run()
+    ok(app.sidebar.text_input(key="head_path").input(str(unfinished_head.with_suffix(".json"))).run())
+    assert app.session_state["model"].choice.head == str(unfinished_head)  # the card's head, loaded
+    card_alone = unfinished_head.with_name("card_alone.json")
+    card_alone.write_bytes(unfinished_head.with_suffix(".json").read_bytes())
+    for typed, message in (
+        (card_alone, "no head checkpoint at card_alone.safetensors (card_alone.json is only its card: the head's "
+                     "weights are the .safetensors file)"),
+        (unfinished_head.with_name("missing.json"), "no head checkpoint at missing.safetensors"),
+    ):
+        app.sidebar.text_input(key="head_path").input(str(typed)).run()
+        assert not app.exception
+        assert app.sidebar.error[0].value == f"Cannot load the model: {message}"
+        shown = [e.value for kind in ("error", "info", "caption", "warning") for e in app.get(kind)]
+        assert not [text for text in shown if str(unfinished_head.parent) in text]  # no server path anywhere
