@@ -165,6 +165,10 @@ def test_several_uploads_are_all_explained(app, sample_images):
         "coffee.png",
         "rocket.png",
     ]
+    coffee = next(b for b in app.button if b.key and b.key.startswith("open-") and b.label.startswith("coffee.png"))
+    ok(coffee.click().run())  # a click in the grid opens that picture: the page and the sidebar follow
+    assert app.session_state["workspace"].current_image.name == "coffee.png"
+    assert app.sidebar.selectbox(key="active_image").value == app.session_state["workspace"].current
 
 
 def branch_tiles(at: AppTest) -> list:
