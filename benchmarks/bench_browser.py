@@ -10,6 +10,9 @@ picture has loaded (its ``src`` changed and it decoded):
 * upload to overlay of a 12 MP phone-sized JPEG (a scikit-image photo enlarged to 4032x3024), target
   <= 1.5 s.
 
+A top-5 row click includes st.dataframe's own 150 ms selection debounce (Streamlit's frontend) before
+the server hears of it; the rest is the page's rerun and the new picture arriving over the websocket.
+
 Usage: python benchmarks/bench_browser.py [--repeats 7] [--uploads 3]
 The bundled head when checkpoints/efficientnet_lite0.safetensors exists (else $TAME_HEAD must name one).
 Figures measured on a loaded machine are upper bounds: the load is printed first.
