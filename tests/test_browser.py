@@ -488,6 +488,7 @@ def test_every_table_fits_at_1280_and_1920(server, page, tmp_path):
 
         nav(page, "Train")
         page.get_by_role("heading", name="Train a head").wait_for(timeout=LONG)
+        page.get_by_text("Choose the images and at least one layer to start.").wait_for(timeout=LONG)  # all drawn
         tables_fit(page, "train", folder, problems)
 
         nav(page, "Evaluate")
