@@ -152,6 +152,8 @@ def sidebar() -> None:
         model, error = st.session_state["model"], st.session_state["model_error"]
         if model is not None:
             st.caption(model.describe())
+            if model.unfinished_note:
+                st.warning(model.unfinished_note)
         elif choice is not None:
             st.error(f"Cannot load the model: {error}")
         images_sidebar()

@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages._shared import class_picker, colour_scale, guarded, image_or_stop, job_status, live, model_or_stop, workspace
 from tame_core.metrics import METRICS, spec_for
-from tame_core.studio import ActiveImage, LoadedModel, render
+from tame_core.studio import ActiveImage, Job, LoadedModel, render
 from tame_core.studio.ablation import (
     MAX_COMBINATIONS_BRANCHES,
     AblationRow,
@@ -50,7 +50,7 @@ def mask_label(names: list[str], mask: tuple[bool, ...]) -> str:
     return " + ".join(name.rsplit(", ", 1)[0] + ")" for name, on in zip(names, mask) if on)
 
 
-def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...], names: list[str]) -> None:
+def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...]) -> Job:
     """AD/IC of the current map, measured for every branch combination in the background."""
     ws = workspace()
     every_combination = len(mask) <= MAX_COMBINATIONS_BRANCHES  # else one job per mask
@@ -95,21 +95,44 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
                 )
         st.markdown(plain_reading(row, model.class_names[class_index]))
         single_image_note(row)
-        if len(rows) > 1:
-            with st.expander("Every combination of branches", expanded=False):
-                st.dataframe(
-                    [
-                        {
-                            "branches on": mask_label(names, r.mask),
-                            "current": "◀" if r.mask == mask else "",
-                            "P(class | image × map)": r.masked_probability,
-                            **r.scores,
-                        }
-                        for r in rows
-                    ],
-                    hide_index=True,
-                    column_config={"P(class | image × map)": st.column_config.NumberColumn(format="percent")},
-                )
+
+    live(job, draw)
+    return job
+
+
+def combinations_panel(job: Job, mask: tuple[bool, ...], names: list[str]) -> None:
+    """Every branch combination's AD/IC, full width (its nine columns fit no side column)."""
+
+    def draw() -> None:
+        rows: list[AblationRow] | None = job.result
+        if not rows or len(rows) < 2:
+            return
+        with st.expander("Every combination of branches", expanded=False):
+            st.dataframe(
+                [
+                    {
+                        "branches on": " + ".join(name.split(" (")[0] for name, on in zip(names, r.mask) if on),
+                        "current": "◀" if r.mask == mask else "",
+                        "P(class | image × map)": r.masked_probability,
+                        **r.scores,
+                    }
+                    for r in rows
+                ],
+                hide_index=True,
+                column_config={
+                    "branches on": st.column_config.TextColumn(help=" · ".join(names)),
+                    "current": st.column_config.TextColumn("", width=32),
+                    "P(class | image × map)": st.column_config.NumberColumn(
+                        "P(class)", format="percent", help="The model's confidence in the class on the picture × map"
+                    ),
+                    **{
+                        name: st.column_config.NumberColumn(
+                            f"{name} {METRICS[name].arrow}", format="%.1f %%" if name.startswith("AD") else "%.0f %%"
+                        )
+                        for name in rows[0].scores
+                    },
+                },
+            )
 
     live(job, draw)
 
@@ -135,6 +158,7 @@ def single_image_note(row: AblationRow) -> None:
             for kept, probability in row.kept.items()
         ],
         hide_index=True,
+        column_order=("pixels kept", "P(class)", "vs whole picture", "AD"),  # IC is the sign of the change
         column_config={
             "P(class)": st.column_config.NumberColumn(format="percent"),
             "AD": st.column_config.NumberColumn(f"AD {spec_for('AD100').arrow}", format="%.1f %%"),
@@ -181,7 +205,7 @@ def body() -> None:
 
     terms = ws.branch_terms(model, image, class_index)
     moved = sum(share for share, on in zip(terms.share(), mask) if on)
-    left, right = st.columns([3, 2], gap="large")
+    left, right = st.columns(2, gap="large")  # the scores' three columns of metrics need half the width
     with left:
         if not any(mask):
             st.warning("All branches are off: the map is the fuser's bias alone, flat.")
@@ -199,7 +223,8 @@ def body() -> None:
         colour_scale()
     with right:
         st.subheader("What the map keeps")
-        scores_panel(model, image, class_index, mask, names)
+        job = scores_panel(model, image, class_index, mask)
+    combinations_panel(job, mask, names)
 
     st.subheader("Each branch's contribution")
     contributions_panel(image, terms, mask, names)

@@ -82,9 +82,11 @@ def body() -> None:
                 width="stretch",
             )
         colour_scale()
+        costs = cost_rows(done)
         st.dataframe(
-            cost_rows(done),
+            costs,
             hide_index=True,
+            column_order=("method", "× TAME time", "ms", "forward passes", "backward passes"),  # timing: below
             column_config={
                 "ms": st.column_config.NumberColumn(f"ms {spec_for('ms_per_image').arrow}", format="%.1f"),
                 "forward passes": st.column_config.NumberColumn(f"forward passes {spec_for('forward_passes').arrow}", format="%d"),
@@ -99,6 +101,7 @@ def body() -> None:
             "in turns with TAME (cheap ones several times, the median shown), so × TAME holds even when the "
             "machine is busy. TAME's time is its backbone forward plus its head."
         )
+        st.caption("  \n".join(f"**{row['method']}**: {row['timing']}." for row in costs))
 
     live(job, draw, every=5.0)
 

@@ -63,15 +63,18 @@ def results(job) -> None:
     report = job.result
     rows = with_relative_times(report.rows())
     shown = ["method", *(c for c in TABLE_COLUMNS if any(c in row for row in rows)), "× TAME time", "images"]
-    st.dataframe(
-        [{column_title(c) if c in TABLE_COLUMNS else c: row.get(c) for c in shown} for row in rows],
-        hide_index=True,
-        column_config={
-            **{column_title(c): st.column_config.NumberColumn(format="%.3f") for c in shown if c in TABLE_COLUMNS},
-            column_title("ms_per_image"): st.column_config.NumberColumn(format="%.1f"),
-            "× TAME time": st.column_config.NumberColumn(format="%.1f×"),
-        },
-    )
+    table = [{column_title(c) if c in TABLE_COLUMNS else c: row.get(c) for c in shown} for row in rows]
+    config = {
+        **{column_title(c): st.column_config.NumberColumn(format="%.3f") for c in shown if c in TABLE_COLUMNS},
+        column_title("ms_per_image"): st.column_config.NumberColumn(format="%.1f"),
+        "× TAME time": st.column_config.NumberColumn(format="%.1f×"),
+    }
+    config[column_title("forward_passes")] = st.column_config.NumberColumn(format="%.1f")
+    config.update(curve_headings())
+    costs = {column_title(c) for c in ("ms_per_image", "forward_passes")} | {"× TAME time", "images"}
+    titles = list(table[0]) if table else []
+    for columns in ([t for t in titles if t not in costs], ["method", *(t for t in titles if t in costs)]):
+        st.dataframe(table, hide_index=True, column_order=columns, column_config=config)  # one table would not fit
     st.caption(
         "↓ lower is better, ↑ higher is better. Every metric (ROAD per level too) is in the downloads. Times are "
         "each method's own work per image, warm (each cheap method runs once untimed first)."
@@ -92,6 +95,16 @@ def results(job) -> None:
     comparison(report)
 
 
+def curve_headings() -> dict[str, object]:
+    """Narrower headings for the curves' AUC columns ("Del ↓"), so that the tables fit a 1280 px window."""
+    return {
+        column_title(curve): st.column_config.NumberColumn(
+            column_title(curve).replace(curve, short), format="%.3f", help=f"area under the {curve.split('_')[0]} curve"
+        )
+        for curve, short in (("deletion_auc", "Del"), ("insertion_auc", "Ins"))
+    }
+
+
 def per_image_table(report, thumbnails) -> None:
     rows = per_image_rows(report, thumbnails)
     if not rows:
@@ -106,7 +119,9 @@ def per_image_table(report, thumbnails) -> None:
             "picture": st.column_config.ImageColumn("picture", help="the centre crop the classifier sees"),
             "map": st.column_config.ImageColumn("map", help="this method's map over it"),
             **{name: st.column_config.NumberColumn(format="%.3f") for name in metrics},
+            **curve_headings(),
         },
+        column_order=[name for name in rows[0] if name != "picture"],  # the map shows the picture under it
         key="eval_per_image_table",
     )
     count = image_count(report)

@@ -9,6 +9,9 @@ from tame_core.maps import COLORMAPS
 from tame_core.studio import ActiveImage, LoadedModel, render
 
 GRID_COLUMNS = 4
+#: Pixel widths of the top-5's columns: with the row checkboxes they fit the controls column of a 1280 px
+#: window (about 290 px); a wider window shares out the rest.
+TOP5_WIDTHS = (150, 100)
 
 
 def all_images(model: LoadedModel, alpha: float, colormap: str) -> None:
@@ -53,10 +56,12 @@ def body() -> None:
             key=top5,
             on_select="rerun",
             selection_mode="single-row",
-            column_order=("rank", "class", "probability"),
+            column_order=("class", "probability"),  # the rows are in rank order; widths fit the narrowest column
             column_config={
-                "rank": st.column_config.NumberColumn("#", width="small"),
-                "probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+                "class": st.column_config.TextColumn(width=TOP5_WIDTHS[0]),
+                "probability": st.column_config.ProgressColumn(
+                    format="percent", min_value=0.0, max_value=1.0, width=TOP5_WIDTHS[1]
+                ),
             },
         )
         st.caption("Click a row to explain that class.")

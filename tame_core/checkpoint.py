@@ -223,7 +223,9 @@ def locate_head(source: str | os.PathLike | None, backbone_name: str, revision: 
     tensor_path = paths_for(path)[0] if path.name else path
     if path.suffix in (".safetensors", ".json") or path.exists() or tensor_path.exists():
         if not tensor_path.is_file():
-            raise CheckpointError(f"no head checkpoint at {tensor_path}")
+            card = paths_for(tensor_path)[1]
+            beside = f" ({card.name} is only its card: the head's weights are the .safetensors file)" if card.is_file() else ""
+            raise CheckpointError(f"no head checkpoint at {tensor_path}{beside}")
         return tensor_path
     from .hub import is_repo_id, pull_head
 

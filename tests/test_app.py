@@ -165,6 +165,10 @@ def test_several_uploads_are_all_explained(app, sample_images):
         "coffee.png",
         "rocket.png",
     ]
+    coffee = next(b for b in app.button if b.key and b.key.startswith("open-") and b.label.startswith("coffee.png"))
+    ok(coffee.click().run())  # a click in the grid opens that picture: the page and the sidebar follow
+    assert app.session_state["workspace"].current_image.name == "coffee.png"
+    assert app.sidebar.selectbox(key="active_image").value == app.session_state["workspace"].current
 
 
 def branch_tiles(at: AppTest) -> list:
@@ -480,7 +484,7 @@ def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_imag
     assert list(table["method"]) == ["tame"] and list(table["images"]) == [2]
     assert {"AD100 ↓", "IC100 ↑", "deletion_auc ↓", "insertion_auc ↑", "ms_per_image ↓", "× TAME time"} <= set(table.columns)
     assert [b.label for b in app.get("download_button")] == ["Results (.csv)", "Results (.json)", "Per image (.csv)"]
-    assert list(app.dataframe[1].value["image"]) == ["chelsea.png", "rocket.png"]
+    assert list(app.dataframe[2].value["image"]) == ["chelsea.png", "rocket.png"]
     assert "Evaluate two methods or more to compare them image by image." in [c.value for c in app.caption]
 
 
@@ -494,7 +498,7 @@ def test_evaluate_page_shows_each_image_and_the_paired_comparison(app, tmp_path)
     finish_jobs(app)
     ok(app)
     report = app.session_state["workspace"].jobs["evaluate"].result
-    per_image = app.dataframe[1].value
+    per_image = app.dataframe[2].value
     assert list(zip(per_image["image"], per_image["method"])) == [
         (f"img{i}.png", m) for i in range(3) for m in ("tame", "gradcam")
     ]
@@ -502,7 +506,7 @@ def test_evaluate_page_shows_each_image_and_the_paired_comparison(app, tmp_path)
     assert list(per_image["AD100 ↓"]) == pytest.approx([row["AD100"] for row in report.per_image()])
     assert app.selectbox(key="eval_compare_a-tame-gradcam").value == "tame"
     assert app.selectbox(key="eval_compare_b-tame-gradcam").value == "gradcam"
-    table = app.dataframe[2].value
+    table = app.dataframe[3].value
     compared = {row["metric"]: row for row in report.compare("tame", "gradcam")}
     assert list(table["metric"])[:2] == ["AD100 ↓", "IC100 ↑"]
     assert list(table["mean difference"]) == [compared[m.split()[0]]["mean"] for m in table["metric"]]
@@ -515,7 +519,7 @@ def test_evaluate_page_shows_each_image_and_the_paired_comparison(app, tmp_path)
     ok(app.selectbox(key="eval_compare_a-tame-gradcam").set_value("gradcam").run())
     assert app.info[0].value == "Pick two different methods."
     ok(app.selectbox(key="eval_compare_b-tame-gradcam").set_value("tame").run())
-    flipped = app.dataframe[2].value
+    flipped = app.dataframe[3].value
     assert list(flipped["mean difference"]) == [compared[m.split()[0]]["mean"] * -1 for m in flipped["metric"]]
 
 
@@ -543,3 +547,48 @@ def test_heads_from_an_upload_or_the_hub(app, fake_hub, random_head_path):
     app.sidebar.text_input(key="hub_repo").input("team/missing").run()
     assert not app.exception
     assert app.sidebar.error[0].value.startswith("Cannot load the model: ") and "team/missing" in app.sidebar.error[0].value
+
+
+@pytest.fixture
+def unfinished_head(tmp_path, lite0) -> Path:
+    """A head whose card says its training stopped at step 40 of 400 (what a stopped run saves)."""
+    from tame_core import TAMEHead, save_head
+    from tame_core.checkpoint import metadata_for
+    from tame_core.taps import check_layers
+
+    channels = [info.channels for info in check_layers(lite0, lite0.default_layers)]
+    head = TAMEHead(channels, lite0.num_classes).eval()
+    training = {"finished": False, "steps": 40, "total_steps": 400}
+    path = tmp_path / "heads" / "half_trained.safetensors"
+    path.parent.mkdir()
+    save_head(head, metadata_for(head, lite0, lite0.default_layers, training=training), path)
+    return path
+
+
+def test_a_head_whose_training_did_not_finish_says_so(app, unfinished_head):
+    assert not app.sidebar.warning  # the test head's card says nothing about its training
+    app.sidebar.selectbox(key="head_source").set_value("file").run()
+    ok(app.sidebar.text_input(key="head_path").input(str(unfinished_head)).run())
+    assert [w.value for w in app.sidebar.warning] == [
+        "This head's training did not finish (stopped at step 40 of 400): its maps may be weak."
+    ]
+    ok(app.sidebar.selectbox(key="head_source").set_value("bundled").run())
+    assert not app.sidebar.warning
+
+
+def test_a_head_typed_as_its_card_loads_and_errors_name_no_server_path(app, unfinished_head):
+    app.sidebar.selectbox(key="head_source").set_value("file").run()
+    ok(app.sidebar.text_input(key="head_path").input(str(unfinished_head.with_suffix(".json"))).run())
+    assert app.session_state["model"].choice.head == str(unfinished_head)  # the card's head, loaded
+    card_alone = unfinished_head.with_name("card_alone.json")
+    card_alone.write_bytes(unfinished_head.with_suffix(".json").read_bytes())
+    for typed, message in (
+        (card_alone, "no head checkpoint at card_alone.safetensors (card_alone.json is only its card: the head's "
+                     "weights are the .safetensors file)"),
+        (unfinished_head.with_name("missing.json"), "no head checkpoint at missing.safetensors"),
+    ):
+        app.sidebar.text_input(key="head_path").input(str(typed)).run()
+        assert not app.exception
+        assert app.sidebar.error[0].value == f"Cannot load the model: {message}"
+        shown = [e.value for kind in ("error", "info", "caption", "warning") for e in app.get(kind)]
+        assert not [text for text in shown if str(unfinished_head.parent) in text]  # no server path anywhere

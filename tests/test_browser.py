@@ -394,3 +394,127 @@ def record_latency(name: str, seconds: float) -> None:
     known = json.loads(path.read_text()) if path.exists() else {}
     known[name] = round(seconds, 3)
     path.write_text(json.dumps(known, indent=2, sort_keys=True))
+
+
+# --- every table fits at the sizes people demo on -------------------------------------------------------
+SIZES = ((1280, 800), (1920, 1080))
+#: Tables that need a horizontal scroll to be read, as "what (scrollWidth > clientWidth)": st.dataframe
+#: (glide data grid) scrolls in its .dvn-scroller; st.table and html tables in their nearest clipping box.
+OVERFLOWING_TABLES = """() => {
+    const bad = [];
+    const visible = element => element.offsetParent !== null && element.clientWidth > 0;
+    const check = (what, element) => {
+        if (visible(element) && element.scrollWidth > element.clientWidth + 1)
+            bad.push(`${what} (${element.scrollWidth} > ${element.clientWidth})`);
+    };
+    const clipping = element => {
+        for (let box = element.parentElement; box && box !== document.body; box = box.parentElement)
+            if (getComputedStyle(box).overflowX !== 'visible') return box;
+        return document.scrollingElement;
+    };
+    const heading = element => (element.innerText || '').split('\\n')[0].slice(0, 40);
+    document.querySelectorAll('[data-testid="stDataFrame"]').forEach((frame, index) =>
+        check(`dataframe ${index + 1}`, frame.querySelector('.dvn-scroller') || frame));
+    document.querySelectorAll('[data-testid="stTable"]').forEach((table, index) => {
+        check(`st.table ${index + 1}: ${heading(table)}`, table);
+        table.querySelectorAll('*').forEach(inner => {
+            if (['auto', 'scroll', 'hidden', 'clip'].includes(getComputedStyle(inner).overflowX))
+                check(`st.table ${index + 1}: ${heading(table)}`, inner);
+        });
+    });
+    document.querySelectorAll('table').forEach((table, index) => {
+        if (!table.closest('[data-testid="stDataFrame"]'))
+            check(`table ${index + 1}: ${heading(table)}`, clipping(table));
+    });
+    return bad;
+}"""
+
+
+CONTENT_HEIGHT = """() => Math.max(...['[data-testid="stMain"]', '[data-testid="stAppViewContainer"]']
+    .map(selector => document.querySelector(selector)?.scrollHeight || 0), document.scrollingElement.scrollHeight)"""
+
+
+def screenshot_folder(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("TAME_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def tables_fit(page, name: str, folder: Path, problems: list[str]) -> None:
+    """At each size: a screenshot, and into ``problems`` every table wider than its box (once the grid has
+    re-laid itself out) and any None/nan written into the page's text."""
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        try:  # a grid re-lays itself out a frame or two after a resize
+            page.wait_for_function(f"() => ({OVERFLOWING_TABLES})().length === 0", timeout=3_000)
+        except Exception:  # noqa: BLE001 - the assertion below says which table
+            pass
+        problems += [f"{name} at {width}x{height}: {table}" for table in page.evaluate(OVERFLOWING_TABLES)]
+        text = page.locator('[data-testid="stMain"]').inner_text()
+        problems += [f"{name} at {width}x{height} shows {word!r}" for word in re.findall(r"\b(?:None|nan|NaN)\b", text)]
+        # the page scrolls inside stMain, which a full-page screenshot does not follow: as tall as its content
+        page.mouse.move(0, 0)  # no hover toolbar over the picture
+        tall = page.evaluate(CONTENT_HEIGHT)
+        page.set_viewport_size({"width": width, "height": max(height, tall)})
+        page.screenshot(path=str(folder / f"{name}-{width}x{height}.png"))
+
+
+def test_every_table_fits_at_1280_and_1920(server, page, tmp_path):
+    url, _ = server
+    folder = screenshot_folder(tmp_path)
+    data = noise_folder(tmp_path / "images", 2)
+    problems: list[str] = []
+    try:
+        pick_chelsea(page, url)
+        images_loaded(page, 2)
+        page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=LONG)
+        tables_fit(page, "explain", folder, problems)
+
+        nav(page, "Branches")
+        page.get_by_text("AD100").first.wait_for(timeout=LONG)
+        page.get_by_text("Every combination of branches").click()
+        expect_tables(page, 2)  # one picture's probabilities, every combination
+        tables_fit(page, "branches", folder, problems)
+
+        nav(page, "Deletion curves")
+        page.get_by_text(re.compile(r"Deletion and insertion curves \(estimated .*\): done in")).wait_for(timeout=LONG * 2)
+        expect_tables(page, 1)  # the AUCs
+        tables_fit(page, "curves", folder, problems)
+
+        nav(page, "Compare")
+        page.get_by_text(re.compile(r"Comparing methods \(estimated .*\): done in")).wait_for(timeout=LONG)
+        expect_tables(page, 1)  # the costs
+        tables_fit(page, "compare", folder, problems)
+
+        nav(page, "Train")
+        page.get_by_role("heading", name="Train a head").wait_for(timeout=LONG)
+        page.get_by_text("Choose the images and at least one layer to start.").wait_for(timeout=LONG)  # all drawn
+        tables_fit(page, "train", folder, problems)
+
+        nav(page, "Evaluate")
+        page.get_by_label("Folder of images (searched recursively)").fill(str(data))
+        page.get_by_label("Folder of images (searched recursively)").press("Enter")
+        steps = page.locator('[data-testid="stSlider"]').filter(has_text="Curve steps")
+        steps.get_by_role("slider").focus()
+        for _ in range(3):  # 50 -> 25 -> 20 -> 10 curve steps: a quick run
+            page.keyboard.press("ArrowLeft")
+        steps.locator('[data-testid="stSliderThumbValue"]').filter(has_text=re.compile(r"^10$")).wait_for(timeout=LONG)
+        page.get_by_role("button", name=re.compile(r"^Evaluate 2 images")).click()
+        page.get_by_role("heading", name="Paired comparison").wait_for(timeout=LONG)
+        expect_tables(page, 4)  # the means (faithfulness, costs), image by image, the paired comparison
+        tables_fit(page, "evaluate", folder, problems)
+
+        nav(page, "Demo mode")
+        page.get_by_text("the model sees").wait_for(timeout=LONG)
+        images_loaded(page, 2)
+        tables_fit(page, "demo", folder, problems)
+    except Exception:
+        shot(page, "failure-tables")
+        raise
+    assert not problems, "\n".join(problems)
+
+
+def expect_tables(page, count: int) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]')).to_have_count(count, timeout=LONG)
