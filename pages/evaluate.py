@@ -64,10 +64,15 @@ def results(job) -> None:
     rows = with_relative_times(report.rows())
     shown = ["method", *(c for c in TABLE_COLUMNS if any(c in row for row in rows)), "× TAME time", "images"]
     table = [{column_title(c) if c in TABLE_COLUMNS else c: row.get(c) for c in shown} for row in rows]
+    for shown_row, row in zip(table, rows):  # a time too short to mean anything: a dash, the reason in the help
+        ms, relative = shown_row[column_title("ms_per_image")], shown_row["× TAME time"]
+        shown_row[column_title("ms_per_image")] = "–" if ms is None else f"{ms:.1f}"
+        shown_row["× TAME time"] = "–" if relative is None else f"{relative:.1f}×"
+    why = "; ".join(f"{row['method']}: {row['timing']}" for row in rows if row["ms_per_image"] is None)
     config = {
         **{column_title(c): st.column_config.NumberColumn(format="%.3f") for c in shown if c in TABLE_COLUMNS},
-        column_title("ms_per_image"): st.column_config.NumberColumn(format="%.1f"),
-        "× TAME time": st.column_config.NumberColumn(format="%.1f×"),
+        column_title("ms_per_image"): st.column_config.TextColumn(help=f"– = no time: {why}" if why else None),
+        "× TAME time": st.column_config.TextColumn(help=f"– = no time: {why}" if why else None),
     }
     config[column_title("forward_passes")] = st.column_config.NumberColumn(format="%.1f")
     config.update(curve_headings())
