@@ -13,11 +13,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from app_server import wait_until_healthy
 from noise_images import noise_folder
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -76,16 +76,7 @@ def server(chromium, random_head_path, tmp_path_factory):
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:  # the health endpoint answers once the server listens
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start (exit code {process.poll()}); see {log.name}")
-                time.sleep(0.25)
+        wait_until_healthy(url, process, log.name)
         yield url, read_metadata(head).layers
     finally:
         process.terminate()

@@ -67,20 +67,6 @@ class ModelChoice:
             return None
         return (stat.st_mtime_ns, stat.st_size) if stat is not None else None
 
-    @property
-    def unfinished_note(self) -> str | None:
-        """One line when the head's card says its training stopped before the end (a stopped run saves the
-        head as it was): its maps may not yet show what the classifier looks at. None for a finished head,
-        or a card that says nothing about its training."""
-        meta = self.explainer.metadata
-        training = meta.training if meta is not None else {}
-        if training.get("finished") is not False:
-            return None
-        steps, total = training.get("steps"), training.get("total_steps")
-        counted = type(steps) is int and type(total) is int and 0 <= steps <= total  # a card is user input
-        done = f" (stopped at step {steps:,} of {total:,})" if counted else ""
-        return f"This head's training did not finish{done}: its maps may be weak."
-
     def describe(self) -> str:
         if self.head is None:
             source = "bundled head"
