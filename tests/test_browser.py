@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from app_server import wait_until_healthy
+from app_server import running_app
 from noise_images import noise_folder
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -38,11 +35,6 @@ LONG = 240_000  # ms: model load and CPU work on a busy 2-core runner
 SERVER_LOG: dict[str, Path] = {}  # where the app server under test writes its log
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
@@ -60,7 +52,6 @@ def server(chromium, random_head_path, tmp_path_factory):
     from tame_core.checkpoint import read_metadata
     from tame_core.checkpoint import bundled_head_path
 
-    port = _free_port()
     env = dict(os.environ)
     head = bundled_head_path("efficientnet_lite0")
     if not head.exists():
@@ -68,22 +59,10 @@ def server(chromium, random_head_path, tmp_path_factory):
         env["TAME_HEAD"] = str(head)
     log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
     SERVER_LOG["path"] = Path(log.name)
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(url, process, log.name)
-        yield url, read_metadata(head).layers
+        with running_app(log, env) as url:
+            yield url, read_metadata(head).layers
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
         log.close()
 
 
