@@ -205,8 +205,8 @@ def evaluate(
                         if shared is not None:
                             shared(span)
                 tally.add([keys[position] for position in batch], outcomes, unreadable, unit["forwards"])
+                outcomes = []  # in the tally now: an interrupt while saving must not add them twice
                 save_state(state_path, settings, tally)
-                outcomes = []
     except (Stopped, KeyboardInterrupt) as interrupted:
         # the methods that finished the batch in progress keep their rows (its images are not done: a resume
         # runs only the methods they still lack); the method in flight is dropped
