@@ -376,3 +376,18 @@ def test_caveats_for_unlikely_classes_and_tiny_pictures():
     assert render.unlikely_class_note(0.01) is None
     assert render.tiny_picture_note(np.zeros((20, 31, 3), np.uint8)).startswith("This picture is only 31×20 pixels")
     assert render.tiny_picture_note(np.zeros((32, 500, 3), np.uint8)) is None
+
+
+def test_time_left_times_the_later_half_so_a_slow_start_does_not_inflate_it():
+    from tame_core.studio.jobs import time_left
+
+    # first 10 % took 5 s (warm-up), then 10 % per second: 60 % done at t = 10 s
+    marks = [(0.0, 0.05), (5.0, 0.1), *[(5.0 + i, 0.1 + 0.1 * i) for i in range(1, 6)]]
+    assert time_left(marks, 10.0) == pytest.approx(4.0)  # 40 % left at 10 % per second
+    since_start = (10.0 - 0.0) / (0.6 - 0.05) * 0.4
+    assert since_start > 7  # what the rate since the first progress would have said
+    assert time_left([], 3.0) is None
+    assert time_left([(0.0, 0.1), (0.5, 0.3)], 0.9) is None  # under a second since the first progress
+    assert time_left([(0.0, 0.10), (2.0, 0.12)], 2.0) is None  # under a twentieth of the work
+    # the later half too short to time: the whole run since the first progress is used
+    assert time_left([(0.0, 0.1), (2.0, 0.3)], 2.0) == pytest.approx(2.0 / 0.2 * 0.7)

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +53,26 @@ def share_cpu_between_threads(cores: int | None = None) -> int:
     threads = max(1, (cores if cores is not None else os.cpu_count() or 1) // 2)
     torch.set_num_threads(threads)
     return threads
+
+
+def time_left(marks: Sequence[tuple[float, float]], now: float) -> float | None:
+    """Seconds left after the progress ``marks`` ((when, fraction done), in order) at time ``now``.
+
+    The rate is taken over the later half of the progress made so far, not since the start: the first
+    part of a run carries warm-ups and first calls (a forward that builds its kernels, a dataset's
+    first reads), which would make the estimate of the rest about twice too long on short runs. Setup
+    before the first progress never counts. None until a twentieth of the work and a second have passed.
+    """
+    if not marks:
+        return None
+    (first_at, first), (_, done) = marks[0], marks[-1]
+    if now - first_at < 1.0 or done - first < 0.05:
+        return None
+    middle = (first + done) / 2
+    since_at, since = next((t, p) for t, p in marks if p >= middle)
+    if now - since_at < 0.5 or done - since < 0.025:  # the later half is too short to time: use it all
+        since_at, since = first_at, first
+    return (now - since_at) / (done - since) * (1.0 - done)
 
 
 class JobState(str, enum.Enum):
@@ -109,8 +129,8 @@ class JobContext:
         with self._job._lock:
             if fraction is not None:
                 self._job._progress = min(1.0, max(0.0, float(fraction)))
-                if self._job._first_progress is None and self._job._progress > 0:
-                    self._job._first_progress = (time.monotonic(), self._job._progress)
+                if self._job._progress > 0:
+                    self._job._marks.append((time.monotonic(), self._job._progress))
             if message is not None:
                 self._job._message = message
 
@@ -152,7 +172,7 @@ class Job:
         self._thread: threading.Thread | None = None
         self._state = JobState.PENDING
         self._progress = 0.0
-        self._first_progress: tuple[float, float] | None = None  # (when, fraction) of the first progress made
+        self._marks: list[tuple[float, float]] = []  # (when, fraction) at each progress made: the live rate
         self._message = ""
         self._records: list[Any] = []
         self._result: Any = None
@@ -279,15 +299,13 @@ class Job:
 
     @property
     def remaining(self) -> float | None:
-        """Seconds left at the rate this run has kept since its first progress (setup excluded, so a busy
-        machine's slowness is in it); None until a twentieth of the work and a second have passed."""
-        first = self._first_progress
-        if first is None or not self.running:
+        """Seconds left at the rate this run keeps now (see :func:`time_left`); None until a twentieth of the
+        work and a second have passed since the first progress, and once the job has ended."""
+        if not self.running:
             return None
-        since, done = time.monotonic() - first[0], self._progress - first[1]
-        if since < 1.0 or done < 0.05:
-            return None
-        return since / done * (1.0 - self._progress)
+        with self._lock:
+            marks = list(self._marks)
+        return time_left(marks, time.monotonic())
 
     @property
     def forwards(self) -> int:
