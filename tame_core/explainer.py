@@ -20,14 +20,25 @@ from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
 from .checkpoint import HeadMetadata, check_fits, classifier_weights_for, load_head, locate_head
 from .classes import ClassChoice, class_matrix
 from .devices import auto_device, autocast
-from .errors import CheckpointError, LayerError, OptionError
-from .head import TAMEHead
+from .errors import CheckpointError, OptionError
+from .head import BranchMask, TAMEHead, parse_branch_mask
 from .maps import minmax_normalize, resize_maps
 from .preprocessing import INPUT, Geometry, as_image_tensors, check_geometry, model_inputs
 from .taps import LayerTaps
 
 #: Values held at once while maps are made class chunk by class chunk (see ``maps_from_features``).
 CHUNK_ELEMENTS = 1 << 21
+
+
+class _Keep:
+    """The type of :data:`KEEP`."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+#: "Leave this choice as it is" for :meth:`Explanation.with_choices` (``None`` means top-1 / every branch on).
+KEEP = _Keep()
 
 
 @dataclass
@@ -66,24 +77,57 @@ class Explanation:
             for row_i, row_p in zip(indices.cpu(), values.cpu())
         ]
 
+    def with_choices(
+        self, classes: ClassChoice | _Keep = KEEP, branch_mask: BranchMask | None | _Keep = KEEP
+    ) -> "Explanation":
+        """The same images for other classes and/or another branch mask in one fuse: the head's fuser
+        only, no backbone forward. A choice left at :data:`KEEP` stays; with both kept, this explanation."""
+        if classes is KEEP and branch_mask is KEEP:
+            return self
+        explainer = self.explainer
+        chosen = self.classes if classes is KEEP else class_matrix(classes, self.logits, explainer.backbone.class_index)
+        mask = self.branch_mask if branch_mask is KEEP else explainer.parse_branch_mask(branch_mask)
+        maps = explainer.maps_from_features(self.branch_features, chosen, mask, self.inputs.shape[-2:])
+        return replace(self, classes=chosen, maps=maps, branch_mask=mask)
+
     def with_classes(self, classes: ClassChoice) -> "Explanation":
         """The same images explained for other classes: the head's fuser only, no backbone forward."""
-        chosen = class_matrix(classes, self.logits, self.explainer.backbone.class_index)
-        maps = self.explainer.maps_from_features(self.branch_features, chosen, self.branch_mask, self.inputs.shape[-2:])
-        return replace(self, classes=chosen, maps=maps)
+        return self.with_choices(classes=classes)
 
-    def with_branches(self, branch_mask: Sequence[bool] | None) -> "Explanation":
+    def with_branches(self, branch_mask: BranchMask | None) -> "Explanation":
         """The same images with some branches switched off (``False``): the fuser only."""
-        mask = self.explainer._checked_mask(branch_mask)
-        maps = self.explainer.maps_from_features(self.branch_features, self.classes, mask, self.inputs.shape[-2:])
-        return replace(self, maps=maps, branch_mask=mask)
+        return self.with_choices(branch_mask=branch_mask)
+
+    def select_images(self, rows: int | Sequence[int]) -> "Explanation":
+        """The explanation of some of the images: one index (a batch of one) or several, in that order."""
+        count = self.inputs.shape[0]
+        if isinstance(rows, numbers.Integral) and not isinstance(rows, bool):
+            row = _checked_index(rows, count, "image") % count
+            pick: slice | list[int] = slice(row, row + 1)  # a view: no copy of the batch's tensors
+            positions = [row]
+        else:
+            positions = [_checked_index(row, count, "image") % count for row in rows]
+            pick = positions
+        return replace(
+            self,
+            inputs=self.inputs[pick],
+            logits=self.logits[pick],
+            classes=self.classes[pick],
+            maps=self.maps[pick],
+            branch_features=[output[pick] for output in self.branch_features],
+            original_sizes=[self.original_sizes[row] for row in positions] if self.original_sizes else [],
+        )
+
+    def branch_terms(self) -> torch.Tensor:
+        """Each branch's signed term of the explained classes' maps (before the bias is added and the maps
+        are scaled), from the head at the model input's size: (B, K, branches, H, W)."""
+        with torch.no_grad():
+            terms = self.explainer.head.branch_contributions(self.branch_features, self.classes)
+            return resize_maps(terms, self.inputs.shape[-2:])
 
     def branch_maps(self) -> torch.Tensor:
         """Each branch's own contribution to the explained classes' maps, (B, K, branches, H, W) in [0, 1]."""
-        head = self.explainer.head
-        with torch.no_grad():
-            terms = head.branch_contributions(self.branch_features, self.classes)
-            return minmax_normalize(resize_maps(terms, self.inputs.shape[-2:]))
+        return minmax_normalize(self.branch_terms())
 
     def map_at_original(self, index: int = 0, k: int = 0) -> np.ndarray:
         """Map ``k`` of image ``index`` as float32 (H, W) at the original picture's size (see
@@ -196,25 +240,10 @@ class Explainer:
                 maps[:, start : start + step] = minmax_normalize(resize_maps(self.head.fuse(branch_features, part, branch_mask), size))
             return maps
 
-    def _checked_mask(self, branch_mask: Sequence[bool] | torch.Tensor | None) -> tuple[bool, ...] | None:
-        """``branch_mask`` as one on/off flag per branch (tapped layer), or a LayerError saying what is wrong."""
-        if branch_mask is None:
-            return None
-        if isinstance(branch_mask, (torch.Tensor, np.ndarray)):
-            flags = np.asarray(branch_mask.detach().cpu() if isinstance(branch_mask, torch.Tensor) else branch_mask).ravel().tolist()
-        elif isinstance(branch_mask, (list, tuple)):
-            flags = list(branch_mask)
-        else:
-            raise LayerError(f"branch mask must be a list of True/False flags, one per branch, got {branch_mask!r}")
-        branches = self.head.num_branches
-        if len(flags) != branches:
-            raise LayerError(
-                f"branch mask has {len(flags)} flags but the head has {branches} branches ({', '.join(self.layers)})"
-            )
-        wrong = [flag for flag in flags if not isinstance(flag, (bool, np.bool_, numbers.Integral)) or flag not in (0, 1)]
-        if wrong:
-            raise LayerError(f"branch mask flags must be True/False (or 1/0), got {wrong[0]!r}")
-        return tuple(bool(flag) for flag in flags)
+    def parse_branch_mask(self, branch_mask: BranchMask | None) -> tuple[bool, ...] | None:
+        """``branch_mask`` as one flag per branch of this head (:func:`~tame_core.head.parse_branch_mask`,
+        its messages naming the tapped layers)."""
+        return parse_branch_mask(branch_mask, self.head.num_branches, self.layers)
 
     def explain(
         self,
@@ -222,7 +251,7 @@ class Explainer:
         classes: ClassChoice = None,
         *,
         top_k: int = 1,
-        branch_mask: Sequence[bool] | None = None,
+        branch_mask: BranchMask | None = None,
         geometry: Geometry | str = "full",
     ) -> Explanation:
         """Explain a batch in one backbone forward: maps for the chosen classes, and what re-derives others.
@@ -231,7 +260,7 @@ class Explainer:
         to the model's input by ``geometry`` ("full" or "crop"); with ``geometry="input"`` they are model
         inputs already, a (B, 3, H, W) float tensor in [0, 1]. ``classes``: ``None`` for the top ``top_k``
         predictions, one class (index or name) for all images, one per image, or a list of lists (B x K).
-        ``branch_mask`` switches branches off (``False``), one flag per tapped layer.
+        ``branch_mask`` switches branches off (``False``), one flag per tapped layer (or a string like ``"1,0,1"``).
 
         Example:
             >>> explainer = Explainer.load()  # the bundled EfficientNet-Lite0 head
@@ -240,12 +269,12 @@ class Explainer:
             torch.Size([1, 1, 224, 224])
             >>> overlay_map = explanation.map_at_original()  # over the whole picture
         """
-        mask = self._checked_mask(branch_mask)
+        mask = self.parse_branch_mask(branch_mask)
         if geometry == INPUT:
             inputs, originals, geometry = model_inputs(images, self.device), [], "full"
         else:
             check_geometry(geometry)
-            tensors = as_image_tensors(images)
+            tensors = as_image_tensors(images)  # pictures it has checked already (as explain_stream's) pass as they are
             originals = [tuple(t.shape[-2:]) for t in tensors]
             inputs = self.backbone.preprocess.batch(tensors, geometry, self.device)
         logits, branch_features = self.features(inputs)

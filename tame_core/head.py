@@ -20,16 +20,59 @@ row ``c`` times a projection shared by all classes, so every image trains every 
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, LayerError
 
-BranchMask = Sequence[bool] | torch.Tensor
+#: What users give as a branch mask: flags as a string (``"1,0,1"``), a list or tuple, a tensor or an array.
+BranchMask = str | Sequence[bool] | torch.Tensor | np.ndarray
+
+#: How a flag may be written in a string (``--option tame.branches=1,0,1`` or ``on,off,on``).
+FLAG_WORDS = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+
+
+def parse_branch_mask(mask: BranchMask | None, count: int, layers: Sequence[str] = ()) -> tuple[bool, ...] | None:
+    """``mask`` as one on/off flag per branch (tapped layer), ``None`` (every branch on) for ``None``.
+
+    The one check of a branch mask, whichever way it comes in (Python API, CLI option, app toggles):
+    a string of flags (``"1,0,1"``, ``"on,off,on"``), a list or tuple of True/False, 1/0 or those words,
+    or a bool or integer tensor or array. Anything else is one :class:`~tame_core.errors.LayerError`
+    line; ``layers`` (the tapped layers' names) make the count's message name them.
+    """
+    if mask is None:
+        return None
+    if isinstance(mask, str):
+        values: list[Any] = mask.split(",")
+    elif isinstance(mask, (torch.Tensor, np.ndarray)):
+        values = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).ravel().tolist()
+    elif isinstance(mask, (list, tuple)):
+        values = list(mask)
+    else:
+        raise LayerError(f"branch mask must be a list of True/False flags, one per branch, or a string like 1,0,1; got {mask!r}")
+    flags = tuple(_branch_flag(value, mask) for value in values)
+    if len(flags) != count:
+        names = f" ({', '.join(layers)})" if layers else ""
+        raise LayerError(f"branch mask has {len(flags)} flag{'s' if len(flags) != 1 else ''} but the head has {count} branches{names}")
+    return flags
+
+
+def _branch_flag(value: Any, mask: BranchMask) -> bool:
+    """One flag of ``mask``: True/False, 1/0, or one of :data:`FLAG_WORDS`."""
+    if isinstance(value, str):
+        if value.strip().lower() in FLAG_WORDS:
+            return FLAG_WORDS[value.strip().lower()]
+    elif isinstance(value, (bool, np.bool_, numbers.Integral)) and value in (0, 1):
+        return bool(value)
+    shown = value.strip() if isinstance(value, str) else value
+    within = f" in {mask!r}" if isinstance(mask, str) and mask.strip() != shown else ""
+    raise LayerError(f"branch mask flags must be True/False, 1/0 or on/off, got {shown!r}{within}")
 
 
 @dataclass(frozen=True)
@@ -135,14 +178,10 @@ class TAMEHead(nn.Module):
         classes = classes.to(weight.device)
         return weight[classes], bias[classes]
 
-    def branch_flags(self, branch_mask: BranchMask | None) -> list[bool]:
-        """One on/off flag per branch (all on for ``None``)."""
-        if branch_mask is None:
-            return [True] * self.num_branches
-        flags = [bool(flag) for flag in torch.as_tensor(branch_mask, dtype=torch.bool).flatten().tolist()]
-        if len(flags) != self.num_branches:
-            raise ValueError(f"branch mask needs {self.num_branches} flags, got {len(flags)}")
-        return flags
+    def branch_flags(self, branch_mask: BranchMask | None) -> tuple[bool, ...]:
+        """One on/off flag per branch (all on for ``None``), by :func:`parse_branch_mask`."""
+        flags = parse_branch_mask(branch_mask, self.num_branches)
+        return (True,) * self.num_branches if flags is None else flags
 
     def _terms(
         self, outputs: Sequence[torch.Tensor], weight: torch.Tensor, flags: Sequence[bool]

@@ -191,27 +191,37 @@ def model_inputs(images: Any, device: torch.device) -> torch.Tensor:
     return images.to(device)
 
 
-def as_image_tensors(images: Any) -> list[torch.Tensor]:
+class Pictures(list):
+    """(3, H, W) tensors that :func:`as_image_tensors` has checked (or items of its results, regrouped):
+    given to it again, as :meth:`~tame_core.explainer.Explainer.explain` does, they are not checked twice."""
+
+
+def as_image_tensors(images: Any) -> Pictures:
     """Normalise what users pass (PIL, numpy, tensors; one or many) to a list of (3, H, W) tensors.
 
     numpy arrays are HxW, HxWx1, HxWx3 or HxWx4 (``uint8``, or floats in [0, 1]); tensors are
     (3, H, W) or (B, 3, H, W), ``uint8`` or floats in [0, 1]. Anything else, an empty list, NaN values
     or a picture too thin to resize safely is an :class:`~tame_core.errors.ImageLoadError`.
+    :class:`Pictures` (what it returns) come back as they are.
     """
+    if isinstance(images, Pictures):
+        if not images:
+            raise ImageLoadError("no images given")
+        return images
     if isinstance(images, torch.Tensor):
         if images.ndim == 4:
             if not len(images):
                 raise ImageLoadError("no images given (a batch tensor of 0 images)")
             _tensor_image(images[0])  # shape and size check; the range check below covers the whole batch once
             _check_range(images)
-            return list(images.unbind(0))
-        return [_tensor_image(images)]
+            return Pictures(images.unbind(0))
+        return Pictures([_tensor_image(images)])
     if isinstance(images, (Image.Image, np.ndarray)):
-        return [_one(images)]
+        return Pictures([_one(images)])
     if isinstance(images, (list, tuple)):
         if not images:
             raise ImageLoadError("no images given")
-        return [_one(image) for image in images]
+        return Pictures(_one(image) for image in images)
     raise ImageLoadError(f"images must be PIL images, numpy arrays or tensors, got {type(images).__name__}")
 
 

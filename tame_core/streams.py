@@ -7,7 +7,6 @@ together; at most ``batch_size`` wait at any time, so a long stream never piles 
 from __future__ import annotations
 
 import numbers
-from dataclasses import replace
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from .classes import ClassName
 from .errors import ClassError, ImageLoadError, OptionError, TameError
 from .explainer import Explainer, Explanation
-from .preprocessing import Geometry, as_image_tensors, check_geometry
+from .preprocessing import Geometry, Pictures, as_image_tensors, check_geometry
 
 
 def explain_stream(
@@ -30,7 +29,8 @@ def explain_stream(
 
     Yields (position in the stream, one-image Explanation) as each batch completes, so not always in
     stream order; ``classes`` is ``None`` or one choice for every image. At most ``batch_size`` images
-    wait at any time: when that many are waiting, the largest same-size group is explained.
+    wait at any time: when that many are waiting, the largest same-size group is explained. Each image
+    is checked once, as it arrives (``explain`` takes the checked :class:`Pictures` as they are).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise OptionError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
@@ -63,19 +63,6 @@ def _explain_group(
     explainer: Explainer, group: list[tuple[int, torch.Tensor]], classes: ClassName | None, geometry: Geometry
 ) -> Iterator[tuple[int, Explanation]]:
     positions = [position for position, _ in group]
-    batch = explainer.explain([tensor for _, tensor in group], classes=classes, geometry=geometry)
+    batch = explainer.explain(Pictures(tensor for _, tensor in group), classes=classes, geometry=geometry)
     for row, position in enumerate(positions):
-        yield position, _select(batch, row)
-
-
-def _select(explanation: Explanation, row: int) -> Explanation:
-    pick = slice(row, row + 1)
-    return replace(
-        explanation,
-        inputs=explanation.inputs[pick],
-        logits=explanation.logits[pick],
-        classes=explanation.classes[pick],
-        maps=explanation.maps[pick],
-        branch_features=[output[pick] for output in explanation.branch_features],
-        original_sizes=explanation.original_sizes[row : row + 1],
-    )
+        yield position, batch.select_images(row)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from tame_core import load_image
 from tame_core.errors import ClassError, ImageLoadError, LayerError, OptionError, TameError
+from tame_core.methods import explain_with
 from tame_core.streams import explain_stream
 
 
@@ -134,9 +135,11 @@ def test_top_k_out_of_range(explainer, sample_images, top_k):
     [
         ([True, False], "branch mask has 2 flags but the head has 3 branches (blocks.2, blocks.4, blocks.6)"),
         ([1, 0, 1, 1], "branch mask has 4 flags but the head has 3 branches (blocks.2, blocks.4, blocks.6)"),
-        ("abc", "branch mask must be a list of True/False flags, one per branch, got 'abc'"),
-        ([1, "x", 0], "branch mask flags must be True/False (or 1/0), got 'x'"),
-        ([1, 2, 0], "branch mask flags must be True/False (or 1/0), got 2"),
+        ("abc", "branch mask flags must be True/False, 1/0 or on/off, got 'abc'"),
+        ("1,2,0", "branch mask flags must be True/False, 1/0 or on/off, got '2' in '1,2,0'"),
+        ({1, 0, 1}, "branch mask must be a list of True/False flags, one per branch, or a string like 1,0,1; got {0, 1}"),
+        ([1, "x", 0], "branch mask flags must be True/False, 1/0 or on/off, got 'x'"),
+        ([1, 2, 0], "branch mask flags must be True/False, 1/0 or on/off, got 2"),
     ],
 )
 def test_bad_branch_masks(explainer, sample_images, mask, message):
@@ -152,10 +155,33 @@ def test_bad_branch_masks(explainer, sample_images, mask, message):
 def test_branch_masks_of_every_accepted_kind_agree(explainer, sample_images):
     explanation = explainer.explain(sample_images["rocket"])
     reference = explanation.with_branches([True, False, True])
-    for same in ((1, 0, 1), np.array([True, False, True]), torch.tensor([1, 0, 1])):
+    for same in ((1, 0, 1), np.array([True, False, True]), torch.tensor([1, 0, 1]), "1,0,1", " on, OFF ,true", ["on", "off", "on"]):
         masked = explanation.with_branches(same)
         assert masked.branch_mask == (True, False, True)
         torch.testing.assert_close(masked.maps, reference.maps)
+
+
+def test_every_entry_point_reads_a_branch_mask_with_the_one_parser(explainer, sample_images):
+    """The Python API, the head itself and the ``tame`` method (the CLI's ``--option tame.branches``) give
+    the same LayerError line (the app's Workspace is checked in test_studio)."""
+    explanation = explainer.explain(sample_images["rocket"])
+    counted = "branch mask has 2 flags but the head has 3 branches"
+    named = f"{counted} (blocks.2, blocks.4, blocks.6)"
+    entry_points = {
+        named: [
+            lambda: explainer.explain(sample_images["rocket"], branch_mask="1,0"),
+            lambda: explanation.with_choices(classes=281, branch_mask="1,0"),
+            lambda: explain_with(explainer, explanation.inputs, [281], "tame", branches="1,0"),
+        ],
+        counted: [lambda: explainer.head.fuse(explanation.branch_features, branch_mask="1,0")],
+    }
+    for message, calls in entry_points.items():
+        for call in calls:
+            with pytest.raises(LayerError) as info:
+                call()
+            assert str(info.value) == message
+    via_method = explain_with(explainer, explanation.inputs, [281], "tame", branches="on,off,on").maps
+    torch.testing.assert_close(via_method[:, None], explanation.with_choices(281, (True, False, True)).maps)
 
 
 def test_bad_options(explainer, sample_images):

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tame_core.errors import ClassError
+from tame_core import preprocessing
+from tame_core.errors import ClassError, OptionError
 from tame_core.maps import minmax_normalize, resize_maps
 from tame_core.streams import explain_stream
 
@@ -71,6 +72,54 @@ def test_branch_maps_are_each_branchs_term(explainer, sample_images):
     only_first = result.with_branches([True, False, False])
     # a map made from one branch alone is that branch's term plus a constant bias: same after min-max
     torch.testing.assert_close(only_first.maps[0, 0], branch_maps[0, 0, 0], atol=1e-4, rtol=0)
+
+
+def test_branch_terms_and_the_bias_add_up_to_the_map(explainer, sample_images):
+    result = explainer.explain(sample_images["coffee"], classes=[[281, 967]], geometry="crop")
+    terms = result.branch_terms()
+    assert terms.shape == (1, 2, 3, 224, 224) and float(terms.min()) < 0 < float(terms.max())  # signed
+    bias = explainer.head.fuser.bias[result.classes][..., None, None]
+    raw = resize_maps(explainer.head.fuse(result.branch_features, result.classes), (224, 224))
+    torch.testing.assert_close(terms.sum(dim=2) + bias, raw, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result.branch_maps(), minmax_normalize(terms))
+
+
+def test_a_new_class_and_mask_in_one_fuse_are_both_changes_in_turn(explainer, sample_images):
+    result = explainer.explain(sample_images["chelsea"])
+    both = result.with_choices(classes="tabby", branch_mask="1,0,1")
+    in_turn = result.with_branches([True, False, True]).with_classes("tabby")
+    assert both.classes.tolist() == [[281]] and both.branch_mask == (True, False, True)
+    assert torch.equal(both.maps, in_turn.maps)
+    assert result.with_choices() is result
+    assert result.with_choices(branch_mask=None).branch_mask is None
+
+
+def test_selecting_images_keeps_their_rows_in_the_order_asked(explainer, sample_images):
+    pictures = [sample_images["chelsea"], sample_images["coffee"], sample_images["rocket"]]
+    batch = explainer.explain(pictures, geometry="crop", top_k=2)
+    last = batch.select_images(-1)
+    assert last.inputs.shape == (1, 3, 224, 224) and last.original_sizes == [pictures[2].shape[:2]]
+    assert torch.equal(last.maps, batch.maps[2:]) and torch.equal(last.classes, batch.classes[2:])
+    picked = batch.select_images([2, 0])
+    assert picked.original_sizes == [pictures[2].shape[:2], pictures[0].shape[:2]]
+    for field in ("inputs", "logits", "classes", "maps"):
+        assert torch.equal(getattr(picked, field), getattr(batch, field)[[2, 0]]), field
+    assert all(torch.equal(a, b[[2, 0]]) for a, b in zip(picked.branch_features, batch.branch_features))
+    torch.testing.assert_close(picked.with_classes("tabby").maps, batch.with_classes("tabby").maps[[2, 0]])
+    with pytest.raises(OptionError, match=r"^image index 3 is out of range: this explanation has 3 image\(s\), 0 to 2$"):
+        batch.select_images(3)
+
+
+def test_a_streamed_picture_is_checked_once(explainer, sample_images, monkeypatch):
+    checked = []
+    check = preprocessing.check_image_size
+    monkeypatch.setattr(preprocessing, "check_image_size", lambda *args: checked.append(args) or check(*args))
+    pictures = [sample_images["chelsea"], sample_images["coffee"], sample_images["chelsea"]]
+    results = dict(explain_stream(explainer, pictures, batch_size=3))
+    assert len(checked) == 3 and sorted(results) == [0, 1, 2]
+    checked.clear()
+    explainer.explain(pictures[:2], geometry="crop")  # the front door checks what it is given, once
+    assert len(checked) == 2
 
 
 def test_class_choices(explainer, sample_images):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tame_core.errors import CheckpointError
+from tame_core.errors import CheckpointError, LayerError
 from tame_core.head import VARIANTS, TAMEHead, TiedTAMEHead
 
 
@@ -164,7 +164,7 @@ def test_a_switched_off_branch_contributes_nothing(head_and_outputs):
     only_bias = head.fuse(outputs, branch_mask=[False, False])
     assert only_bias.shape == (2, 7, 4, 4)
     torch.testing.assert_close(only_bias, head.fuser.bias[None, :, None, None].expand_as(only_bias))
-    with pytest.raises(ValueError, match="branch mask needs 2 flags"):
+    with pytest.raises(LayerError, match="^branch mask has 1 flag but the head has 2 branches$"):
         head.fuse(outputs, branch_mask=[True])
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tame_core.errors import CheckpointError, ClassError, ImageLoadError
+from tame_core.errors import CheckpointError, ClassError, ImageLoadError, LayerError
+from tame_core.head import TAMEHead
 from tame_core.studio import (
     Job,
     JobState,
@@ -280,6 +281,31 @@ def test_explanations_are_cached_per_image_and_switches_need_the_head_only(model
     assert ws.view(counting, image) is base  # no class, all branches: the cached explanation itself
 
 
+def test_each_view_change_is_one_fuse_of_the_head(model, explainer, monkeypatch):
+    fuses = []
+    fuse = TAMEHead.fuse
+    monkeypatch.setattr(TAMEHead, "fuse", lambda head, *args, **kwargs: fuses.append(1) or fuse(head, *args, **kwargs))
+    ws = Workspace()
+    image = ws.add(load_sample("chelsea"))
+    base = ws.explanation(model, image)
+    tabby = explainer.backbone.class_index("tabby")
+    counts = {}
+    for change, (class_index, mask) in {
+        "class and mask": (tabby, (True, False, True)),
+        "class": (tabby, None),
+        "mask": (None, (False, True, True)),
+        "mask, all on": (tabby, (True, True, True)),
+        "nothing": (None, (True, True, True)),
+    }.items():
+        fuses.clear()
+        view = ws.view(model, image, class_index, mask)
+        counts[change] = len(fuses)
+    assert counts == {"class and mask": 1, "class": 1, "mask": 1, "mask, all on": 1, "nothing": 0}
+    assert view is base
+    both = ws.view(model, image, tabby, (True, False, True))
+    torch.testing.assert_close(both.maps, base.with_branches((True, False, True)).with_classes(tabby).maps, atol=0, rtol=0)
+
+
 def test_workspace_keeps_choices_and_evicts_old_explanations(model):
     ws = Workspace(max_explanations=2)
     pictures = [ws.add(load_sample(key)) for key in ("chelsea", "coffee", "rocket")]
@@ -296,7 +322,7 @@ def test_workspace_keeps_choices_and_evicts_old_explanations(model):
     assert ws.branch_mask(model) == (True, True, True)
     ws.set_branch_mask(model, [1, 0, 1])
     assert ws.branch_mask(model) == (True, False, True)
-    with pytest.raises(ValueError, match="needs 3 flags"):
+    with pytest.raises(LayerError, match=r"^branch mask has 1 flag but the head has 3 branches \(blocks.2, blocks.4, blocks.6\)$"):
         ws.set_branch_mask(model, (True,))
     ws.clear()
     assert not ws.images and ws.current is None and ws.cached(model, pictures[2].digest) is None

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ImageLoadError
+from ..explainer import Explanation
 from ..images import load_image, original_size
 from ..maps import COLORMAPS, overlay
 from ..preprocessing import GEOMETRIES
@@ -62,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     explainer = explainer_from(args)
     target = None if args.target is None else explainer.backbone.class_index(args.target)  # fail before any work
     stems = unique_stems(args.images, out)
-    names = explainer.backbone.class_names
     preprocess = explainer.backbone.preprocess
     # a JPEG decodes reduced to what the model and the written outputs need (the full picture for --full-size)
     decode = {} if args.full_size else {"min_short_side": preprocess.decode_short_side, "min_long_side": OUTPUT_SIDE}
@@ -110,15 +110,19 @@ def run(args: argparse.Namespace) -> int:
             position, picture = positions[index], pictures.pop(index)
             height, width = sizes.pop(index)
             saliency = preprocess.map_on_picture(explanation.maps[0, 0], height, width, explanation.geometry)
-            explained = int(explanation.classes[0, 0])
-            predictions = ", ".join(f"{name} {prob:.1%}" for _, name, prob in explanation.top_k(args.top)[0])
-            line = f"{args.images[position]}: explained '{names[explained]}' | top-{args.top}: {predictions}"
             write = disk.submit(_write, out, stems[position], picture, saliency, args.alpha, args.colormap)
-            writes.append((write, position, line))
+            writes.append((write, position, summary(args.images[position], explanation, args.top)))
             report(WRITES_IN_FLIGHT - 1)
         report(0)
     bar.close()
     return 1 if failures else 0
+
+
+def summary(path: Path, explanation: Explanation, top: int) -> str:
+    """The line printed for one explained picture: the class explained and the ``top`` predictions."""
+    explained = explanation.explainer.backbone.class_names[int(explanation.classes[0, 0])]
+    predictions = ", ".join(f"{name} {prob:.1%}" for _, name, prob in explanation.top_k(top)[0])
+    return f"{path}: explained '{explained}' | top-{top}: {predictions}"
 
 
 def output_size(height: int, width: int, full_size: bool = False) -> tuple[int, int]:

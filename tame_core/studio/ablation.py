@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from ..explainer import Explanation
-from ..maps import resize_maps
 from ..metrics import average_drop_increase
 from .jobs import JobContext
 from .models import LoadedModel
@@ -57,7 +56,7 @@ def ablation_rows(
     (stoppable at any forward when run as a job)."""
     if explanation.inputs.shape[0] != 1:
         raise ValueError("ablation is measured one image at a time")
-    masks = [tuple(bool(b) for b in mask) for mask in masks]
+    masks = [explanation.explainer.parse_branch_mask(mask) for mask in masks]
     count = len(masks)
     maps = torch.cat([explanation.with_branches(mask).maps[:, 0] for mask in masks])  # (count, H, W)
     images = explanation.inputs.expand(count, -1, -1, -1)
@@ -112,14 +111,8 @@ class BranchTerms:
 
 
 def branch_terms(explanation: Explanation) -> BranchTerms:
-    """The signed branch terms of the (single-image) explanation's first class, through the head's
-    ``branch_contributions`` (a tensor (B, K, branches, h, w), or one (B, K, h, w) per branch)."""
-    head = explanation.explainer.head
-    with torch.no_grad():
-        raw = head.branch_contributions(explanation.branch_features, explanation.classes[:, :1])
-    per_branch = [raw[0, 0, i] for i in range(raw.shape[2])] if isinstance(raw, torch.Tensor) else [t[0, 0] for t in raw]
-    size = explanation.inputs.shape[-2:]
-    return BranchTerms(np.stack([resize_maps(t.float(), size).cpu().numpy() for t in per_branch]).astype(np.float32))
+    """The signed branch terms of the (single-image) explanation's first class (:meth:`Explanation.branch_terms`)."""
+    return BranchTerms(explanation.branch_terms()[0, 0].float().cpu().numpy().astype(np.float32))
 
 
 #: What a branch sees, from its map's size relative to the other branches' (finest first).

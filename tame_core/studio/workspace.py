@@ -12,7 +12,8 @@ import threading
 from collections import OrderedDict
 from typing import Callable, Hashable, Sequence
 
-from ..explainer import Explanation
+from ..explainer import KEEP, Explanation
+from ..head import BranchMask
 from .ablation import BranchTerms, branch_terms
 from .images import ActiveImage
 from .jobs import Job, JobContext, Work
@@ -130,13 +131,12 @@ class Workspace:
     def view(
         self, model: LoadedModel, image: ActiveImage, class_index: int | None = None, mask: Sequence[bool] | None = None
     ) -> Explanation:
-        """The picture explained for ``class_index`` with ``mask``'s branches on: the head alone, once cached."""
+        """The picture explained for ``class_index`` with ``mask``'s branches on: the head's fuser alone
+        (once, for both choices) when cached; the cached explanation itself for its own class and every branch."""
         result = self.explanation(model, image)
-        if mask is not None and not all(mask):
-            result = result.with_branches(mask)
-        if class_index is not None and class_index != int(result.classes[0, 0]):
-            result = result.with_classes(class_index)
-        return result
+        same_class = class_index is None or class_index == int(result.classes[0, 0])
+        every_branch = mask is None or all(mask)
+        return result.with_choices(KEEP if same_class else class_index, KEEP if every_branch else mask)
 
     # --- the user's choices, per model -----------------------------------------------------------
     def chosen_class(self, model: LoadedModel, image: ActiveImage) -> int:
@@ -152,10 +152,10 @@ class Workspace:
     def branch_mask(self, model: LoadedModel) -> tuple[bool, ...]:
         return self._masks.get(model.key, (True,) * len(model.layers))
 
-    def set_branch_mask(self, model: LoadedModel, mask: Sequence[bool]) -> None:
-        if len(mask) != len(model.layers):
-            raise ValueError(f"branch mask needs {len(model.layers)} flags, got {len(mask)}")
-        self._masks[model.key] = tuple(bool(flag) for flag in mask)
+    def set_branch_mask(self, model: LoadedModel, mask: BranchMask | None) -> None:
+        """Keep the user's branch mask for ``model`` (``None``: every branch on), checked by the head's parser."""
+        flags = model.explainer.parse_branch_mask(mask)
+        self._masks[model.key] = (True,) * len(model.layers) if flags is None else flags
 
     # --- background jobs -------------------------------------------------------------------------
     def job(self, key: str) -> Job | None:
