@@ -16,7 +16,7 @@ from ..explainer import Explanation
 from .ablation import BranchTerms, branch_terms
 from .images import ActiveImage
 from .jobs import Job, JobContext, Work
-from .methods import ResultCache, Subject
+from .result_cache import ResultCache, Subject
 from .models import LoadedModel
 
 #: Explanations kept per session (one is a few MB of cached features).
