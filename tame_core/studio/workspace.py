@@ -46,7 +46,7 @@ class Workspace:
         self._explanations: OrderedDict[tuple[Hashable, str], Explanation] = OrderedDict()
         self._max = max_explanations
         self._lock = threading.Lock()  # background precomputation writes the cache too
-        #: Finished maps and curves of Compare and Deletion curves (see :mod:`.methods`).
+        #: Finished maps and curves of Compare and Deletion curves (see :mod:`.result_cache`).
         self.results = ResultCache()
         self.alive = alive
         self.orphan_after = orphan_after
