@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from pages._shared import guarded, job_status, live, model_or_stop, session_folder, workspace
@@ -22,6 +20,7 @@ from tame_core.studio import (
     comparison_rows,
     default_pair,
     evaluation_cost,
+    evaluation_thumbnails,
     image_count,
     image_total,
     method_names,
@@ -30,7 +29,6 @@ from tame_core.studio import (
     public_message,
     server_folder,
     start_evaluation,
-    thumbnail_folder,
     with_relative_times,
 )
 
@@ -110,7 +108,7 @@ def results(job) -> None:
     images.download_button(
         "Per image (.csv)", report.per_image_csv(), file_name="per_image.csv", mime="text/csv", key="eval_per_image"
     )
-    per_image_table(report, thumbnail_folder(job.tag) if isinstance(job.tag, Path) else None)
+    per_image_table(report, evaluation_thumbnails(job))
     comparison(report)
 
 

@@ -28,6 +28,7 @@ from tame_core.studio import (
     curves_estimate,
     curves_plan,
     evaluation_cost,
+    evaluation_thumbnails,
     flat_map_warning,
     image_total,
     latest_preview,
@@ -146,6 +147,8 @@ def test_a_fresh_evaluation_forgets_the_stopped_run_and_a_resumed_one_keeps_it(t
         assert ws.started == [("evaluate", f"Evaluating (estimated {expected.duration})", state)]
         assert state.exists() is (not fresh) and thumbnail_folder(state).exists() is (not fresh)
     assert not can_resume_evaluation(config, model.choice, states)
+    assert evaluation_thumbnails(Job("evaluate", lambda context: None, state)) == thumbnail_folder(state)
+    assert evaluation_thumbnails(Job("compare", lambda context: None, ("model", "digest"))) is None
 
 
 def test_the_train_page_run_saves_in_the_session_and_resume_or_restart_leaves_its_config_alone(tmp_path):

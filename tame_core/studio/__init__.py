@@ -67,7 +67,16 @@ from .curves import (
     perturbed_image,
 )
 from .evaluation import can_resume as can_resume_evaluation
-from .evaluation import column_title, evaluation_cost, evaluation_work, forget_run, image_total, start_evaluation, state_path
+from .evaluation import (
+    column_title,
+    evaluation_cost,
+    evaluation_thumbnails,
+    evaluation_work,
+    forget_run,
+    image_total,
+    start_evaluation,
+    state_path,
+)
 from .images import MAX_UPLOAD_MB, UPLOAD_TYPES, ActiveImage, read_upload
 from .jobs import STOPPED_BY_USER, Job, JobContext, JobState, JobStopped, share_cpu_between_threads
 from .method_jobs import AUTO_START_SECONDS, JobPlan, compare_plan, curves_plan
@@ -158,6 +167,7 @@ __all__ = [
     "duration_text",
     "Estimate",
     "evaluation_cost",
+    "evaluation_thumbnails",
     "evaluation_work",
     "EvaluationConfig",
     "feature_sizes",

@@ -31,6 +31,7 @@ __all__ = [
     "can_resume",
     "column_title",
     "evaluation_cost",
+    "evaluation_thumbnails",
     "evaluation_work",
     "forget_run",
     "image_total",
@@ -103,3 +104,8 @@ def start_evaluation(
         lambda context: evaluation_work(model.choice, config, context, state_folder),
         state_path(config, model.choice, state_folder),
     )
+
+
+def evaluation_thumbnails(job: Job) -> Path | None:
+    """Where an evaluation job's thumbnails are: beside its state, the job's tag (None for another job)."""
+    return thumbnail_folder(job.tag) if isinstance(job.tag, Path) else None
