@@ -170,7 +170,9 @@ def plain_reading(row: AblationRow, class_name: str) -> str:
 NEARLY_FLAT = 0.05
 
 
-def masks_to_measure(model: LoadedModel, digest: str, class_index: int, mask: Sequence[bool]) -> tuple[tuple, list[tuple[bool, ...]]]:
+def masks_to_measure(
+    model: LoadedModel, digest: str, class_index: int, mask: Sequence[bool]
+) -> tuple[tuple, list[tuple[bool, ...]]]:
     """The Branches page's AD/IC job for ``mask``: its tag and the masks it measures. A head with few
     branches measures every combination once (one job serves every toggle); a bigger one the current
     mask alone (one job per mask)."""

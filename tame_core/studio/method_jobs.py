@@ -57,7 +57,16 @@ class JobPlan:
         return self.job
 
 
-def _plan(ws: Workspace, kind: str, tag: Hashable, title: str, todo: list[str], estimate: Callable[[], Estimate], work) -> JobPlan:
+def _plan(
+    ws: Workspace,
+    kind: str,
+    tag: Hashable,
+    title: str,
+    todo: list[str],
+    estimate: Callable[[], Estimate],
+    work: Callable[[JobContext], Any],
+) -> JobPlan:
+    """The plan for ``todo``: estimated only when something is missing and the job is not running already."""
     job = ws.job_for(kind, tag)
     needed = bool(todo) and not (job is not None and job.running)
     return JobPlan(ws, kind, tag, title, job, todo, estimate() if needed else None, work)
