@@ -13,20 +13,25 @@ import streamlit as st
 from streamlit import runtime
 
 from pages._shared import guarded, keep_jobs_alive, resolve_model, session_folder, workspace
-from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
-from tame_core.checkpoint import CHECKPOINT_DIR, bundled_head_path
 from tame_core.studio import (
+    CHECKPOINT_DIR,
+    DEFAULT_BACKBONE,
     HEAD_ENV,
+    MAX_HEAD_UPLOAD_MB,
     MAX_UPLOAD_MB,
     WEIGHTS_ENV,
     ModelChoice,
+    available_devices,
+    backbone_names,
+    bundled_head_path,
     default_choice,
+    hub_repo_id,
+    server_head,
+    server_path,
+    share_cpu_between_threads,
     store_uploaded_head,
     store_uploaded_weights,
 )
-from tame_core.studio.jobs import share_cpu_between_threads
-from tame_core.studio.models import MAX_HEAD_UPLOAD_MB, available_devices
-from tame_core.studio.storage import hub_repo_id, server_head, server_path
 
 st.set_page_config(page_title="TAME Explorer", page_icon=":material/local_fire_department:", layout="wide")
 
@@ -91,7 +96,7 @@ def model_sidebar() -> ModelChoice | None:
     else:
         head = hub_repo_id(typed) if (typed := st.text_input("Repo id", placeholder="owner/name", key="hub_repo").strip()) else None
         revision = st.text_input("Revision", placeholder="main", key="hub_revision").strip() or None
-    backbones = [AS_HEAD_SAYS, *list_backbones()]
+    backbones = [AS_HEAD_SAYS, *backbone_names()]
     backbone = st.selectbox("Backbone", backbones, key="backbone", help="The classifier the head explains.")
     if source != "bundled":
         weights = classifier_weights()

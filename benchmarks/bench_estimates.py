@@ -35,7 +35,7 @@ from tame_core.studio import costs  # noqa: E402
 from tame_core.studio.evaluation import evaluation_work  # noqa: E402
 from tame_core.studio.images import active_image  # noqa: E402
 from tame_core.studio.jobs import Job  # noqa: E402
-from tame_core.studio.methods import compare_estimate, compare_methods, curve_points, curves_estimate  # noqa: E402
+from tame_core.studio import compare_estimate, compare_methods, curve_points, curves_estimate  # noqa: E402
 from tame_core.studio.models import default_choice, load_model  # noqa: E402
 from tame_core.studio.training import train_work  # noqa: E402
 from tame_core.studio.workspace import Workspace  # noqa: E402

@@ -9,27 +9,32 @@ from typing import Callable, TypeVar
 
 import streamlit as st
 
-from tame_core.errors import AccessError, ImageLoadError, TameError
 from tame_core.studio import (
+    DISCONNECTED_TTL_S,
     GALLERY,
+    GETS_IT_WRONG,
     MAX_UPLOAD_MB,
+    STOPPED_BY_USER,
     UPLOAD_TYPES,
+    AccessError,
     ActiveImage,
+    ImageLoadError,
     Job,
+    JobPlan,
     JobState,
     LoadedModel,
     ModelChoice,
+    SessionFolder,
+    TameError,
     Workspace,
+    duration_text,
     load_model,
     load_sample,
+    mispredicted,
+    public_message,
     read_upload,
     render,
 )
-from tame_core.studio.costs import Estimate, duration_text
-from tame_core.studio.jobs import STOPPED_BY_USER
-from tame_core.studio.methods import AUTO_START_SECONDS
-from tame_core.studio.samples import GETS_IT_WRONG, mispredicted
-from tame_core.studio.storage import DISCONNECTED_TTL_S, SessionFolder, public_message
 
 log = logging.getLogger("tame_core.studio.app")
 T = TypeVar("T")
@@ -230,16 +235,18 @@ def _stop_and_wait(job: Job) -> None:
     job.wait(STOP_WAIT_S)
 
 
-def start_when_ready(job: Job | None, what: str, estimate: Estimate, key: str, start: Callable[[], Job]) -> Job | None:
-    """Start work at once when it is quick and nothing was stopped or failed; else offer a button that says
+def start_when_ready(plan: JobPlan, what: str, key: str) -> Job | None:
+    """Start the plan's work at once when :attr:`JobPlan.starts_at_once`; else offer a button that says
     what it will cost, and start it on a click. Returns the job to show."""
-    if estimate.seconds <= AUTO_START_SECONDS and (job is None or job.state is JobState.DONE):
-        return start()
-    if st.button(f"Run {what}: {estimate.text()}", type="primary", key=key):
-        start()
+    if plan.estimate is None:
+        return plan.job
+    if plan.starts_at_once:
+        return plan.start()
+    if st.button(f"Run {what}: {plan.estimate.text()}", type="primary", key=key):
+        plan.start()
         st.rerun()  # draw the page again without the button
     st.caption("Estimated from this machine's measured forward time × the forward passes the work needs.")
-    return job
+    return plan.job
 
 
 def stopped_text(job: Job) -> str:

@@ -5,21 +5,23 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import class_picker, colour_scale, guarded, image_or_stop, job_status, live, model_or_stop, workspace
-from tame_core.metrics import METRICS, spec_for
-from tame_core.studio import ActiveImage, Job, LoadedModel, render
-from tame_core.studio.ablation import (
-    MAX_COMBINATIONS_BRANCHES,
+from tame_core.studio import (
     AblationRow,
+    ActiveImage,
     BranchTerms,
+    Job,
+    LoadedModel,
     ablation_rows,
     branch_names,
-    combinations,
     feature_sizes,
+    flat_map_warning,
+    masks_to_measure,
+    metric_spec,
     plain_reading,
+    render,
 )
 
 FRACTIONS = (100, 50, 15)  # % of the map's pixels kept
-NEARLY_FLAT = 0.05  # branches that move less of the map than this leave it nearly flat
 METRIC_HELP = {  # about this one picture, not a set of images
     "AD": "How much the model's confidence drops, in % of its confidence on the whole picture, when only the "
     "map's top {kept} % of pixels are kept (0 when it does not drop)",
@@ -53,12 +55,10 @@ def mask_label(names: list[str], mask: tuple[bool, ...]) -> str:
 def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask: tuple[bool, ...]) -> Job:
     """AD/IC of the current map, measured for every branch combination in the background."""
     ws = workspace()
-    every_combination = len(mask) <= MAX_COMBINATIONS_BRANCHES  # else one job per mask
-    tag = (model.key, image.digest, class_index, None if every_combination else mask)
+    tag, masks = masks_to_measure(model, image.digest, class_index, mask)
     job = ws.job_for("ablation", tag)
     if job is None:
         explanation = ws.view(model, image, class_index)
-        masks = combinations(len(mask), mask)
         job = ws.start_job("ablation", "Measuring AD/IC", lambda ctx: ablation_rows(model, explanation, masks, ctx), tag)
 
     def draw() -> None:
@@ -83,7 +83,7 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
         )
         for column, kept in zip(st.columns(len(FRACTIONS)), FRACTIONS):
             for name, digits in ((f"AD{kept}", 1), (f"IC{kept}", 0)):  # IC of one picture is 0 or 100: "100.0%" would not fit
-                spec = METRICS[name]
+                spec = metric_spec(name)
                 column.metric(
                     name,
                     f"{row.scores[name]:.{digits}f}%",
@@ -127,7 +127,7 @@ def combinations_panel(job: Job, mask: tuple[bool, ...], names: list[str]) -> No
                     ),
                     **{
                         name: st.column_config.NumberColumn(
-                            f"{name} {METRICS[name].arrow}", format="%.1f %%" if name.startswith("AD") else "%.0f %%"
+                            f"{name} {metric_spec(name).arrow}", format="%.1f %%" if name.startswith("AD") else "%.0f %%"
                         )
                         for name in rows[0].scores
                     },
@@ -161,8 +161,8 @@ def single_image_note(row: AblationRow) -> None:
         column_order=("pixels kept", "P(class)", "vs whole picture", "AD"),  # IC is the sign of the change
         column_config={
             "P(class)": st.column_config.NumberColumn(format="percent"),
-            "AD": st.column_config.NumberColumn(f"AD {spec_for('AD100').arrow}", format="%.1f %%"),
-            "IC": st.column_config.NumberColumn(f"IC {spec_for('IC100').arrow}", format="%.0f %%"),
+            "AD": st.column_config.NumberColumn(f"AD {metric_spec('AD100').arrow}", format="%.1f %%"),
+            "IC": st.column_config.NumberColumn(f"IC {metric_spec('IC100').arrow}", format="%.0f %%"),
         },
     )
 
@@ -204,16 +204,11 @@ def body() -> None:
     label = render.class_label(class_index, model.class_names)
 
     terms = ws.branch_terms(model, image, class_index)
-    moved = sum(share for share, on in zip(terms.share(), mask) if on)
     left, right = st.columns(2, gap="large")  # the scores' three columns of metrics need half the width
     with left:
-        if not any(mask):
-            st.warning("All branches are off: the map is the fuser's bias alone, flat.")
-        elif moved < NEARLY_FLAT:
-            st.warning(
-                f"The branches that are on move only {moved:.0%} of this map: it is nearly flat, and what shows "
-                "is that small remainder stretched to the full colour range."
-            )
+        warning = flat_map_warning(terms.share(), mask)
+        if warning:
+            st.warning(warning)
         saliency = render.saliency(view)
         st.image(
             render.overlay_image(image.pixels, saliency),

@@ -14,20 +14,56 @@ from pages._shared import (
     start_when_ready,
     workspace,
 )
-from tame_core.methods import list_methods
-from tame_core.metrics.curves import DEFAULT_FILLS, DEFAULT_STEPS, FILLS, MODES, fills_text
-from tame_core.studio import plots
-from tame_core.studio.methods import (
+from tame_core.studio import (
+    DEFAULT_FILLS,
+    DEFAULT_STEPS,
+    FILLS,
+    MODES,
+    MethodMap,
+    Subject,
     auc_table,
     coinciding,
     coinciding_text,
-    curve_points,
-    curves_estimate,
+    curves_plan,
     curves_so_far,
+    fills_text,
     maps_so_far,
-    missing,
+    method_names,
     perturbed_image,
+    plots,
 )
+
+
+def settings() -> tuple[list[str], int, str]:
+    """The methods (TAME first), the curves' steps and their baseline (what deleted pixels become, what
+    insertion starts from)."""
+    columns = st.columns([3, 1, 1, 1])
+    others = columns[0].multiselect(
+        "Baselines to compare with TAME", method_names()[1:], key="curve_methods", help="Score-CAM, Ablation-CAM and RISE take longer."
+    )
+    steps = columns[1].select_slider("Steps", [10, 20, 25, 50, 100], value=DEFAULT_STEPS, key="curve_steps")
+    fills = {
+        mode: column.selectbox(label, FILLS, FILLS.index(DEFAULT_FILLS[mode]), key=f"curve_fill_{mode}", help=help_text)
+        for mode, column, label, help_text in (
+            ("deletion", columns[2], "Deleted pixels become", "mean: the classifier's mean colour (RISE's deletion)"),
+            ("insertion", columns[3], "Insertion starts from", "blur: RISE's Gaussian blur (11 x 11, sigma 5), RISE's insertion"),
+        )
+    }
+    return ["tame", *others], steps, fills_text(fills)
+
+
+def one_step(subject: Subject, maps: dict[str, MethodMap], steps: int, baseline: str) -> None:
+    """The picture as the curves' model saw it at one step, for one map."""
+    st.subheader("The picture at one step")
+    pick, slider = st.columns([1, 3])
+    method = pick.selectbox("Map", list(maps), key="curve_view_method")
+    step = slider.slider("Step", 0, steps, steps // 5, key="curve_view_step")
+    for column, mode in zip(st.columns(len(MODES)), MODES):
+        column.image(
+            perturbed_image(subject.explanation, maps[method].saliency, mode, step, steps, baseline),
+            caption=f"{mode}: {step / steps:.0%} of pixels {'deleted' if mode == 'deletion' else 'inserted'}",
+            width="stretch",
+        )
 
 
 def body() -> None:
@@ -42,39 +78,10 @@ def body() -> None:
         "they are computed; a baseline added later is computed alone, the curves already drawn are kept."
     )
     class_index = class_picker(model, image)
-    available = list_methods()
-    settings = st.columns([3, 1, 1, 1])
-    others = settings[0].multiselect(
-        "Baselines to compare with TAME", available[1:], key="curve_methods", help="Score-CAM, Ablation-CAM and RISE take longer."
-    )
-    steps = settings[1].select_slider("Steps", [10, 20, 25, 50, 100], value=DEFAULT_STEPS, key="curve_steps")
-    fills = {
-        mode: column.selectbox(label, FILLS, FILLS.index(DEFAULT_FILLS[mode]), key=f"curve_fill_{mode}", help=help_text)
-        for mode, column, label, help_text in (
-            ("deletion", settings[2], "Deleted pixels become", "mean: the classifier's mean colour (RISE's deletion)"),
-            ("insertion", settings[3], "Insertion starts from", "blur: RISE's Gaussian blur (11 x 11, sigma 5), RISE's insertion"),
-        )
-    }
-    baseline = fills_text(fills)
-    methods = ["tame", *others]
+    methods, steps, baseline = settings()
     subject = ws.subject(model, image, class_index)
-    tag = (subject.key(), steps, baseline)
-    job = ws.job_for("curves", tag)
-    todo = missing(subject, methods, ws.results, steps, baseline)
-    if todo and not (job is not None and job.running):
-        estimate = curves_estimate(subject, todo, steps, ws.results, baseline)
-        job = start_when_ready(
-            job,
-            f"the curves of {', '.join(todo)}",
-            estimate,
-            "curves_start",
-            lambda: ws.start_job(
-                "curves",
-                f"Deletion and insertion curves (estimated {estimate.duration})",
-                lambda context: curve_points(subject, todo, context, steps, baseline, ws.results),
-                tag,
-            ),
-        )
+    plan = curves_plan(ws, subject, methods, steps, baseline)
+    job = start_when_ready(plan, f"the curves of {', '.join(plan.todo)}", "curves_start")
 
     def draw() -> None:
         job_status(job, "curves")
@@ -90,17 +97,7 @@ def body() -> None:
         if same:
             st.caption(same)
         if maps:
-            st.subheader("The picture at one step")
-            pick, slider = st.columns([1, 3])
-            method = pick.selectbox("Map", list(maps), key="curve_view_method")
-            step = slider.slider("Step", 0, steps, steps // 5, key="curve_view_step")
-            shown = st.columns(len(MODES))
-            for column, mode in zip(shown, MODES):
-                column.image(
-                    perturbed_image(subject.explanation, maps[method].saliency, mode, step, steps, baseline),
-                    caption=f"{mode}: {step / steps:.0%} of pixels {'deleted' if mode == 'deletion' else 'inserted'}",
-                    width="stretch",
-                )
+            one_step(subject, maps, steps, baseline)
 
     live(job, draw)
 

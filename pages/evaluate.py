@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from pages._shared import guarded, job_status, live, model_or_stop, session_folder, workspace
-from tame_core.errors import TameError
-from tame_core.evaluation import TABLE_COLUMNS, EvaluationConfig, select_files
-from tame_core.methods import list_methods
-from tame_core.metrics.curves import DEFAULT_FILLS, DEFAULT_STEPS, FILLS
-from tame_core.studio.costs import evaluation_estimate, with_relative_times
-from tame_core.studio.evaluation import can_resume, column_title, evaluation_work, forget_run, state_path
-from tame_core.studio.per_image import (
-    MAX_THUMBNAIL_IMAGES, WITHIN_NOISE, comparison_rows, default_pair, image_count, per_image_rows, thumbnail_folder,
+from tame_core.studio import (
+    DEFAULT_FILLS,
+    DEFAULT_STEPS,
+    FILLS,
+    MAX_THUMBNAIL_IMAGES,
+    SPLITS,
+    TABLE_COLUMNS,
+    WITHIN_NOISE,
+    EvaluationConfig,
+    TameError,
+    can_resume_evaluation,
+    column_title,
+    comparison_rows,
+    default_pair,
+    evaluation_cost,
+    evaluation_thumbnails,
+    image_count,
+    image_total,
+    method_names,
+    per_image_rows,
+    plots,
+    public_message,
+    server_folder,
+    start_evaluation,
+    with_relative_times,
 )
-from tame_core.studio.plots import comparison_figure
-from tame_core.studio.storage import public_message, server_folder
-from tame_core.training import SPLITS
 
 DEFAULT_METHODS = ("tame", "gradcam", "gradcam++")
 
 
 def config_form() -> EvaluationConfig | None:
     folder = st.text_input("Folder of images (searched recursively)", key="eval_folder", placeholder="/data/imagenet-samples")
-    available = list_methods()
+    available = method_names()
     methods = st.multiselect(
         "Methods",
         available,
@@ -96,7 +108,7 @@ def results(job) -> None:
     images.download_button(
         "Per image (.csv)", report.per_image_csv(), file_name="per_image.csv", mime="text/csv", key="eval_per_image"
     )
-    per_image_table(report, thumbnail_folder(job.tag) if isinstance(job.tag, Path) else None)
+    per_image_table(report, evaluation_thumbnails(job))
     comparison(report)
 
 
@@ -154,7 +166,7 @@ def comparison(report) -> None:
     if not rows:
         st.info(f"{a} and {b} have no metric measured on the same images.")
         return
-    st.plotly_chart(comparison_figure(rows, a, b), key="eval_compare_figure", width="stretch")
+    st.plotly_chart(plots.comparison_figure(rows, a, b), key="eval_compare_figure", width="stretch")
     st.dataframe(
         rows,
         hide_index=True,
@@ -186,28 +198,20 @@ def body() -> None:
     count = None
     if config is not None:
         try:
-            count = len(select_files(config.data, config.split, limit=config.limit))
+            count = image_total(config)
         except TameError as error:
             st.error(public_message(str(error)))
     if config is not None and count is not None:
         states = session_folder().evaluations  # this session's: a fresh run never deletes another session's
-        state = state_path(config, model.choice, states)
-        estimate = evaluation_estimate(model, config.methods, count, config.steps, dict(config.method_limits))
+        estimate = evaluation_cost(model, config, count)
         start, again = st.columns(2)
         label = f"Evaluate {count} images: {estimate.text()}"
         fresh = start.button(label, type="primary", disabled=running, key="eval_start")
-        resume = can_resume(config, model.choice, states) and again.button(
+        resume = can_resume_evaluation(config, model.choice, states) and again.button(
             "Resume the stopped run", disabled=running, key="eval_resume"
         )
         if fresh or resume:
-            if fresh:
-                forget_run(config, model.choice, states)  # start over rather than continue a stopped run
-            ws.start_job(
-                "evaluate",
-                f"Evaluating (estimated {estimate.duration})",
-                lambda context: evaluation_work(model.choice, config, context, states),
-                state,  # where its thumbnails are: beside its state
-            )
+            start_evaluation(ws, model, config, states, estimate, fresh=fresh)
             st.rerun()
     if job is None:
         return

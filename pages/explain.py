@@ -5,8 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import class_picker, colour_scale, guarded, image_or_stop, image_picker, model_or_stop, workspace
-from tame_core.maps import COLORMAPS
-from tame_core.studio import ActiveImage, LoadedModel, render
+from tame_core.studio import COLORMAPS, ActiveImage, LoadedModel, render
 
 GRID_COLUMNS = 4
 #: Pixel widths of the top-5's columns: with the row checkboxes they fit the controls column of a 1280 px
@@ -34,6 +33,37 @@ def _explain_row(model: LoadedModel, image: ActiveImage, picked: list[int], rows
     if picked:
         workspace().choose_class(model, image, int(rows[picked[0]]["index"]))
         st.session_state.pop(f"class-{model.tag}-{image.digest}", None)
+
+
+def map_views(model: LoadedModel, image: ActiveImage, class_index: int, alpha: float, colormap: str) -> None:
+    """The class's map over the picture and alone, with the downloads of both."""
+    view = workspace().view(model, image, class_index)
+    saliency = render.saliency(view)
+    overlaid = render.overlay_image(image.pixels, saliency, alpha, colormap)
+    probability = float(view.class_probs[0, 0])
+    label = render.class_label(class_index, model.class_names)
+    left, right = st.columns(2)
+    left.image(overlaid, caption=f"{label}: p = {probability:.1%}", output_format="JPEG")
+    for note in (render.unlikely_class_note(probability), render.tiny_picture_note(image.pixels)):
+        if note:
+            left.info(note)
+    heatmap = render.heatmap_image(saliency, colormap)
+    right.image(heatmap, caption="The map alone (all branches)", output_format="JPEG")
+    stem = f"{render.file_stem(image.name)}_{render.file_stem(model.class_names[class_index])}"
+    left.download_button(
+        "Overlay (.png)", data=lambda: render.png_bytes(overlaid), file_name=f"{stem}_overlay.png", mime="image/png"
+    )
+    right.download_button(
+        "Map (.npy)",
+        data=lambda: render.npy_bytes(saliency),
+        file_name=f"{stem}_map.npy",
+        mime="application/octet-stream",
+        help=render.map_size_note(saliency.shape[:2], image.original_size),
+    )
+    if tuple(saliency.shape[:2]) != tuple(image.original_size):
+        right.caption(f"Downloads are {saliency.shape[1]}×{saliency.shape[0]} px (the picture is "
+                      f"{image.original_size[1]}×{image.original_size[0]} px).")
+    colour_scale(colormap, "the map is scaled to its own range, 0 where the class is least supported, 1 where most")
 
 
 def body() -> None:
@@ -70,34 +100,8 @@ def body() -> None:
         alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
         colormap = st.selectbox("Colormap", list(COLORMAPS), key="colormap")
 
-    view = ws.view(model, image, class_index)
-    saliency = render.saliency(view)
-    overlaid = render.overlay_image(image.pixels, saliency, alpha, colormap)
-    probability = float(view.class_probs[0, 0])
-    label = render.class_label(class_index, model.class_names)
     with pictures:
-        left, right = st.columns(2)
-        left.image(overlaid, caption=f"{label}: p = {probability:.1%}", output_format="JPEG")
-        for note in (render.unlikely_class_note(probability), render.tiny_picture_note(image.pixels)):
-            if note:
-                left.info(note)
-        heatmap = render.heatmap_image(saliency, colormap)
-        right.image(heatmap, caption="The map alone (all branches)", output_format="JPEG")
-        stem = f"{render.file_stem(image.name)}_{render.file_stem(model.class_names[class_index])}"
-        left.download_button(
-            "Overlay (.png)", data=lambda: render.png_bytes(overlaid), file_name=f"{stem}_overlay.png", mime="image/png"
-        )
-        right.download_button(
-            "Map (.npy)",
-            data=lambda: render.npy_bytes(saliency),
-            file_name=f"{stem}_map.npy",
-            mime="application/octet-stream",
-            help=render.map_size_note(saliency.shape[:2], image.original_size),
-        )
-        if tuple(saliency.shape[:2]) != tuple(image.original_size):
-            right.caption(f"Downloads are {saliency.shape[1]}×{saliency.shape[0]} px (the picture is "
-                          f"{image.original_size[1]}×{image.original_size[0]} px).")
-        colour_scale(colormap, "the map is scaled to its own range, 0 where the class is least supported, 1 where most")
+        map_views(model, image, class_index, alpha, colormap)
 
     if len(ws.images) > 1 and st.toggle(f"Show all {len(ws.images)} images", key="show_all"):
         all_images(model, alpha, colormap)

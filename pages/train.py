@@ -7,26 +7,30 @@ from pathlib import Path
 import streamlit as st
 
 from pages._shared import guarded, job_status, live, session_folder, workspace
-from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
-from tame_core.head import VARIANTS
-from tame_core.hub import push_head
-from tame_core.studio import JobState, plots
-from tame_core.studio.storage import server_folder
-from tame_core.studio.training import (
-    TrainingPreview,
-    can_resume,
+from tame_core.studio import (
+    DEFAULT_BACKBONE,
+    RECIPES,
+    SPLITS,
+    VARIANTS,
+    JobState,
+    TrainConfig,
+    backbone_names,
+    can_resume_training,
+    latest_preview,
     layer_choices,
     loss_history,
-    output_path,
+    plots,
+    push_head,
+    resumed_steps,
     run_outcome,
-    train_work,
+    server_folder,
+    start_training,
+    total_steps,
+    training_config,
     unpack_upload,
 )
-from tame_core.training import RECIPES, SPLITS, TrainConfig
 
 RECIPE_LABELS = {"little-data": "Little data (recommended)", "paper": "Papers' recipe"}
-
-CHECKPOINT_EVERY = 10  # steps between saved states: also how often the preview maps refresh
 
 
 @st.cache_resource(show_spinner="Listing the backbone's layers…")
@@ -55,7 +59,7 @@ def training_data() -> Path | None:
 
 
 def settings(data: Path | None) -> TrainConfig | None:
-    backbones = list(list_backbones())
+    backbones = backbone_names()
     left, middle, right = st.columns(3)
     backbone = left.selectbox("Backbone", backbones, index=backbones.index(DEFAULT_BACKBONE), key="train_backbone")
     variant = middle.selectbox("Head variant", list(VARIANTS), key="train_variant")
@@ -88,25 +92,8 @@ def settings(data: Path | None) -> TrainConfig | None:
         st.info("Choose the images and at least one layer to start.")
         return None
     model = st.session_state.get("model")  # train where the sidebar's model runs
-    return TrainConfig(
-        data=data,
-        out=output_path(name, session_folder().heads),
-        backbone=backbone,
-        layers=chosen,
-        variant=variant,
-        device=model.choice.device if model is not None else "cpu",
-        checkpoint_every=CHECKPOINT_EVERY,
-        progress=False,
-        **values,
-    )
-
-
-def start(config: TrainConfig, resume: bool) -> None:
-    config.resume, config.overwrite = resume, not resume  # the page warns before a new run replaces this session's head
-    preview = TrainingPreview.from_folder(config)
-    verb = "Resuming" if resume else "Training"
-    work = lambda context: train_work(config, context, preview)  # noqa: E731
-    workspace().start_job("train", f"{verb} {config.out.stem}", work, config.out)
+    device = model.choice.device if model is not None else "cpu"
+    return training_config(data, name, session_folder().heads, backbone, chosen, variant, device, **values)
 
 
 def progress_panel() -> None:
@@ -119,21 +106,20 @@ def progress_panel() -> None:
         records = job.records
         steps = loss_history(records)
         if steps:
-            resumed = [r["step"] for r in records if r.get("event") == "resume"]
-            st.plotly_chart(plots.loss_figure(steps, resumed), key="train_losses", width="stretch")
+            st.plotly_chart(plots.loss_figure(steps, resumed_steps(records)), key="train_losses", width="stretch")
             st.caption("  \n".join(f"**{term}**: {plots.LOSS_MEANINGS[term]}" for term in plots.loss_terms(steps)))
-        previews = [r for r in records if r.get("event") == "preview"]
-        if previews:
-            st.caption(f"Maps of the head saved at step {previews[-1]['step']}:")
-            for column, picture in zip(st.columns(len(previews[-1]["overlays"]) or 1), previews[-1]["overlays"]):
+        preview = latest_preview(records)
+        if preview is not None:
+            st.caption(f"Maps of the head saved at step {preview['step']}:")
+            for column, picture in zip(st.columns(len(preview["overlays"]) or 1), preview["overlays"]):
                 column.image(picture, width="stretch")
         outcome = run_outcome(records)
         if job.state is JobState.DONE and job.result is not None:
             st.success(f"Saved {job.result}. Choose it in the sidebar (Head: local file) to explain with it.")
         elif job.state is JobState.STOPPED and outcome is not None:
-            total = next((r["total_steps"] for r in records if "total_steps" in r), "?")
+            total = total_steps(records)
             st.info(
-                f"Stopped at step {outcome['step']} of {total}. The head as it was then is in {job.result} "
+                f"Stopped at step {outcome['step']} of {'?' if total is None else total}. The head as it was then is in {job.result} "
                 "(not finished); Resume continues the same schedule from there."
             )
 
@@ -164,12 +150,12 @@ def body() -> None:
         if config.out.exists() and not mine:
             st.warning(f"{config.out.name} exists: a new run replaces it (or pick another name).")
         go, again = st.columns(2)
-        resumable = can_resume(config)  # after a stop, Resume is the button to press: Start replaces the head
+        resumable = can_resume_training(config)  # after a stop, Resume is the button to press: Start replaces the head
         if go.button("Start training", type="secondary" if resumable else "primary", disabled=running, key="train_start"):
-            start(config, resume=False)
+            start_training(workspace(), config, resume=False)
             st.rerun()
         if resumable and again.button("Resume the stopped run", type="primary", disabled=running, key="train_resume"):
-            start(config, resume=True)
+            start_training(workspace(), config, resume=True)
             st.rerun()
     progress_panel()
     if job is not None and job.state is JobState.DONE and job.result is not None:

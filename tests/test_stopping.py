@@ -25,7 +25,7 @@ from tame_core.studio import Job, JobState, LoadedModel, ModelChoice, Workspace,
 from tame_core.studio import jobs as jobs_module
 from tame_core.evaluation import EvaluationConfig
 from tame_core.studio.evaluation import evaluation_work
-from tame_core.studio.methods import ResultCache, compare_methods, curve_points
+from tame_core.studio import ResultCache, compare_methods, curve_points
 from noise_images import noise_folder
 
 LATENCIES = Path(__file__).resolve().parents[1] / "test-artifacts" / "stop-latencies.json"

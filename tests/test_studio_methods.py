@@ -24,7 +24,7 @@ from tame_core.studio.evaluation import can_resume as can_resume_evaluation
 from tame_core.methods import list_methods
 from tame_core.studio import costs
 from tame_core.studio.ablation import SEES, branch_terms
-from tame_core.studio.methods import (
+from tame_core.studio import (
     CurvePoint,
     MethodMap,
     ResultCache,
@@ -297,7 +297,7 @@ def test_compare_costs_are_numbers_while_another_process_keeps_both_cores_busy(s
 
 
 def test_methods_that_give_the_same_map_are_named_together():
-    from tame_core.studio.methods import coinciding, coinciding_text
+    from tame_core.studio import coinciding, coinciding_text
 
     ramp = torch.linspace(0, 1, 16).reshape(4, 4)
     maps = [MethodMap(m, ramp + shift, 1.0, 1, 1) for m, shift in (("tame", 0.3), ("gradcam", 0.0), ("xgradcam", 1e-5), ("hirescam", 0.0))]

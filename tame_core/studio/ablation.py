@@ -157,3 +157,32 @@ def plain_reading(row: AblationRow, class_name: str) -> str:
     if smallest is not None and smallest < 100:
         sentence += f"; keeping only the map's top {smallest} % of pixels, it {change(row.kept[smallest])}"
     return sentence + ". AD measures the drops (lower is better), IC says whether it rose (higher is better)."
+
+
+#: Branches that together move less of the map than this leave it nearly flat.
+NEARLY_FLAT = 0.05
+
+
+def masks_to_measure(
+    model: LoadedModel, digest: str, class_index: int, mask: Sequence[bool]
+) -> tuple[tuple, list[tuple[bool, ...]]]:
+    """The Branches page's AD/IC job for ``mask``: its tag and the masks it measures. A head with few
+    branches measures every combination once (one job serves every toggle); a bigger one the current
+    mask alone (one job per mask)."""
+    every_combination = len(mask) <= MAX_COMBINATIONS_BRANCHES
+    tag = (model.key, digest, class_index, None if every_combination else mask)
+    return tag, combinations(len(mask), mask)
+
+
+def flat_map_warning(shares: Sequence[float], mask: Sequence[bool]) -> str | None:
+    """Why the map looks flat, when it does: every branch off, or the ones on move less than
+    :data:`NEARLY_FLAT` of it (``shares``: each branch's share, :meth:`BranchTerms.share`)."""
+    if not any(mask):
+        return "All branches are off: the map is the fuser's bias alone, flat."
+    moved = sum(share for share, on in zip(shares, mask) if on)
+    if moved < NEARLY_FLAT:
+        return (
+            f"The branches that are on move only {moved:.0%} of this map: it is nearly flat, and what shows "
+            "is that small remainder stretched to the full colour range."
+        )
+    return None

@@ -18,14 +18,26 @@ from pathlib import Path
 
 from ..atomic import OutputLock
 from ..errors import EvaluationError, TameError
-from ..evaluation import EvaluationConfig, EvaluationReport, evaluate
+from ..evaluation import EvaluationConfig, EvaluationReport, evaluate, select_files
 from ..evaluation.state import MAX_STATE_BYTES, checked_tally
 from ..reading import read_json
-from .jobs import JobContext
-from .models import ModelChoice, load_model
+from .costs import Estimate, evaluation_estimate
+from .jobs import Job, JobContext
+from .models import LoadedModel, ModelChoice, load_model
 from .per_image import ThumbnailKeeper, column_title, thumbnail_folder
+from .workspace import Workspace
 
-__all__ = ["can_resume", "column_title", "evaluation_work", "forget_run", "state_path"]
+__all__ = [
+    "can_resume",
+    "column_title",
+    "evaluation_cost",
+    "evaluation_thumbnails",
+    "evaluation_work",
+    "forget_run",
+    "image_total",
+    "start_evaluation",
+    "state_path",
+]
 
 
 def state_path(config: EvaluationConfig, choice: ModelChoice, folder: str | Path) -> Path:
@@ -66,3 +78,34 @@ def evaluation_work(
     with OutputLock(state, "this evaluation"), context.watching(explainer.backbone):  # one job per state; evaluate checks Stop itself
         keeper = ThumbnailKeeper(thumbnail_folder(state))  # thumbnails of a stopped run's images are kept
         return evaluate(explainer, config, progress, state_path=state, stop=context.stop_event, on_maps=keeper)
+
+
+def image_total(config: EvaluationConfig) -> int:
+    """How many images the evaluation will read (its folder, split and limit), before it starts."""
+    return len(select_files(config.data, config.split, limit=config.limit))
+
+
+def evaluation_cost(model: LoadedModel, config: EvaluationConfig, images: int) -> Estimate:
+    """What evaluating ``images`` images with ``config`` will cost on this machine."""
+    return evaluation_estimate(model, config.methods, images, config.steps, dict(config.method_limits))
+
+
+def start_evaluation(
+    ws: Workspace, model: LoadedModel, config: EvaluationConfig, state_folder: str | Path, estimate: Estimate, fresh: bool
+) -> Job:
+    """Run the evaluation in the background. ``fresh`` starts over: a stopped run's state and thumbnails
+    in ``state_folder`` (the session's own) are deleted first; else it resumes from the images done.
+    The job's tag is its state file, beside which its thumbnails are kept."""
+    if fresh:
+        forget_run(config, model.choice, state_folder)
+    return ws.start_job(
+        "evaluate",
+        f"Evaluating (estimated {estimate.duration})",
+        lambda context: evaluation_work(model.choice, config, context, state_folder),
+        state_path(config, model.choice, state_folder),
+    )
+
+
+def evaluation_thumbnails(job: Job) -> Path | None:
+    """Where an evaluation job's thumbnails are: beside its state, the job's tag (None for another job)."""
+    return thumbnail_folder(job.tag) if isinstance(job.tag, Path) else None

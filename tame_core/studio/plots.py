@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .methods import CurvePoint, auc_direction
+from .curves import CurvePoint, auc_direction
 
 #: Line colours by method, so TAME keeps its colour whichever other methods are ticked.
 _PALETTE = ("#d9480f", "#1c7ed6", "#2b8a3e", "#7048e8", "#e67700", "#0b7285", "#c2255c", "#5c940d", "#862e9c", "#495057")

@@ -7,6 +7,7 @@ The run itself is :func:`tame_core.training.train_head`; this module only feeds 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -32,8 +33,9 @@ from ..training.trainer import default_layers_for, recipe_layers
 from ..training.init import new_head
 from ..training.state import load_state
 from ..reading import parse_json, read_regular
-from .jobs import JobContext
+from .jobs import Job, JobContext
 from .storage import check_quota, public_message
+from .workspace import Workspace
 
 #: Refuse zips that would unpack to more than this many bytes or members, or hold a member larger than
 #: MAX_MEMBER_BYTES (zip bombs, wrong uploads). Every limit is checked on the sizes the zip declares before
@@ -51,6 +53,8 @@ MAX_LOG_BYTES = 256 * 2**20
 
 #: Pictures from the training folder shown with their current maps while a head trains.
 PREVIEW_IMAGES = 3
+#: Steps between a page-started run's saved states: also how often its preview maps refresh.
+CHECKPOINT_EVERY = 10
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -302,3 +306,51 @@ def can_resume(config: TrainConfig) -> bool:
     except TameError:
         return True  # a state without a readable head: the run stopped before saving one
 
+
+
+def training_config(
+    data: Path, name: str, heads: str | Path, backbone: str, layers: Sequence[str], variant: str, device: str, **values: Any
+) -> TrainConfig:
+    """The Train page's run: head ``name`` saved in the session's ``heads`` folder, its state saved every
+    :data:`CHECKPOINT_EVERY` steps, no progress bar on stderr; ``values`` are the recipe, epochs, batch
+    size, learning rate and split."""
+    return TrainConfig(
+        data=data,
+        out=output_path(name, heads),
+        backbone=backbone,
+        layers=list(layers),
+        variant=variant,
+        device=device,
+        checkpoint_every=CHECKPOINT_EVERY,
+        progress=False,
+        **values,
+    )
+
+
+def run_config(config: TrainConfig, resume: bool) -> TrainConfig:
+    """``config`` as the run to start (``config`` itself unchanged): ``resume`` continues its stopped run,
+    else the run starts over and replaces the head of that name (the page warns first)."""
+    return dataclasses.replace(config, resume=resume, overwrite=not resume)
+
+
+def start_training(ws: Workspace, config: TrainConfig, resume: bool) -> Job:
+    """Train in the background (see :func:`run_config`); the job's tag is the head's path."""
+    config = run_config(config, resume)
+    preview = TrainingPreview.from_folder(config)
+    verb = "Resuming" if resume else "Training"
+    return ws.start_job("train", f"{verb} {config.out.stem}", lambda context: train_work(config, context, preview), config.out)
+
+
+def resumed_steps(records: Sequence[Any]) -> list[int]:
+    """The steps a run was resumed at (drawn as marks on the loss plot)."""
+    return [r["step"] for r in records if isinstance(r, dict) and r.get("event") == "resume"]
+
+
+def latest_preview(records: Sequence[Any]) -> dict[str, Any] | None:
+    """The last preview record (``step`` and the saved head's ``overlays``), None before the first."""
+    return next((r for r in reversed(records) if isinstance(r, dict) and r.get("event") == "preview"), None)
+
+
+def total_steps(records: Sequence[Any]) -> int | None:
+    """The run's planned number of steps, once a record has said it."""
+    return next((r["total_steps"] for r in records if isinstance(r, dict) and "total_steps" in r), None)

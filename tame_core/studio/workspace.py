@@ -17,7 +17,7 @@ from ..head import BranchMask
 from .ablation import BranchTerms, branch_terms
 from .images import ActiveImage
 from .jobs import Job, JobContext, Work
-from .methods import ResultCache, Subject
+from .result_cache import ResultCache, Subject
 from .models import LoadedModel
 
 #: Explanations kept per session (one is a few MB of cached features).
@@ -47,7 +47,7 @@ class Workspace:
         self._explanations: OrderedDict[tuple[Hashable, str], Explanation] = OrderedDict()
         self._max = max_explanations
         self._lock = threading.Lock()  # background precomputation writes the cache too
-        #: Finished maps and curves of Compare and Deletion curves (see :mod:`.methods`).
+        #: Finished maps and curves of Compare and Deletion curves (see :mod:`.result_cache`).
         self.results = ResultCache()
         self.alive = alive
         self.orphan_after = orphan_after
