@@ -183,16 +183,26 @@ def image_picker() -> None:
             column.caption(GETS_IT_WRONG)
 
 
+def _picked_class(model: LoadedModel, image: ActiveImage, key: str) -> None:
+    """A class typed in the picker is the one explained; Explain's top-5 then re-reads it (none when it is
+    not among the five)."""
+    workspace().choose_class(model, image, int(st.session_state[key]))
+    st.session_state.pop(f"top5-{model.tag}-{image.digest}", None)
+
+
 def class_picker(model: LoadedModel, image: ActiveImage) -> int:
     """A searchable picker over every class; it starts at the model's top-1 and remembers the choice."""
     ws = workspace()
     names = model.class_names
+    key = f"class-{model.tag}-{image.digest}"
     chosen = st.selectbox(
         f"Explain class (type to search all {len(names)})",
         range(len(names)),
         index=ws.chosen_class(model, image),
         format_func=lambda index: render.class_label(index, names),
-        key=f"class-{model.tag}-{image.digest}",
+        key=key,
+        on_change=_picked_class,
+        args=(model, image, key),
     )
     ws.choose_class(model, image, chosen)
     return chosen

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
 from pages._shared import class_picker, colour_scale, guarded, image_or_stop, image_picker, model_or_stop, workspace
-from tame_core.studio import COLORMAPS, ActiveImage, LoadedModel, render
+from tame_core.studio import COLORMAPS, ActiveImage, Explanation, LoadedModel, render
 
 GRID_COLUMNS = 4
-#: Pixel widths of the top-5's columns: with the row checkboxes they fit the controls column of a 1280 px
-#: window (about 290 px); a wider window shares out the rest.
-TOP5_WIDTHS = (150, 100)
 
 
 def all_images(model: LoadedModel, alpha: float, colormap: str) -> None:
@@ -25,14 +24,32 @@ def all_images(model: LoadedModel, alpha: float, colormap: str) -> None:
         column.button(f"{image.name}: {label}", key=f"open-{image.digest}", on_click=ws.select, args=(image.digest,))
 
 
-def _explain_row(model: LoadedModel, image: ActiveImage, picked: list[int], rows: list[dict[str, object]], key: str) -> None:
-    """A click on a top-5 row explains that class: the picker is reset to follow it (a click is acted on once)."""
-    if st.session_state.get(f"{key}-done") == picked:
-        return
-    st.session_state[f"{key}-done"] = picked  # a row unselected and clicked again counts again
-    if picked:
-        workspace().choose_class(model, image, int(rows[picked[0]]["index"]))
+def _follow_top5(model: LoadedModel, image: ActiveImage, key: str) -> None:
+    """A top-5 choice explains that class; the searchable picker is reset to follow it."""
+    chosen = st.session_state.get(key)
+    if chosen is not None:
+        workspace().choose_class(model, image, int(chosen))
         st.session_state.pop(f"class-{model.tag}-{image.digest}", None)
+
+
+def top5(model: LoadedModel, image: ActiveImage, base: Explanation) -> None:
+    """The five likeliest classes; one click explains that class.
+
+    Radio buttons, not a selectable table: a table's row selection waits 150 ms in the browser before
+    the server hears of it, a third of what a class switch may take (issue 22's 300 ms)."""
+    rows = render.prediction_rows(base)
+    labels = {int(row["index"]): f"{row['class']} · {row['probability']:.1%}" for row in rows}
+    chosen = workspace().chosen_class(model, image)
+    key = f"top5-{model.tag}-{image.digest}"
+    st.radio(
+        "Top 5: click one to explain it",
+        list(labels),
+        index=list(labels).index(chosen) if chosen in labels else None,
+        format_func=labels.__getitem__,
+        key=key,
+        on_change=_follow_top5,
+        args=(model, image, key),
+    )
 
 
 def map_views(model: LoadedModel, image: ActiveImage, class_index: int, alpha: float, colormap: str) -> None:
@@ -66,6 +83,19 @@ def map_views(model: LoadedModel, image: ActiveImage, class_index: int, alpha: f
     colour_scale(colormap, "the map is scaled to its own range, 0 where the class is least supported, 1 where most")
 
 
+def class_and_map(model: LoadedModel, image: ActiveImage, base: Explanation) -> None:
+    """The top-5, the class picker, the display settings and the map: what a class switch redraws."""
+    controls, pictures = st.columns([2, 3], gap="large")
+    with controls:
+        st.subheader(image.name)
+        top5(model, image, base)
+        class_index = class_picker(model, image)
+        alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
+        colormap = st.selectbox("Colormap", list(COLORMAPS), key="colormap")
+    with pictures:
+        map_views(model, image, class_index, alpha, colormap)
+
+
 def body() -> None:
     st.title("Explain")
     image_picker()
@@ -75,36 +105,9 @@ def body() -> None:
     with st.spinner("Explaining…"):
         base = ws.explanation(model, image)
 
-    controls, pictures = st.columns([2, 3], gap="large")
-    with controls:
-        st.subheader(image.name)
-        rows = render.prediction_rows(base)
-        top5 = f"top5-{model.tag}-{image.digest}"
-        clicked = st.dataframe(
-            rows,
-            hide_index=True,
-            key=top5,
-            on_select="rerun",
-            selection_mode="single-row",
-            column_order=("class", "probability"),  # the rows are in rank order; widths fit the narrowest column
-            column_config={
-                "class": st.column_config.TextColumn(width=TOP5_WIDTHS[0]),
-                "probability": st.column_config.ProgressColumn(
-                    format="percent", min_value=0.0, max_value=1.0, width=TOP5_WIDTHS[1]
-                ),
-            },
-        )
-        st.caption("Click a row to explain that class.")
-        _explain_row(model, image, list(clicked["selection"]["rows"]), rows, top5)
-        class_index = class_picker(model, image)
-        alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
-        colormap = st.selectbox("Colormap", list(COLORMAPS), key="colormap")
-
-    with pictures:
-        map_views(model, image, class_index, alpha, colormap)
-
+    st.fragment(guarded)(partial(class_and_map, model, image, base))  # a class switch reruns only this part
     if len(ws.images) > 1 and st.toggle(f"Show all {len(ws.images)} images", key="show_all"):
-        all_images(model, alpha, colormap)
+        all_images(model, st.session_state.get("alpha", 0.5), st.session_state.get("colormap", list(COLORMAPS)[0]))
 
 
 guarded(body)

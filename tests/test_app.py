@@ -79,8 +79,8 @@ def test_explain_a_sample_then_switch_class(app):
     pick_sample(app)
     overlay, raw = app.main.get("image")[:2]
     assert overlay.captions[0].startswith("Egyptian cat (285): p = ")
-    top5 = app.dataframe[0].value
-    assert list(top5["class"])[:3] == ["Egyptian cat (285)", "tiger cat (282)", "tabby (281)"] and len(top5) == 5
+    top5 = app.radio[0].options
+    assert [o.split(" · ")[0] for o in top5[:3]] == ["Egyptian cat (285)", "tiger cat (282)", "tabby (281)"] and len(top5) == 5
     assert [b.label for b in app.get("download_button")] == ["Overlay (.png)", "Map (.npy)"]
     before = image_urls(app)
 
@@ -101,20 +101,19 @@ def test_explain_a_sample_then_switch_class(app):
 
 def test_a_click_on_a_top5_row_explains_that_class(app):
     pick_sample(app)
-    table = app.dataframe[0]
-    assert list(table.proto.selection_mode) == [0]  # single-row selection
-    app.session_state[table.key] = {"selection": {"rows": [2], "columns": [], "cells": []}}  # as a click on row 3 sets it
-    ok(app.run())
+    top5 = app.radio[0]
+    assert top5.value == 285 and top5.options[:3] == ["Egyptian cat (285) · 45.5%", "tiger cat (282) · 16.2%", "tabby (281) · 14.0%"]
+    ok(top5.set_value(TABBY).run())  # a click on the third class
     assert app.main.get("image")[0].captions[0].startswith("tabby (281): p = ")
     picker = next(s for s in app.selectbox if s.key.startswith("class-"))
     assert picker.value == TABBY  # the picker follows the click
     ok(picker.set_value(967).run())  # and a later choice in the picker is not undone by the old click
     assert app.main.get("image")[0].captions[0].startswith("espresso (967): p = ")
-    app.session_state[table.key] = {"selection": {"rows": [], "columns": [], "cells": []}}
-    ok(app.run())
-    app.session_state[table.key] = {"selection": {"rows": [2], "columns": [], "cells": []}}  # the same row again
-    ok(app.run())
+    assert app.radio[0].value is None  # espresso is not among the five: none is marked
+    ok(app.radio[0].set_value(TABBY).run())  # the same class again
     assert app.main.get("image")[0].captions[0].startswith("tabby (281): p = ")
+    ok(next(s for s in app.selectbox if s.key.startswith("class-")).set_value(282).run())  # a top-5 class typed
+    assert app.radio[0].value == 282 and app.main.get("image")[0].captions[0].startswith("tiger cat (282): p = ")
 
 
 def test_a_large_pictures_downloads_state_their_size(app):

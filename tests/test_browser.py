@@ -131,7 +131,7 @@ def drive(page, server: tuple[str, list[str]], browser, photo: Path, notes: Path
     error.wait_for(timeout=LONG)
     assert error.inner_text().startswith("notes.jpg: not an image")
     images_loaded(page, 2)  # the overlay and the raw map
-    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=LONG)  # the top-5
+    page.locator('[data-testid="stRadio"]').first.wait_for(timeout=LONG)  # the top-5
     shot(page, "01-explain")
 
     # switch class through the searchable picker
@@ -437,7 +437,7 @@ def test_every_table_fits_at_1280_and_1920(server, page, tmp_path):
     try:
         pick_chelsea(page, url)
         images_loaded(page, 2)
-        page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=LONG)
+        page.locator('[data-testid="stRadio"]').first.wait_for(timeout=LONG)
         tables_fit(page, "explain", folder, problems)
 
         nav(page, "Branches")

@@ -21,6 +21,7 @@ from ..backbones import DEFAULT_BACKBONE
 from ..checkpoint import CHECKPOINT_DIR, bundled_head_path
 from ..errors import AccessError, ImageLoadError, TameError
 from ..evaluation import TABLE_COLUMNS, EvaluationConfig
+from ..explainer import Explanation
 from ..head import VARIANTS
 from ..hub import push_head
 from ..maps import COLORMAPS
@@ -170,6 +171,7 @@ __all__ = [
     "evaluation_thumbnails",
     "evaluation_work",
     "EvaluationConfig",
+    "Explanation",
     "feature_sizes",
     "FILLS",
     "fills_text",
