@@ -25,6 +25,7 @@ from tame_core.studio import (
     run_outcome,
     server_folder,
     start_training,
+    training_cost,
     total_steps,
     training_config,
     unpack_upload,
@@ -149,6 +150,9 @@ def body() -> None:
         mine = job is not None and job.tag == config.out  # this session's own run of that name
         if config.out.exists() and not mine:
             st.warning(f"{config.out.name} exists: a new run replaces it (or pick another name).")
+        cost = training_cost(st.session_state.get("model"), config)
+        if cost is not None and not running:
+            st.caption(f"Estimated {cost.text()} on this machine; once it runs, the progress bar says what is left.")
         go, again = st.columns(2)
         resumable = can_resume_training(config)  # after a stop, Resume is the button to press: Start replaces the head
         if go.button("Start training", type="secondary" if resumable else "primary", disabled=running, key="train_start"):

@@ -417,3 +417,11 @@ def test_time_left_times_the_later_half_so_a_slow_start_does_not_inflate_it():
     assert time_left([(0.0, 0.10), (2.0, 0.12)], 2.0) is None  # under a twentieth of the work
     # the later half too short to time: the whole run since the first progress is used
     assert time_left([(0.0, 0.1), (2.0, 0.3)], 2.0) == pytest.approx(2.0 / 0.2 * 0.7)
+
+
+def test_training_passes_count_the_clean_and_masked_forwards_and_each_extra_term():
+    from tame_core.studio.costs import training_passes
+
+    assert training_passes(100, 2) == (400, 200)  # clean + masked forward, one backward, per image and epoch
+    assert training_passes(100, 1, extra_terms=1) == (300, 200)  # the destroying term: one forward and backward more
+    assert training_passes(0, 5) == (0, 0)

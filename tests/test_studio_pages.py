@@ -180,3 +180,24 @@ def test_the_train_page_reads_resumes_previews_and_the_planned_steps_from_the_re
     assert latest_preview(records) == {"event": "preview", "step": 20, "overlays": ["b", "c"]}
     assert total_steps(records) == 40
     assert (resumed_steps([]), latest_preview([]), total_steps([{"step": 1}])) == ([], None, None)
+
+
+def test_the_train_page_estimate_counts_the_folders_images_and_epochs_on_the_sidebar_model(tmp_path, model):
+    from dataclasses import replace
+
+    from tame_core.studio import costs, training_cost
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / f"{name}.png")
+    backbone = model.explainer.backbone.name
+    config = training_config(data, "h", tmp_path / "heads", backbone, model.layers[:1], "tame", "cpu",
+                             recipe="little-data", epochs=2, batch_size=4, lr=0.01, split="all")
+    estimate = training_cost(model, config)
+    assert (estimate.forwards, estimate.backwards) == (3 * 2 * 2, 3 * 2)
+    assert estimate.seconds == pytest.approx(costs.forward_seconds(model) * (12 + costs.BACKWARD_COST * 6), rel=0.5)
+    destroying = training_cost(model, replace(config, loss=replace(config.loss, destroy=1.0)))
+    assert (destroying.forwards, destroying.backwards) == (18, 12)
+    assert training_cost(None, config) is None  # no model loaded: no forward time to go by
+    assert training_cost(model, replace(config, backbone="resnet50")) is None  # another backbone: unknown until it runs

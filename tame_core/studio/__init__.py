@@ -117,6 +117,7 @@ from .training import (
     start_training,
     total_steps,
     training_config,
+    training_cost,
     unpack_upload,
 )
 from .workspace import Workspace
@@ -246,6 +247,7 @@ __all__ = [
     "total_steps",
     "TrainConfig",
     "training_config",
+    "training_cost",
     "unpack_upload",
     "UPLOAD_TYPES",
     "VARIANTS",

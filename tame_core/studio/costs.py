@@ -179,3 +179,17 @@ def with_relative_times(rows: Sequence[dict], reference: str = "tame") -> list[d
     for row in out:
         row["× TAME time"] = row["ms_per_image"] / base if base and row["ms_per_image"] is not None else None
     return out
+
+
+def training_passes(images: int, epochs: int, extra_terms: int = 0) -> tuple[int, int]:
+    """(forwards, backwards) of training on ``images`` for ``epochs``: per image a clean forward (targets
+    and features), the masked forward and its backward through the frozen backbone to the map, and one
+    forward and backward more for each of the destroying/insertion terms that is on."""
+    seen = int(images) * int(epochs)
+    return seen * (2 + extra_terms), seen * (1 + extra_terms)
+
+
+def training_estimate(model: LoadedModel, images: int, epochs: int, extra_terms: int = 0) -> Estimate:
+    """What training a head on ``model``'s backbone will cost (the live rate takes over once it runs)."""
+    forwards, backwards = training_passes(images, epochs, extra_terms)
+    return passes_estimate(model, forwards, backwards)

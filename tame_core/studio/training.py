@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -25,15 +26,17 @@ from ..backbones import Backbone, load_backbone
 from ..checkpoint import BUNDLED_HEADS, CHECKPOINT_DIR, read_metadata
 from ..errors import TameError
 from ..explainer import Explainer
-from ..images import IMAGE_SUFFIXES, collect_images, load_image, tensor_to_pixels
+from ..images import IMAGE_SUFFIXES, collect_images, find_images, load_image, tensor_to_pixels
 from ..maps import overlay
 from ..taps import check_layers, list_layers
-from ..training import RECIPES, TrainConfig, TrainingError, train_head
+from ..training import RECIPES, TrainConfig, TrainingError, split_files, train_head
 from ..training.trainer import default_layers_for, recipe_layers
 from ..training.init import new_head
 from ..training.state import load_state
 from ..reading import parse_json, read_regular
+from . import costs
 from .jobs import Job, JobContext
+from .models import LoadedModel
 from .storage import check_quota, public_message
 from .workspace import Workspace
 
@@ -354,3 +357,21 @@ def latest_preview(records: Sequence[Any]) -> dict[str, Any] | None:
 def total_steps(records: Sequence[Any]) -> int | None:
     """The run's planned number of steps, once a record has said it."""
     return next((r["total_steps"] for r in records if isinstance(r, dict) and "total_steps" in r), None)
+
+
+@functools.lru_cache(maxsize=16)
+def _image_count(folder: str, modified: float, split: str, limit: int | None) -> int:
+    """Images a run on ``folder`` trains on; ``modified`` (the folder's mtime) keys the cache."""
+    return len(split_files(find_images(folder), split)[:limit])
+
+
+def training_cost(model: LoadedModel | None, config: TrainConfig) -> costs.Estimate | None:
+    """The Start button's estimate: the passes of :func:`~.costs.training_passes` at the sidebar model's
+    forward time. None when that model is not the backbone to train (its time is known only once the run
+    starts, and the progress bar then says what is left) or the data is not one folder."""
+    folder = config.data[0] if isinstance(config.data, (list, tuple)) and len(config.data) == 1 else config.data
+    if model is None or model.explainer.backbone.name != config.backbone or not Path(folder).is_dir():
+        return None
+    images = _image_count(str(folder), Path(folder).stat().st_mtime, config.split, config.limit)
+    extra = int(config.loss.destroy > 0) + int(config.loss.insert > 0)
+    return costs.training_estimate(model, images, config.epochs, extra)
