@@ -14,7 +14,7 @@ from streamlit import runtime
 
 from pages._shared import guarded, keep_jobs_alive, resolve_model, session_folder, workspace
 from tame_core.backbones import DEFAULT_BACKBONE, list_backbones
-from tame_core.checkpoint import CHECKPOINT_DIR, bundled_head_path
+from tame_core.heads import CHECKPOINT_DIR, bundled_head_path
 from tame_core.studio import (
     HEAD_ENV,
     MAX_UPLOAD_MB,
