@@ -34,7 +34,7 @@ TARGET_MS = 150.0
 
 def untrained_head(folder: Path) -> Path:
     from tame_core import TAMEHead, load_backbone, save_head
-    from tame_core.checkpoint import metadata_for
+    from tame_core.card import metadata_for
     from tame_core.taps import check_layers
 
     backbone = load_backbone("efficientnet_lite0")
@@ -108,7 +108,7 @@ def main() -> int:
 
     from PIL import Image
 
-    from tame_core.checkpoint import bundled_head_path
+    from tame_core.heads import bundled_head_path
     from tame_core.images import load_image
     from tame_core.studio.images import active_image
     from tame_core.studio.render import png_bytes

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from tame_core import Explainer, load_backbone, load_head, save_head
-from tame_core.checkpoint import metadata_for
+from tame_core.card import metadata_for
 from tame_core.evaluation import EvaluationConfig, bootstrap_difference, evaluate
 from tame_core.images import find_images, image_to_tensor, load_image
 from tame_core.taps import check_layers

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "DEFAULT_BACKBONE": ".backbones", "Backbone": ".backbones", "list_backbones": ".backbones", "load_backbone": ".backbones",
     "wrap_classifier": ".backbones",
-    "HeadMetadata": ".checkpoint", "load_head": ".checkpoint", "save_head": ".checkpoint",
+    "HeadMetadata": ".card", "load_head": ".checkpoint", "save_head": ".checkpoint",
     "TameError": ".errors",
     "Explainer": ".explainer", "Explanation": ".explainer",
     "VARIANTS": ".head", "TAMEHead": ".head",
@@ -23,7 +23,8 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .backbones import DEFAULT_BACKBONE, Backbone, list_backbones, load_backbone, wrap_classifier
-    from .checkpoint import HeadMetadata, load_head, save_head
+    from .card import HeadMetadata
+    from .checkpoint import load_head, save_head
     from .errors import TameError
     from .explainer import Explainer, Explanation
     from .head import VARIANTS, TAMEHead

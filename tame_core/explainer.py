@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from .backbones import DEFAULT_BACKBONE, Backbone, Weights, load_backbone
-from .checkpoint import HeadMetadata, check_fits, classifier_weights_for, load_head, locate_head
+from .card import HeadMetadata, check_fits
+from .checkpoint import load_head
 from .classes import ClassChoice, class_matrix
 from .devices import auto_device, autocast
 from .errors import CheckpointError, OptionError
 from .head import BranchMask, TAMEHead, parse_branch_mask
+from .heads import classifier_weights_for, locate_head
 from .maps import minmax_normalize, resize_maps
 from .preprocessing import INPUT, Geometry, as_image_tensors, check_geometry, model_inputs
 from .taps import LayerTaps

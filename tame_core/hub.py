@@ -15,8 +15,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import HeadMetadata, load_head, paths_for, read_metadata, save_head, sha256_of
+from .backbones import read_weights
+from .card import HeadMetadata
+from .checkpoint import load_head, paths_for, read_metadata, save_head
 from .errors import HubError
+from .fingerprint import sha256_of
 
 HEAD_FILENAME = "head.safetensors"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -61,7 +64,7 @@ def _check_download(repo_id: str, path: str, name: str, expected: str) -> None:
 
 def _pull_classifier(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None, metadata: HeadMetadata) -> None:
     """The fine-tuned classifier's weights, when the repo carries them (``push --with-weights``): they land
-    beside the head, where :func:`~tame_core.checkpoint.classifier_weights_for` finds them."""
+    beside the head, where :func:`~tame_core.heads.classifier_weights_for` finds them."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -117,8 +120,6 @@ def push_head(
 def _stage_classifier(metadata: HeadMetadata, weights: str | os.PathLike, folder: Path) -> dict[str, Any]:
     """Put the classifier's weights in ``folder`` as ``.safetensors``; the card's ``classifier`` entry for them."""
     from safetensors.torch import save_file
-
-    from .backbones import read_weights
 
     expected = metadata.classifier.get("weights_sha256")
     if not expected:

@@ -15,9 +15,12 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import HeadMetadata, metadata_for, save_head
+from .backbones import load_backbone
+from .card import HeadMetadata, metadata_for
+from .checkpoint import save_head
 from .errors import CheckpointError
 from .head import VARIANTS, TAMEHead
+from .taps import check_layers
 
 OFFICIAL_REPO = "IDT-ITI/T-TAME-models"
 _PREFIXES = ("generic.attn_mech.1.", "generic.attn_mech.")
@@ -89,9 +92,6 @@ def import_official_checkpoint(
     The backbone and layers come from the checkpoint's hyper-parameters (``model_name``, ``layers``)
     unless given; they are checked against the real backbone's layer shapes.
     """
-    from .backbones import load_backbone
-    from .taps import check_layers
-
     state, hyper = read_official_state(path)
     head = convert_official_state(state, variant)
     backbone_name = backbone_name or hyper.get("model_name")

@@ -68,7 +68,7 @@ def lite0():
 def random_head_path(tmp_path_factory, lite0) -> Path:
     """An untrained head for lite0's default layers, saved as a checkpoint pair."""
     from tame_core import TAMEHead, save_head
-    from tame_core.checkpoint import metadata_for
+    from tame_core.card import metadata_for
     from tame_core.taps import check_layers
 
     torch.manual_seed(0)

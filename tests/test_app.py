@@ -554,7 +554,7 @@ def test_heads_from_an_upload_or_the_hub(app, fake_hub, random_head_path):
 def unfinished_head(tmp_path, lite0) -> Path:
     """A head whose card says its training stopped at step 40 of 400 (what a stopped run saves)."""
     from tame_core import TAMEHead, save_head
-    from tame_core.checkpoint import metadata_for
+    from tame_core.card import metadata_for
     from tame_core.taps import check_layers
 
     channels = [info.channels for info in check_layers(lite0, lite0.default_layers)]

@@ -50,7 +50,7 @@ def chromium() -> Path:
 def server(chromium, random_head_path, tmp_path_factory):
     """(url, tapped layers) of the app on a free port: the bundled head when there is one, else the test head."""
     from tame_core.checkpoint import read_metadata
-    from tame_core.checkpoint import bundled_head_path
+    from tame_core.heads import bundled_head_path
 
     env = dict(os.environ)
     head = bundled_head_path("efficientnet_lite0")

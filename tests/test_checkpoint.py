@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from tame_core import Explainer, TAMEHead, load_backbone, load_head, save_head
-from tame_core.checkpoint import metadata_for, paths_for, read_metadata, sha256_of
+from tame_core.card import metadata_for
+from tame_core.checkpoint import paths_for, read_metadata
+from tame_core.fingerprint import sha256_of
 from tame_core.errors import CheckpointError
 
 
@@ -252,12 +254,12 @@ def _write_raw(path, state, metadata: dict | None):
 
 
 def test_lone_file_whose_tensors_disagree_with_its_metadata(tmp_path, lite0, no_real_build):
-    from tame_core.checkpoint import _state_digest
+    from tame_core.fingerprint import state_safetensors_sha256
 
     head = TAMEHead([40, 112, 320], 10)
     state = {k: v.contiguous() for k, v in head.state_dict().items()}
     meta = json.loads(metadata_for(TAMEHead([40, 112, 320], 1000), lite0, lite0.default_layers).to_json())
-    meta["tensors_sha256"] = _state_digest(state)
+    meta["tensors_sha256"] = state_safetensors_sha256(state)
     path = tmp_path / "lone.safetensors"
     _write_raw(path, state, meta)
     with pytest.raises(CheckpointError, match=r"fuser.weight is \(10, 472, 1, 1\), card needs \(1000, 472, 1, 1\)"):
@@ -344,7 +346,7 @@ def test_heads_without_any_digest_are_refused(tmp_path, saved, lite0):
 
 
 def test_the_bundled_head_loads():
-    from tame_core.checkpoint import bundled_head_path
+    from tame_core.heads import bundled_head_path
 
     head, metadata = load_head(bundled_head_path("efficientnet_lite0"))
     assert metadata.layers == ["blocks.4", "blocks.6", "bn2"] and head.num_classes == 1000
@@ -355,7 +357,7 @@ def test_the_bundled_card_records_the_recipe_its_script_trains():
     import importlib.util
     from pathlib import Path
 
-    from tame_core.checkpoint import bundled_head_path
+    from tame_core.heads import bundled_head_path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_bundled_head.py"
     spec = importlib.util.spec_from_file_location("train_bundled_head", script)

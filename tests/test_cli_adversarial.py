@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from tame_core import TAMEHead, load_head, save_head
-from tame_core.checkpoint import metadata_for, paths_for
+from tame_core.card import metadata_for
+from tame_core.checkpoint import paths_for
 from tame_core.cli import main
 from noise_images import noise_folder
 

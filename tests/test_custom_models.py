@@ -18,7 +18,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tame_core import Explainer, TAMEHead, load_backbone, save_head, wrap_classifier
-from tame_core.checkpoint import bundled_head_path, load_head, metadata_for
+from tame_core.card import metadata_for
+from tame_core.checkpoint import load_head
+from tame_core.heads import bundled_head_path
 from tame_core.classes import read_labels
 from tame_core.cli import main
 from tame_core.errors import BackboneError, ClassError, TrainingError

@@ -283,7 +283,7 @@ def test_a_killed_evaluation_resumes_with_the_same_arguments_only(explainer, ran
     import torch
 
     from tame_core import TAMEHead, save_head
-    from tame_core.checkpoint import metadata_for
+    from tame_core.card import metadata_for
 
     folder = noise_folder(tmp_path / "images", 12)
     torch.manual_seed(7)

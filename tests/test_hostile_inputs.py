@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from tame_core import TAMEHead, load_head, load_image, save_head
-from tame_core.checkpoint import metadata_for, paths_for, read_metadata
+from tame_core.card import metadata_for
+from tame_core.checkpoint import paths_for, read_metadata
 from tame_core.cli import main
 from tame_core.errors import CheckpointError, EvaluationError, ImageLoadError, OptionError, TrainingError
 from tame_core.reading import MAX_JSON_DEPTH, parse_json, read_json, read_regular
@@ -98,7 +99,7 @@ def test_every_card_reader_refuses_hostile_json_in_one_line(random_head_path, tm
 
 
 def test_a_card_field_of_5000_digits_given_as_a_dict_is_one_line():
-    from tame_core.checkpoint import HeadMetadata
+    from tame_core.card import HeadMetadata
 
     card = {"format": "tame-head", "backbone": "x", "layers": ["a"], "channels": [10**5000], "num_classes": 3}
     with pytest.raises(CheckpointError, match=r"^card: channels must be a list of whole numbers.*got a list holding a number too long to show$"):
@@ -285,14 +286,15 @@ def _saved_with(tmp_path: Path, lite0, name: str, tensor: str, value) -> Path:
     """A head whose ``tensor`` holds ``value``, with valid digests (what a hostile uploader can make)."""
     from safetensors.torch import save_file
 
-    from tame_core.checkpoint import _HEADER_KEY, _state_digest
+    from tame_core.checkpoint import _HEADER_KEY
+    from tame_core.fingerprint import state_safetensors_sha256
 
     torch.manual_seed(1)
     head = TAMEHead([40, 112, 320], 1000).eval()
     metadata = metadata_for(head, lite0, lite0.default_layers)
     state = {k: v.detach().clone().contiguous() for k, v in head.state_dict().items()}
     state[tensor].view(-1)[:3] = value
-    metadata.tensors_sha256 = _state_digest(state)
+    metadata.tensors_sha256 = state_safetensors_sha256(state)
     path = tmp_path / f"{name}.safetensors"
     save_file(state, str(path), metadata={_HEADER_KEY: metadata.to_json()})
     return path

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tame_core import Explainer, TAMEHead, load_head, save_head
-from tame_core.checkpoint import metadata_for, paths_for
+from tame_core.card import metadata_for
+from tame_core.checkpoint import paths_for
 from tame_core.errors import HubError
 from tame_core.hub import is_repo_id, model_card, pull_head, push_head
 

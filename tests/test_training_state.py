@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from tame_core.fingerprint import files_digest, tensors_digest
+from tame_core.fingerprint import files_digest, resume_tensors_digest
 from tame_core.head import TAMEHead
 from tame_core.training import TrainingError
 from tame_core.training.state import check_state, load_state, rng_state, save_state
@@ -51,7 +51,7 @@ def test_a_state_round_trips_exactly(tmp_path):
     save_state(tmp_path / "run.state.pt", state)
     loaded = load_state(tmp_path / "run.state.pt")
     assert loaded["step"] == 3 and loaded["key"] == {"epochs": 1} and loaded["rng"]["python"] == random.getstate()
-    assert tensors_digest(loaded["head"]) == tensors_digest(head.state_dict())
+    assert resume_tensors_digest(loaded["head"]) == resume_tensors_digest(head.state_dict())
     buffers = [entry["momentum_buffer"] for entry in loaded["optimizer"]["state"].values()]
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(buffers) == len(parameters) == len(list(head.parameters()))
@@ -116,7 +116,7 @@ def test_tensors_that_do_not_fit_the_head_are_refused_before_loading(tmp_path):
     head, optimizer = head_and_optimizer()
     path = tmp_path / "s.pt"
     fresh, fresh_optimizer = head_and_optimizer(steps=0)
-    before = tensors_digest(fresh.state_dict())
+    before = resume_tensors_digest(fresh.state_dict())
 
     state = a_state(head, optimizer)
     state["head"]["branches.0.conv.weight"] = torch.zeros(3, 3, 1, 1)
@@ -144,7 +144,7 @@ def test_tensors_that_do_not_fit_the_head_are_refused_before_loading(tmp_path):
     with pytest.raises(TrainingError, match="optimizer state for unknown parameter 99"):
         check_state(state, fresh, fresh_optimizer, path)
 
-    assert tensors_digest(fresh.state_dict()) == before and not fresh_optimizer.state  # nothing was loaded
+    assert resume_tensors_digest(fresh.state_dict()) == before and not fresh_optimizer.state  # nothing was loaded
     check_state(a_state(head, optimizer), fresh, fresh_optimizer, path)  # the real one fits
 
 
@@ -167,13 +167,13 @@ def test_file_digest_follows_names_and_contents_not_the_folder(tmp_path):
 def test_tensor_digest_sees_values_shapes_and_names():
     head, _ = head_and_optimizer(steps=0)
     state = head.state_dict()
-    digest = tensors_digest(state)
-    assert digest == tensors_digest({k: v.clone() for k, v in reversed(list(state.items()))})
+    digest = resume_tensors_digest(state)
+    assert digest == resume_tensors_digest({k: v.clone() for k, v in reversed(list(state.items()))})
     changed = {k: v.clone() for k, v in state.items()}
     changed["fuser.weight"].view(-1)[0] += 1e-6
-    assert tensors_digest(changed) != digest
+    assert resume_tensors_digest(changed) != digest
     renamed = {("x" + k if k == "fuser.bias" else k): v for k, v in state.items()}
-    assert tensors_digest(renamed) != digest
+    assert resume_tensors_digest(renamed) != digest
     assert len(digest) == 64 and int(digest, 16) >= 0
 
 

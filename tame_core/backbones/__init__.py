@@ -5,12 +5,12 @@ from .base import (
     LoadedWeights,
     Weights,
     list_backbones,
-    load_backbone,
     load_state_dict_file,
     read_weights,
     register_backbone,
     wrap_classifier,
 )
+from .loading import load_backbone
 from . import efficientnet_lite, torchvision_models  # noqa: F401  (register the built-in backbones)
 
 DEFAULT_BACKBONE = "efficientnet_lite0"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -13,9 +11,11 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import nn
 
-from ..classes import resolve_class
+from ..classes import checked_names, generic_class_names, resolve_class
 from ..errors import BackboneError
+from ..fingerprint import bytes_sha256
 from ..preprocessing import Preprocess
+from ..taps import find_module
 
 #: ``"pretrained"`` (the real weights: bundled, cached or downloaded), ``"random"`` (random init, for
 #: tests) or a path to a local weights file (.safetensors, or a torch file read with weights_only=True).
@@ -117,7 +117,6 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
-TIMM_PREFIX = "timm:"
 
 
 def register_backbone(name: str, description: str = "") -> Callable[[BackboneFactory], BackboneFactory]:
@@ -137,50 +136,10 @@ def list_backbones() -> dict[str, str]:
     return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
 
 
-def load_backbone(
-    name: str,
-    weights: Weights = "pretrained",
-    device: torch.device | str = "cpu",
-    *,
-    class_names: Sequence[str] | None = None,
-    preprocess: Preprocess | dict[str, Any] | None = None,
-) -> Backbone:
-    """The frozen classifier called ``name``, on ``device``, in eval mode.
-
-    ``name`` is a registered name (``efficientnet_lite0``, ``vgg16``, ``resnet50``, ``vit_b_16``), or any
-    timm model as ``timm:<name>`` or plain ``<name>``. ``weights`` is ``"pretrained"``, ``"random"`` or a
-    state-dict file: a fine-tune with any number of classes (read from its classifier's weights).
-    ``class_names`` name the outputs (their count must match); ``preprocess`` replaces the architecture's
-    preprocessing, whole or in part (``{"input_size": [256, 256], "mean": [...], "std": [...]}``).
-    """
-    from . import timm_models  # registers nothing, resolves any timm name
-
-    if name in _REGISTRY:
-        backbone = _REGISTRY[name].factory(weights)
-    elif name.startswith(TIMM_PREFIX) or timm_models.is_timm_model(name):
-        backbone = timm_models.load_timm_backbone(name.removeprefix(TIMM_PREFIX), weights)
-    else:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise BackboneError(
-            f"unknown backbone {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))}; "
-            "or any timm model as timm:<name>)"
-        )
-    if preprocess is not None:
-        backbone.set_preprocess(preprocess_with(backbone.preprocess, preprocess))
-    if class_names is not None:
-        backbone.set_class_names(class_names)
-    return backbone.to(device)
-
-
-def preprocess_with(base: Preprocess, changes: Preprocess | dict[str, Any]) -> Preprocess:
-    """``base`` with the fields ``changes`` gives (a whole :class:`Preprocess` replaces it), each checked."""
-    if isinstance(changes, Preprocess):
-        return changes
-    try:
-        return Preprocess.from_dict({**base.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
-    except (TypeError, ValueError) as error:
-        raise BackboneError(f"preprocessing: {error}") from None
+def registered_factory(name: str) -> BackboneFactory | None:
+    """The factory registered as ``name``, or None (the name may still be a timm model)."""
+    entry = _REGISTRY.get(name)
+    return entry.factory if entry is not None else None
 
 
 @dataclass(frozen=True)
@@ -227,7 +186,7 @@ def read_weights(path: str | os.PathLike) -> LoadedWeights:
     broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if broken is not None:
         raise BackboneError(f"weights file {path.name}: {broken} holds NaN or infinite values; the classifier cannot be used")
-    return LoadedWeights(state, path.name, hashlib.sha256(raw).hexdigest())
+    return LoadedWeights(state, path.name, bytes_sha256(raw))
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -352,9 +311,6 @@ def wrap_classifier(
         >>> backbone = wrap_classifier(my_net, ["ok", "scratch", "dent"], layers=["layer3", "layer4"])
         >>> head_config = Explainer(backbone, TAMEHead(...))  # or tame_core.training.train_head
     """
-    from ..classes import checked_names, generic_class_names
-    from ..taps import find_module
-
     if not isinstance(model, nn.Module):
         raise BackboneError(f"wrap_classifier takes a torch.nn.Module, got {type(model).__name__}")
     try:

@@ -32,12 +32,20 @@ from .common import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..training import AUGMENTATIONS, DEFAULT_RECIPE, INITS, MASK_ORDERS, RECIPES, SPLITS, LossWeights
-
     parser = subparsers.add_parser("train", help="train a head on a folder of images", description=__doc__)
     parser.add_argument("--data", required=True, type=Path, nargs="+", metavar="SOURCE",
                         help="folders of images (recursive; jpg, png, webp, ...) and/or .txt lists of image files")
     parser.add_argument("--out", required=True, type=Path, help="head checkpoint to write (.safetensors + .json card)")
+    _add_model_options(parser)
+    _add_data_options(parser)
+    _add_recipe_options(parser)
+    _add_run_options(parser)
+    parser.set_defaults(run=run)
+
+
+# The option helpers import tame_core.training inside the function on purpose: `tame --help` and the other
+# commands start without loading PyTorch (see cli/__init__.py); there is no import cycle to dodge.
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone name (default: {DEFAULT_BACKBONE})")
     add_classifier_options(model, weights_default="pretrained")
@@ -47,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--fuser", choices=FUSERS,
                        help="class: one learned fuser row per class (the papers'); tied: the classifier's rows times a "
                             "projection shared by all classes, so every image trains every class; tied_residual: plus a per-class residual")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    from ..training import AUGMENTATIONS, SPLITS
+
     data = parser.add_argument_group("data")
     data.add_argument("--split", choices=SPLITS, default="all",
                       help="train/heldout: the project's ImageNet split by WordNet id (class i held out when i %% 5 == 4)")
@@ -55,6 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="heldout: drop images whose target is one of the project's 200 held-out ImageNet classes")
     data.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation (standard = resize, random crop, flip; heavy: crops of 25-100%% of the picture)")
     data.add_argument("--workers", type=int_between(0, MAX_WORKERS), help="data-loading processes (default: 0 on CPU, 4 on GPU)")
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    from ..training import DEFAULT_RECIPE, INITS, MASK_ORDERS, RECIPES
+
     recipe = parser.add_argument_group("recipe (options left out come from --recipe)")
     recipe.add_argument(
         "--recipe", choices=[DEFAULT_RECIPE, *RECIPES], default=DEFAULT_RECIPE,
@@ -76,6 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--classes-per-image", type=int_between(1, MAX_CLASSES_PER_IMAGE),
                         help="train only this many of the top-k per image and step, drawn at random (default: all k)")
     recipe.add_argument("--mask-order", choices=MASK_ORDERS, default="raw", help="normalized: T-TAME's order for ViTs")
+    _add_loss_options(recipe)
+
+
+def _add_loss_options(recipe: argparse._ArgumentGroup) -> None:
+    from ..training import LossWeights
+
     defaults = LossWeights()
     for name, flag, text in (
         ("ce", "--ce-weight", "cross-entropy weight"),
@@ -91,6 +115,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         default = getattr(defaults, name)
         recipe.add_argument(flag, dest=f"loss_{name}", type=non_negative_float, default=default, help=f"{text} (default {default})")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda when available)")
     run_group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
@@ -101,7 +128,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_group.add_argument("--state", type=Path, help="training state file (default: <out>.state.pt)")
     run_group.add_argument("--log", type=Path, help="JSON-lines log (default: <out>.log.jsonl)")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
 
 
 def _recipe_text(name: str) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import EvaluationError, ImageLoadError
 from ..explainer import Explainer
-from ..fingerprint import files_digest, tensors_digest
+from ..fingerprint import files_digest, resume_tensors_digest
 from ..images import find_images, image_to_tensor, load_image
 from ..methods import explain_with, get_method
 from ..methods.base import warm_up
@@ -95,7 +95,7 @@ def evaluate(
     settings = {
         "backbone": backbone.name,
         "head": _head_name(explainer),
-        "head_tensors_sha256": tensors_digest(explainer.head.state_dict()),
+        "head_tensors_sha256": resume_tensors_digest(explainer.head.state_dict()),
         "data": config.data,
         "data_files_sha256": files_digest(files),
         "split": config.split,

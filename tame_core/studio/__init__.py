@@ -18,7 +18,7 @@ use, the constants of the lower layers (fills, splits, recipes...) included, is 
 """
 
 from ..backbones import DEFAULT_BACKBONE
-from ..checkpoint import CHECKPOINT_DIR, bundled_head_path
+from ..heads import CHECKPOINT_DIR, bundled_head_path
 from ..errors import AccessError, ImageLoadError, TameError
 from ..evaluation import TABLE_COLUMNS, EvaluationConfig
 from ..explainer import Explanation

@@ -22,9 +22,10 @@ import torch
 
 from ..atomic import write_atomically
 from ..backbones import DEFAULT_BACKBONE
-from ..checkpoint import load_head, locate_head
+from ..checkpoint import load_head
 from ..errors import CheckpointError, TameError
 from ..explainer import Explainer, Explanation
+from ..heads import locate_head
 from ..hub import is_repo_id
 from .storage import check_quota, hub_repo_id, studio_dir
 

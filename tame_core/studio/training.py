@@ -23,9 +23,10 @@ from typing import Any, BinaryIO, Sequence
 import numpy as np
 
 from ..backbones import Backbone, load_backbone
-from ..checkpoint import BUNDLED_HEADS, CHECKPOINT_DIR, read_metadata
+from ..checkpoint import read_metadata
 from ..errors import TameError
 from ..explainer import Explainer
+from ..heads import BUNDLED_HEADS, CHECKPOINT_DIR
 from ..images import IMAGE_SUFFIXES, collect_images, find_images, load_image, tensor_to_pixels
 from ..maps import overlay
 from ..taps import check_layers, list_layers

@@ -10,7 +10,6 @@ compares every tensor with the run's head and optimizer before anything is loade
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -23,6 +22,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import TrainingError
+from ..fingerprint import bytes_sha256
 from ..reading import read_regular
 
 STATE_VERSION = 2
@@ -71,7 +71,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     wrapper = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
-        "sha256": hashlib.sha256(payload).hexdigest(),
+        "sha256": bytes_sha256(payload),
         "payload": torch.frombuffer(payload, dtype=torch.uint8),
     }
     with atomic_path(path, durable=True) as temporary:
@@ -95,7 +95,7 @@ def load_state(path: Path) -> dict[str, Any]:
     if not (isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 and payload.ndim == 1 and isinstance(recorded, str)):
         raise TrainingError(f"--resume: {path} is not a complete training state (no checksummed payload)")
     data = payload.numpy().tobytes()
-    if hashlib.sha256(data).hexdigest() != recorded:
+    if bytes_sha256(data) != recorded:
         raise TrainingError(
             f"--resume: {path} does not match the SHA-256 recorded in it: the file is corrupt or was changed; "
             "remove it (or choose another --out) to start over"

@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
-from ..checkpoint import metadata_for, paths_for, save_head
+from ..card import metadata_for
+from ..checkpoint import paths_for, save_head
 from ..classes import imagenet_wnids, read_labels
 from ..devices import autocast, autocast_dtype
 from ..atomic import OutputLock
