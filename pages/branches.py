@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import class_picker, colour_scale, guarded, image_or_stop, job_status, live, model_or_stop, workspace
-from tame_core.metrics import METRICS, spec_for
+from tame_core.metrics import get_metric
 from tame_core.studio import ActiveImage, Job, LoadedModel, render
 from tame_core.studio.ablation import (
     MAX_COMBINATIONS_BRANCHES,
@@ -83,7 +83,7 @@ def scores_panel(model: LoadedModel, image: ActiveImage, class_index: int, mask:
         )
         for column, kept in zip(st.columns(len(FRACTIONS)), FRACTIONS):
             for name, digits in ((f"AD{kept}", 1), (f"IC{kept}", 0)):  # IC of one picture is 0 or 100: "100.0%" would not fit
-                spec = METRICS[name]
+                spec = get_metric(name)
                 column.metric(
                     name,
                     f"{row.scores[name]:.{digits}f}%",
@@ -127,7 +127,7 @@ def combinations_panel(job: Job, mask: tuple[bool, ...], names: list[str]) -> No
                     ),
                     **{
                         name: st.column_config.NumberColumn(
-                            f"{name} {METRICS[name].arrow}", format="%.1f %%" if name.startswith("AD") else "%.0f %%"
+                            f"{name} {get_metric(name).arrow}", format="%.1f %%" if name.startswith("AD") else "%.0f %%"
                         )
                         for name in rows[0].scores
                     },
@@ -161,8 +161,8 @@ def single_image_note(row: AblationRow) -> None:
         column_order=("pixels kept", "P(class)", "vs whole picture", "AD"),  # IC is the sign of the change
         column_config={
             "P(class)": st.column_config.NumberColumn(format="percent"),
-            "AD": st.column_config.NumberColumn(f"AD {spec_for('AD100').arrow}", format="%.1f %%"),
-            "IC": st.column_config.NumberColumn(f"IC {spec_for('IC100').arrow}", format="%.0f %%"),
+            "AD": st.column_config.NumberColumn(f"AD {get_metric('AD100').arrow}", format="%.1f %%"),
+            "IC": st.column_config.NumberColumn(f"IC {get_metric('IC100').arrow}", format="%.0f %%"),
         },
     )
 

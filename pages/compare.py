@@ -16,7 +16,7 @@ from pages._shared import (
     workspace,
 )
 from tame_core.methods import get_method, list_methods
-from tame_core.metrics import spec_for
+from tame_core.metrics import get_metric
 from tame_core.studio import render
 from tame_core.studio.methods import (
     compare_estimate,
@@ -88,9 +88,9 @@ def body() -> None:
             hide_index=True,
             column_order=("method", "× TAME time", "ms", "forward passes", "backward passes"),  # timing: below
             column_config={
-                "ms": st.column_config.NumberColumn(f"ms {spec_for('ms_per_image').arrow}", format="%.1f"),
-                "forward passes": st.column_config.NumberColumn(f"forward passes {spec_for('forward_passes').arrow}", format="%d"),
-                "backward passes": st.column_config.NumberColumn(f"backward passes {spec_for('backward_passes').arrow}", format="%d"),
+                "ms": st.column_config.NumberColumn(f"ms {get_metric('ms_per_image').arrow}", format="%.1f"),
+                "forward passes": st.column_config.NumberColumn(f"forward passes {get_metric('forward_passes').arrow}", format="%d"),
+                "backward passes": st.column_config.NumberColumn(f"backward passes {get_metric('backward_passes').arrow}", format="%d"),
                 "× TAME time": st.column_config.NumberColumn(
                     format="%.1f×", help="Timed in turns with TAME, so a busy machine slows both alike"
                 ),

@@ -111,12 +111,15 @@ BackboneFactory = Callable[[Weights], Backbone]
 
 
 @dataclass(frozen=True)
-class _Entry:
-    factory: BackboneFactory
+class RegisteredBackbone:
+    """What :func:`get_backbone` tells of a registered name: its one-line description and its factory."""
+
+    name: str
     description: str
+    factory: BackboneFactory
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: dict[str, RegisteredBackbone] = {}
 TIMM_PREFIX = "timm:"
 
 
@@ -126,15 +129,31 @@ def register_backbone(name: str, description: str = "") -> Callable[[BackboneFac
     def decorate(factory: BackboneFactory) -> BackboneFactory:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(factory, description or (factory.__doc__ or "").strip().splitlines()[0])
+        _REGISTRY[name] = RegisteredBackbone(name, description or (factory.__doc__ or "").strip().splitlines()[0], factory)
         return factory
 
     return decorate
 
 
-def list_backbones() -> dict[str, str]:
-    """Registered backbone names with a one-line description (any timm model works too)."""
-    return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
+def list_backbones() -> list[str]:
+    """Registered backbone names, sorted (any timm model loads too: :func:`load_backbone`)."""
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str) -> RegisteredBackbone:
+    """The registered backbone called ``name``; an unknown name fails in one line, with the closest names."""
+    if name not in _REGISTRY:
+        raise _unknown_backbone(name)
+    return _REGISTRY[name]
+
+
+def _unknown_backbone(name: str) -> BackboneError:
+    """The one-line error for a name that is neither registered nor a timm model."""
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return BackboneError(
+        f"unknown backbone {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))}; or any timm model as timm:<name>)"
+    )
 
 
 def load_backbone(
@@ -160,12 +179,7 @@ def load_backbone(
     elif name.startswith(TIMM_PREFIX) or timm_models.is_timm_model(name):
         backbone = timm_models.load_timm_backbone(name.removeprefix(TIMM_PREFIX), weights)
     else:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise BackboneError(
-            f"unknown backbone {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))}; "
-            "or any timm model as timm:<name>)"
-        )
+        raise _unknown_backbone(name)
     if preprocess is not None:
         backbone.set_preprocess(preprocess_with(backbone.preprocess, preprocess))
     if class_names is not None:

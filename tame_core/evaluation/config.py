@@ -10,7 +10,7 @@ from ..errors import EvaluationError
 from ..methods import get_method, list_methods
 from ..metrics.base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES
 from ..metrics.curves import DEFAULT_STEPS, Baseline, curve_fills
-from ..training.data import SPLITS
+from ..splits import SPLITS
 
 #: Metric groups an evaluation can run (all by default).
 METRIC_GROUPS = ("adic", "road", "curves")

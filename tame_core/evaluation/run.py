@@ -25,7 +25,7 @@ from ..methods.base import warm_up
 from ..metrics import average_drop_increase, deletion_insertion, road
 from ..metrics.road import DEFAULT_NOISE
 from ..stopping import Stopped, check, stop_on
-from ..training.data import split_files  # the project's one definition of the ImageNet split
+from ..splits import split_files
 from ..training.distributed import Distributed
 from .config import EvaluationConfig, metric_forwards
 from .report import EvaluationReport

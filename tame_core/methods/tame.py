@@ -30,6 +30,7 @@ def parse_branches(branches: str | Sequence[bool] | None, count: int) -> tuple[b
     return tuple(flags)
 
 
+@register_method
 class TameMethod(Method):
     name = "tame"
     description = "TAME / T-TAME: the trained attention head (one forward pass)"
@@ -42,5 +43,3 @@ class TameMethod(Method):
         mask = parse_branches(branches, explainer.head.num_branches)
         return explainer.explain(images01, classes[:, None], branch_mask=mask, geometry="input").maps[:, 0]
 
-
-register_method(TameMethod())
