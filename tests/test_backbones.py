@@ -10,6 +10,7 @@ from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
 
 from tame_core import load_backbone
+from tame_core.backbones import get_backbone, list_backbones
 from tame_core.backbones.efficientnet_lite import bundled_weights_path, rename_efficientnet_pytorch_keys
 from tame_core.errors import BackboneError
 from tame_core.taps import check_layers
@@ -47,6 +48,14 @@ def test_backbone_takes_raw_images_and_normalises_inside(lite0):
 def test_unknown_backbone_suggests_a_name():
     with pytest.raises(BackboneError, match=r"unknown backbone 'resnet5'; did you mean resnet50"):
         load_backbone("resnet5")
+    with pytest.raises(BackboneError, match=r"unknown backbone 'resnet5'; did you mean resnet50"):
+        get_backbone("resnet5")
+
+
+def test_backbones_are_listed_sorted_and_described():
+    names = list_backbones()
+    assert names == sorted(names) and {"efficientnet_lite0", "resnet50", "vgg16", "vit_b_16"} <= set(names)
+    assert get_backbone("resnet50").name == "resnet50" and get_backbone("resnet50").description
 
 
 def test_lite0_from_a_local_file_and_a_wrong_file(tmp_path, lite0):

@@ -42,6 +42,18 @@ def photo_dir(tmp_path_factory, sample_images):
     return folder
 
 
+def test_metric_groups_come_from_one_table():
+    from tame_core.evaluation import METRIC_GROUPS, get_metric_group, list_metric_groups, metric_forwards
+
+    assert list_metric_groups() == list(METRIC_GROUPS) == ["adic", "road", "curves"]
+    # AD/IC: 3 kept fractions; ROAD: 2 orders x 2 levels; curves: 2 x (4 steps + 1)
+    assert [metric_forwards([group], 4, (20, 50)) for group in METRIC_GROUPS] == [3, 4, 10]
+    assert metric_forwards(METRIC_GROUPS, 4, (20, 50)) == 17
+    assert get_metric_group("curves").forwards(4, (20, 50)) == 10
+    with pytest.raises(EvaluationError, match="^unknown metric group 'roads'; choose from adic, road, curves$"):
+        get_metric_group("roads")
+
+
 def test_the_config_is_checked_when_made_before_any_model_loads():
     from tame_core.methods import list_methods
     from tame_core.metrics.curves import DEFAULT_STEPS

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from tame_core import load_backbone
 from tame_core.backbones import Backbone
 from tame_core.methods import PassCounter, explain_with, get_method, list_methods
 from tame_core.methods.base import timed_repeats, warm_up
-from tame_core.methods.cam import default_target_layer
+from tame_core.methods.cam import AblationCamMethod, CamMethod, ScoreCamMethod, default_target_layer, silent_tqdm
 from tame_core.errors import EvaluationError, LayerError
 from tame_core.preprocessing import Preprocess
 
@@ -178,3 +180,44 @@ def test_ablation_cam_on_a_vit_ablates_token_channels(vit_tiny):
     result = explain_with(vit_tiny, images, 3, "ablationcam", batch_size=64)
     assert result.maps.shape == (1, 224, 224) and result.forward_passes == 2 + 192
     assert float(result.maps.std()) > 0
+
+
+def test_score_and_ablation_cam_are_cam_subclasses():
+    assert type(get_method("scorecam")) is ScoreCamMethod and type(get_method("ablationcam")) is AblationCamMethod
+    assert isinstance(get_method("scorecam"), CamMethod) and isinstance(get_method("ablationcam"), CamMethod)
+    assert get_method("scorecam").images_per_call == 1 and get_method("gradcam").images_per_call is None
+    assert get_method("eigencam").expected_passes(None) == (1, 0) and get_method("hirescam").expected_passes(None) == (1, 1)
+
+
+def test_silent_tqdm_puts_the_original_back_even_on_an_error():
+    original = object()
+    module = SimpleNamespace(tqdm=original)
+    with pytest.raises(RuntimeError, match="inside"):
+        with silent_tqdm(module):
+            assert module.tqdm is not original and module.tqdm.tqdm([1, 2], desc="bar") == [1, 2]  # no bar drawn
+            raise RuntimeError("inside")
+    assert module.tqdm is original
+
+
+def test_an_interrupted_ablation_cam_restores_tqdm_and_the_model(toy):
+    """A KeyboardInterrupt in Ablation-CAM's ablated forwards leaves pytorch-grad-cam's tqdm and the
+    backbone's layer as they were, and the model still explains."""
+    from pytorch_grad_cam import ablation_cam
+
+    original = ablation_cam.tqdm
+    calls = []
+
+    def interrupt(module, args, output):
+        calls.append(args[0].shape[0])
+        if len(calls) == 3:  # the activations, the clean scores, then the first ablated batch
+            raise KeyboardInterrupt
+
+    handle = toy.net.register_forward_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            explain_with(toy, torch.rand(1, 3, SIZE, SIZE), 0, "ablationcam", layer="features")
+    finally:
+        handle.remove()
+    assert len(calls) == 3 and ablation_cam.tqdm is original
+    assert "AblationLayer" not in [type(m).__name__ for m in toy.modules()]
+    assert explain_with(toy, torch.rand(1, 3, SIZE, SIZE), 0, "ablationcam", layer="features").forward_passes == 3

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tame_core.errors import EvaluationError
-from tame_core.metrics import METRICS, average_drop_increase, deletion_insertion, spec_for, stream_curve
+from tame_core.metrics import average_drop_increase, deletion_insertion, get_metric, list_metrics, stream_curve
 from tame_core.metrics.base import pixel_ranks, quantiles
 
 SIZE = 10
@@ -50,16 +50,17 @@ def region_map(r_value: float, w_value: float) -> torch.Tensor:
 
 
 def test_every_metric_states_its_direction():
-    assert {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc", "MoRF", "LeRF"} <= set(METRICS)
-    assert {"ms_per_image", "forward_passes"} <= set(METRICS)
-    assert all(spec.direction in ("lower", "higher") for spec in METRICS.values())
-    assert METRICS["AD50"].direction == "lower" and METRICS["IC50"].direction == "higher"
-    assert METRICS["deletion_auc"].direction == "lower" and METRICS["insertion_auc"].direction == "higher"
-    assert METRICS["MoRF30"].direction == "lower" and METRICS["LeRF30"].direction == "higher"
-    assert spec_for("AD37").direction == "lower" and "37%" in spec_for("AD37").description
-    assert METRICS["AD100"].better(1.0, 2.0) and METRICS["IC100"].better(2.0, 1.0)
+    assert {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc", "MoRF", "LeRF"} <= set(list_metrics())
+    assert {"ms_per_image", "forward_passes"} <= set(list_metrics())
+    assert list_metrics()[:6] == ["AD100", "IC100", "AD50", "IC50", "AD15", "IC15"]  # table order
+    assert all(spec.direction in ("lower", "higher") for spec in map(get_metric, list_metrics()))
+    assert get_metric("AD50").direction == "lower" and get_metric("IC50").direction == "higher"
+    assert get_metric("deletion_auc").direction == "lower" and get_metric("insertion_auc").direction == "higher"
+    assert get_metric("MoRF30").direction == "lower" and get_metric("LeRF30").direction == "higher"
+    assert get_metric("AD37").direction == "lower" and "37%" in get_metric("AD37").description
+    assert get_metric("AD100").better(1.0, 2.0) and get_metric("IC100").better(2.0, 1.0)
     with pytest.raises(EvaluationError, match="unknown metric 'AUC'"):
-        spec_for("AUC")
+        get_metric("AUC")
 
 
 def test_quantiles_match_numpy_and_ranks_keep_raster_order_on_ties():

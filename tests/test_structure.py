@@ -20,16 +20,6 @@ PACKAGE = "tame_core"
 #: The longest a function may be, in lines (``end_lineno - lineno + 1`` of its ``def``, decorators left out).
 MAX_FUNCTION_LINES = 60
 
-# TEMPORARY (issue 23): functions other helpers are shortening right now. The lead deletes this list once
-# their branches are merged; nothing else may be added to it.
-TEMPORARY_LONG_FUNCTIONS = {
-    "pages/compare.py:body",
-    "pages/curves.py:body",
-    "pages/explain.py:body",
-    "tame_core/cli/explain.py:run",
-    "tame_core/evaluation/run.py:evaluate",
-    "tame_core/training/trainer.py:_Run.__init__",
-}
 
 
 # --- the import graph ----------------------------------------------------------------------------------
@@ -230,5 +220,5 @@ def test_long_functions_finds_a_long_method(tmp_path):
 
 def test_no_function_over_60_lines():
     found = long_functions(_source_files(), ROOT)
-    assert {name: lines for name, lines in found.items() if name not in TEMPORARY_LONG_FUNCTIONS} == {}
+    assert found == {}
 

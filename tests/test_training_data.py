@@ -73,6 +73,11 @@ def test_split_rule_holds_out_every_fifth_class():
     with pytest.raises(TrainingError, match="unknown split"):
         split_files(files, "test")
     assert SPLITS == ("all", "train", "heldout")
+    # one split for training and evaluation: tame_core.splits, still importable from tame_core.training
+    from tame_core import splits
+    from tame_core.evaluation import run
+
+    assert split_files is splits.split_files and run.split_files is splits.split_files
 
 
 def test_split_of_the_shared_samples_is_800_and_200(shared_samples):

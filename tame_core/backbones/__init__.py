@@ -3,7 +3,9 @@
 from .base import (
     Backbone,
     LoadedWeights,
+    RegisteredBackbone,
     Weights,
+    get_backbone,
     list_backbones,
     load_state_dict_file,
     read_weights,
@@ -18,7 +20,9 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 __all__ = [
     "Backbone",
     "DEFAULT_BACKBONE",
+    "RegisteredBackbone",
     "Weights",
+    "get_backbone",
     "list_backbones",
     "load_backbone",
     "load_state_dict_file",

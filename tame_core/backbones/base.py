@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
 from dataclasses import dataclass
@@ -111,12 +112,15 @@ BackboneFactory = Callable[[Weights], Backbone]
 
 
 @dataclass(frozen=True)
-class _Entry:
-    factory: BackboneFactory
+class RegisteredBackbone:
+    """What :func:`get_backbone` tells of a registered name: its one-line description and its factory."""
+
+    name: str
     description: str
+    factory: BackboneFactory
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: dict[str, RegisteredBackbone] = {}
 
 
 def register_backbone(name: str, description: str = "") -> Callable[[BackboneFactory], BackboneFactory]:
@@ -125,15 +129,31 @@ def register_backbone(name: str, description: str = "") -> Callable[[BackboneFac
     def decorate(factory: BackboneFactory) -> BackboneFactory:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(factory, description or (factory.__doc__ or "").strip().splitlines()[0])
+        _REGISTRY[name] = RegisteredBackbone(name, description or (factory.__doc__ or "").strip().splitlines()[0], factory)
         return factory
 
     return decorate
 
 
-def list_backbones() -> dict[str, str]:
-    """Registered backbone names with a one-line description (any timm model works too)."""
-    return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
+def list_backbones() -> list[str]:
+    """Registered backbone names, sorted (any timm model loads too: :func:`load_backbone`)."""
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str) -> RegisteredBackbone:
+    """The registered backbone called ``name``; an unknown name fails in one line, with the closest names."""
+    if name not in _REGISTRY:
+        raise unknown_backbone(name)
+    return _REGISTRY[name]
+
+
+def unknown_backbone(name: str) -> BackboneError:
+    """The one-line error for a name that is neither registered nor a timm model."""
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return BackboneError(
+        f"unknown backbone {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))}; or any timm model as timm:<name>)"
+    )
 
 
 def registered_factory(name: str) -> BackboneFactory | None:

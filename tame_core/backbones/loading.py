@@ -6,7 +6,6 @@ reaches every kind of backbone without an import in a circle.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Sequence
 
 import torch
@@ -14,7 +13,7 @@ import torch
 from ..errors import BackboneError
 from ..preprocessing import Preprocess
 from . import timm_models
-from .base import Backbone, Weights, list_backbones, registered_factory
+from .base import Backbone, Weights, registered_factory, unknown_backbone
 
 #: Prefix that names a timm model explicitly (``timm:resnet18``); a plain timm name works too.
 TIMM_PREFIX = "timm:"
@@ -42,12 +41,7 @@ def load_backbone(
     elif name.startswith(TIMM_PREFIX) or timm_models.is_timm_model(name):
         backbone = timm_models.load_timm_backbone(name.removeprefix(TIMM_PREFIX), weights)
     else:
-        close = difflib.get_close_matches(name, list(list_backbones()), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise BackboneError(
-            f"unknown backbone {name!r}{hint} (registered: {', '.join(list_backbones())}; "
-            "or any timm model as timm:<name>)"
-        )
+        raise unknown_backbone(name)
     if preprocess is not None:
         backbone.set_preprocess(preprocess_with(backbone.preprocess, preprocess))
     if class_names is not None:

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from ..methods import list_methods
     from ..evaluation.config import MAX_CURVE_STEPS
     from ..metrics.curves import DEFAULT_STEPS, FILLS, fills_text
-    from ..training.data import SPLITS
+    from ..splits import SPLITS
 
     parser = subparsers.add_parser("evaluate", help="measure TAME and comparison methods: AD/IC, ROAD, deletion/insertion", description=__doc__)
     add_model_options(parser)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..backbones import DEFAULT_BACKBONE, list_backbones, load_backbone
+from ..backbones import DEFAULT_BACKBONE, get_backbone, list_backbones, load_backbone
 from ..taps import list_layers
 from .common import device_from
 
@@ -38,7 +38,7 @@ def run_layers(args: argparse.Namespace) -> int:
 
 
 def run_backbones(args: argparse.Namespace) -> int:
-    for name, description in list_backbones().items():
-        print(f"{name:<20} {description}")
+    for name in list_backbones():
+        print(f"{name:<20} {get_backbone(name).description}")
     print("any timm model also works: --backbone timm:<name>")
     return 0

@@ -4,7 +4,8 @@
 :class:`EvaluationReport`, which prints the table and writes JSON and CSV.
 """
 
-from .config import METRIC_GROUPS, EvaluationConfig, metric_forwards
+from .config import EvaluationConfig
+from .groups import METRIC_GROUPS, MetricGroup, get_metric_group, list_metric_groups, metric_forwards, register_metric_group
 from .report import TABLE_COLUMNS, EvaluationReport, bootstrap_difference
 from .run import Progress, evaluate, select_files
 
@@ -13,9 +14,13 @@ __all__ = [
     "TABLE_COLUMNS",
     "EvaluationConfig",
     "EvaluationReport",
+    "MetricGroup",
     "Progress",
     "bootstrap_difference",
     "evaluate",
+    "get_metric_group",
+    "list_metric_groups",
     "metric_forwards",
+    "register_metric_group",
     "select_files",
 ]

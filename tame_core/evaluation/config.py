@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from ..errors import EvaluationError
 from ..methods import get_method, list_methods
-from ..metrics.base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES
+from ..metrics.base import DEFAULT_ROAD_PERCENTAGES
 from ..metrics.curves import DEFAULT_STEPS, Baseline, curve_fills
-from ..training.data import SPLITS
-
-#: Metric groups an evaluation can run (all by default).
-METRIC_GROUPS = ("adic", "road", "curves")
+from ..splits import SPLITS
+from .groups import METRIC_GROUPS, Measuring
 
 #: Most deletion/insertion steps: each is two forwards per image, and a 224x224 input has 50,176 pixels.
 MAX_CURVE_STEPS = 1_000
@@ -80,8 +78,7 @@ class EvaluationConfig:
         assign("metric_limits", group_limits)
         assign("road_percentages", tuple(int(p) for p in self.road_percentages))
 
+    def measuring(self) -> Measuring:
+        """What the metric groups' values depend on besides the batch."""
+        return Measuring(self.steps, self.baseline, self.road_percentages, self.metric_batch_size, self.seed)
 
-def metric_forwards(groups: Sequence[str], steps: int, road_percentages: Sequence[int] = DEFAULT_ROAD_PERCENTAGES) -> int:
-    """Forwards per image and method of the metric ``groups``: AD/IC levels, ROAD orders x levels, curve points."""
-    per_group = {"adic": len(DEFAULT_FRACTIONS), "road": 2 * len(road_percentages), "curves": 2 * (int(steps) + 1)}
-    return sum(per_group[group] for group in groups)

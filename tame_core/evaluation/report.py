@@ -16,7 +16,7 @@ import torch
 
 from ..atomic import write_atomically
 from ..errors import EvaluationError
-from ..metrics import METRICS, spec_for
+from ..metrics import get_metric, list_metrics
 from .state import plain
 
 #: The file of per-image rows ``tame evaluate`` writes beside ``results.json``.
@@ -93,7 +93,7 @@ class EvaluationReport:
         """:meth:`compare` as text: one line per metric."""
         lines = [f"{a} - {b}: mean difference over the same images, 95% bootstrap interval, verdict for {a}"]
         for row in self.compare(a, b):
-            name = row["metric"] + spec_for(row["metric"]).arrow
+            name = row["metric"] + get_metric(row["metric"]).arrow
             lines.append(f"{name:<16} {row['mean']:>+10.4f}  [{row['low']:+.4f}, {row['high']:+.4f}]  {row['verdict']:<13} ({row['images']} images)")
         return "\n".join(lines)
 
@@ -103,7 +103,7 @@ class EvaluationReport:
 
     def to_json(self) -> str:
         directions = {
-            name: spec_for(name).direction for row in self.methods.values() for name in row if not name.startswith("images")
+            name: get_metric(name).direction for row in self.methods.values() for name in row if not name.startswith("images")
         }
         payload = {"settings": self.settings, "results": self.rows(), "directions": directions, "skipped": self.skipped}
         return json.dumps(payload, indent=2, allow_nan=False, default=plain)
@@ -131,7 +131,7 @@ class EvaluationReport:
     def table(self, columns: Sequence[str] = TABLE_COLUMNS) -> str:
         """The paper-style table: one line per method, arrows saying which way is better."""
         present = [c for c in columns if any(c in row for row in self.methods.values())]
-        headers = ["method", *(_SHORT.get(c, c) + spec_for(c).arrow for c in present), "images"]
+        headers = ["method", *(_SHORT.get(c, c) + get_metric(c).arrow for c in present), "images"]
         lines = [
             [method, *(_format(row.get(c)) for c in present), str(int(row.get("images", 0)))]
             for method, row in self.methods.items()
@@ -188,7 +188,7 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[st
 
 def _ordered(row: dict[str, Any]) -> list[str]:
     """Metric names in the registry's order, then any others, then the image count."""
-    known = [name for name in METRICS if name in row]
+    known = [name for name in list_metrics() if name in row]
     return [*known, *(name for name in row if name not in known and name != "images"), "images"]
 
 
@@ -201,7 +201,7 @@ def _verdict(name: str, interval: dict[str, float]) -> str:
     if interval["low"] <= 0.0 <= interval["high"]:
         return "within noise"
     higher = interval["low"] > 0.0
-    return "better" if higher == (spec_for(name).direction == "higher") else "worse"
+    return "better" if higher == (get_metric(name).direction == "higher") else "worse"
 
 
 def _format(value: float | None) -> str:

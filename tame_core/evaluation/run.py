@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,17 +23,19 @@ from ..fingerprint import files_digest, resume_tensors_digest
 from ..images import find_images, image_to_tensor, load_image
 from ..methods import explain_with, get_method
 from ..methods.base import warm_up
-from ..metrics import average_drop_increase, deletion_insertion, road
 from ..metrics.road import DEFAULT_NOISE
 from ..stopping import Stopped, check, stop_on
-from ..training.data import split_files  # the project's one definition of the ImageNet split
+from ..splits import split_files
 from ..training.distributed import Distributed
-from .config import EvaluationConfig, metric_forwards
+from .config import EvaluationConfig
+from .groups import Measuring, get_metric_group, metric_forwards
 from .report import EvaluationReport
-from .state import load_state, save_state
+from .state import Tally, load_state, save_state
 
 #: progress(done, total, message): units are (image, method) pairs.
 Progress = Callable[[int, int, str], None]
+#: on_maps(keys, method, inputs, maps): a batch's maps as they are measured.
+OnMaps = Callable[[list[str], str, torch.Tensor, torch.Tensor], None]
 
 
 def select_files(
@@ -70,7 +73,7 @@ def evaluate(
     state_path: str | os.PathLike | None = None,
     stop: threading.Event | None = None,
     dist: Distributed | None = None,
-    on_maps: Callable[[list[str], str, torch.Tensor, torch.Tensor], None] | None = None,
+    on_maps: OnMaps | None = None,
 ) -> EvaluationReport:
     """Explain the images ``config`` names with each of its methods and measure the maps.
 
@@ -87,13 +90,28 @@ def evaluate(
         >>> config = EvaluationConfig(data="photos/", methods=("tame", "gradcam"), limit=20)
         >>> print(evaluate(Explainer.load(), config).table())
     """
-    methods, options, limits = list(config.methods), config.method_options, config.method_limits
-    group_limits, metrics, steps = config.metric_limits, config.metrics, config.steps
-    road_percentages = config.road_percentages
     files = select_files(config.data, config.split, config.list_file, config.limit)
-    backbone = explainer.backbone
-    settings = {
-        "backbone": backbone.name,
+    settings = run_settings(explainer, config, files)
+    run = _Run(explainer, config, files, load_state(state_path, settings), dist, on_maps)
+    tracker = run.tracker(progress)
+    try:
+        with stop_on(explainer.backbone, stop, tracker.on_forward):
+            for batch in run.batches():
+                check(stop)
+                run.measure(batch, tracker)
+                run.save(batch, tracker, settings, state_path)
+    except (Stopped, KeyboardInterrupt) as interrupted:
+        run.keep_finished_methods(settings, state_path)
+        if isinstance(interrupted, KeyboardInterrupt):
+            raise
+    return run.report(settings, tracker, stop)
+
+
+def run_settings(explainer: Explainer, config: EvaluationConfig, files: Sequence[Path]) -> dict[str, Any]:
+    """What a run's values depend on, saved beside its tally and in its report: a resume must match all of it
+    (the same head tensors and image files included), and a report says what it measured."""
+    return {
+        "backbone": explainer.backbone.name,
         "head": _head_name(explainer),
         "head_tensors_sha256": resume_tensors_digest(explainer.head.state_dict()),
         "data": config.data,
@@ -103,126 +121,197 @@ def evaluate(
         "images": len(files),
         "geometry": "crop",
         "classes": "top-1 prediction",
-        "methods": methods,
-        "method_options": options,
-        "method_limits": limits,
-        "metric_limits": group_limits,
-        "metrics": list(metrics),
-        "curve_steps": steps,
+        "methods": list(config.methods),
+        "method_options": config.method_options,
+        "method_limits": config.method_limits,
+        "metric_limits": config.metric_limits,
+        "metrics": list(config.metrics),
+        "curve_steps": config.steps,
         "curve_baseline": config.baseline,
-        "road_percentages": list(road_percentages),
+        "road_percentages": list(config.road_percentages),
         "road_noise": DEFAULT_NOISE,
         "seed": config.seed,
         "batch_size": config.batch_size,
         "device": str(explainer.device),
     }
-    batch_size = config.batch_size
-    tally = load_state(state_path, settings)
-    keys = [image_key(path, config.data) for path in files]
-    finished = tally.finished()
-    measured = {(row["image"], row["method"]) for row in tally.rows}  # with a stopped batch's finished methods
-    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    mine = [position for position in range(len(files)) if position % world == rank]  # this rank's fixed shard
-    todo = [position for position in mine if keys[position] not in finished]  # a resume redoes no finished image
-    total = sum(_before(mine, limits.get(m)) for m in methods)
-    done = total - sum(_before(todo, limits.get(m)) for m in methods)
-    per_image = {m: get_method(m).expected_passes(explainer, **options[m])[0] for m in methods}
-    preprocess = backbone.preprocess
-    warmed: set[str] = set()
-    unit = {"done": 0.0, "span": 0.0, "expected": 0, "seen": 0, "message": "", "forwards": 0}
-    # rank 0's progress counts every rank's images: each rank adds its finished units to a shared count
-    shared = dist.counter("evaluate-done") if world > 1 else None
-    everyone = (sum(dist.gather([total])), sum(dist.gather([done]))) if shared is not None else (total, done)
 
-    def show(local: float, message: str) -> None:
+
+@dataclass
+class _Tracker:
+    """Progress in (image, method) units. ``done`` counts this rank's finished units (a resume's included);
+    the unit in flight (one method on one batch) adds the share of the forwards it expects that went
+    through the backbone. Rank 0 reports every rank's units: each rank adds its finished ones to ``shared``."""
+
+    report: Progress | None
+    rank: int
+    done: int
+    everyone_total: int  # every rank's units
+    everyone_done: int  # every rank's units done when the run started
+    shared: Callable[[int], int] | None  # add(n) to the count every rank shares; add(0) reads it
+    start: float = 0.0  # ``done`` when the unit in flight began
+    span: int = 0  # the unit's share of the units
+    expected: int = 0  # the forwards the unit expects
+    seen: int = 0  # the forwards it has made
+    message: str = ""
+    forwards: int = 0  # images through the backbone for this batch's results (warm-ups left out)
+
+    def show(self, local: float, message: str) -> None:
         """Progress of ``local`` units on this rank (finished ``done`` plus a part of the one in flight)."""
-        if progress is None or rank != 0:
+        if self.report is None or self.rank != 0:
             return
-        finished = everyone[1] + shared(0) if shared is not None else done
-        progress(finished + (local - done), everyone[0], message)
+        finished = self.everyone_done + self.shared(0) if self.shared is not None else self.done
+        self.report(finished + (local - self.done), self.everyone_total, message)
 
-    def on_forward(images: int) -> None:  # progress inside a (method, batch) unit, from its forwards
-        unit["seen"] += images
-        unit["forwards"] += images
-        if unit["expected"]:
-            part = min(1.0, unit["seen"] / unit["expected"])
-            show(unit["done"] + part * unit["span"], unit["message"])
+    def on_forward(self, images: int) -> None:
+        """Progress inside a unit, from its forwards (a slow method's unit takes minutes)."""
+        self.seen += images
+        self.forwards += images
+        if self.expected:
+            part = min(1.0, self.seen / self.expected)
+            self.show(self.start + part * self.span, self.message)
 
-    outcomes: list[dict[str, Any]] = []  # the batch in progress's rows, by finished method
-    kept = {"forwards": 0}
-    try:
-        with stop_on(backbone, stop, on_forward):
-            for first in range(0, len(todo), batch_size):
-                check(stop)
-                batch = todo[first : first + batch_size]  # indices in ``files``
-                start, paths = batch[0], [files[position] for position in batch]
-                pictures, positions, unreadable = [], [], []  # readable pictures and their indices in ``files``
-                for position, path in zip(batch, paths):
-                    try:
-                        pictures.append(image_to_tensor(load_image(path, min_short_side=preprocess.decode_short_side)))
-                        positions.append(position)
-                    except ImageLoadError as error:
-                        unreadable.append(str(error))
-                outcomes = []  # applied once every method has finished the batch; on a stop, each finished method's
-                kept["forwards"] = 0  # images through the backbone up to the last finished method
-                unit["forwards"] = 0  # images through the backbone for this batch's results (warm-ups left out)
-                if pictures:
-                    inputs = preprocess.batch(pictures, "crop", explainer.device)
-                    with torch.no_grad():
-                        logits = backbone(inputs).float()
-                    classes = logits.argmax(dim=1)
-                    for method in methods:
-                        keep = _before(positions, limits.get(method))  # a limit counts files, whatever the batch size
-                        if keep == 0:
-                            continue
-                        span = _before(batch, limits.get(method))
-                        # the images this method still lacks (all, unless a stop kept its rows for this batch)
-                        need = [i for i in range(keep) if (keys[positions[i]], method) not in measured]
-                        if not need:
-                            done += span
-                            if shared is not None:
-                                shared(span)
-                            continue
-                        rows_of = slice(0, keep) if len(need) == keep else torch.tensor(need, device=inputs.device)
-                        message = f"{method} on images {start + 1}-{batch[-1] + 1} of {len(files)}"
-                        counts = {g: _before([positions[i] for i in need], group_limits.get(g)) for g in metrics}
-                        expected = len(need) * per_image[method] + sum(
-                            n * metric_forwards([g], steps, road_percentages) for g, n in counts.items()
-                        )
-                        unit.update(done=done, span=span, expected=expected, seen=0, message=message)
-                        show(done, message)
-                        if method not in warmed:  # time the method's own work, not its first call's set-up
-                            before = unit["forwards"]
-                            warm_up(explainer, inputs, classes, method, **options[method])
-                            warmed.add(method)
-                            unit["seen"], unit["forwards"] = 0, before
-                        outcomes.extend(_evaluate_method(
-                            method, explainer, inputs[rows_of], classes[rows_of], logits[rows_of], options[method],
-                            counts, config, [keys[positions[i]] for i in need], on_maps,
-                        ))
-                        kept["forwards"] = unit["forwards"]
-                        done += span
-                        if shared is not None:
-                            shared(span)
-                tally.add([keys[position] for position in batch], outcomes, unreadable, unit["forwards"])
-                outcomes = []  # in the tally now: an interrupt while saving must not add them twice
-                save_state(state_path, settings, tally)
-    except (Stopped, KeyboardInterrupt) as interrupted:
-        # the methods that finished the batch in progress keep their rows (its images are not done: a resume
-        # runs only the methods they still lack); the method in flight is dropped
-        if outcomes:
-            tally.add([], outcomes, (), kept["forwards"])
-            save_state(state_path, settings, tally)
-        if isinstance(interrupted, KeyboardInterrupt):
-            raise
-    rows, skipped, images_done = tally.rows, tally.skipped, tally.images_done
-    if world > 1:  # every rank's rows, merged (a rank stopped early contributes what it finished)
-        rows, skipped, images_done = dist.gather(rows), sorted(dist.gather(skipped)), sum(dist.gather([images_done]))
-    if not (stop is not None and stop.is_set()):
-        show(done, "done")  # after the merge: every rank has finished
-    order = {key: index for index, key in enumerate(keys)}
-    rows = sorted(rows, key=lambda row: (order.get(row["image"], len(order)), methods.index(row["method"])))
-    return EvaluationReport.from_rows({**settings, "images_done": images_done}, rows, methods, skipped)
+    def begin(self, span: int, expected: int, message: str) -> None:
+        """A unit of ``span`` units starts, expecting ``expected`` forwards."""
+        self.start, self.span, self.expected, self.seen, self.message = self.done, span, expected, 0, message
+        self.show(self.done, message)
+
+    def finish(self, span: int) -> None:
+        """``span`` units are done (every rank's count with them)."""
+        self.done += span
+        if self.shared is not None:
+            self.shared(span)
+
+
+@dataclass
+class _Batch:
+    """A batch in progress: its files' positions, the readable ones, and the rows of the methods that finished
+    it (applied once every method has; on a stop, each finished method's rows are kept)."""
+
+    positions: list[int]  # indices in the run's files
+    readable: list[int] = field(default_factory=list)  # the positions of the readable pictures
+    unreadable: list[str] = field(default_factory=list)  # one message per unreadable image
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    kept_forwards: int = 0  # images through the backbone up to the last finished method
+
+
+class _Run:
+    """One evaluation's working state: the files and their keys, this rank's share of them still to do, the
+    tally of what is done, the batch in progress."""
+
+    def __init__(self, explainer: Explainer, config: EvaluationConfig, files: list[Path], tally: Tally,
+                 dist: Distributed | None, on_maps: OnMaps | None) -> None:
+        self.explainer, self.config, self.files, self.tally, self.dist, self.on_maps = explainer, config, files, tally, dist, on_maps
+        self.methods = list(config.methods)
+        self.keys = [image_key(path, config.data) for path in files]
+        finished = tally.finished()
+        self.measured = {(row["image"], row["method"]) for row in tally.rows}  # with a stopped batch's finished methods
+        self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
+        self.mine = [position for position in range(len(files)) if position % self.world == self.rank]  # this rank's fixed shard
+        self.todo = [position for position in self.mine if self.keys[position] not in finished]  # a resume redoes no finished image
+        options = config.method_options
+        self.per_image = {m: get_method(m).expected_passes(explainer, **options[m])[0] for m in self.methods}
+        self.measuring = config.measuring()
+        self.warmed: set[str] = set()
+        self.batch = _Batch([])
+
+    def tracker(self, progress: Progress | None) -> _Tracker:
+        """Progress over every rank's (image, method) units, a method's limit counted; resumed units are done."""
+        limits = self.config.method_limits
+        total = sum(_before(self.mine, limits.get(m)) for m in self.methods)
+        done = total - sum(_before(self.todo, limits.get(m)) for m in self.methods)
+        # rank 0's progress counts every rank's images: each rank adds its finished units to a shared count
+        shared = self.dist.counter("evaluate-done") if self.world > 1 else None
+        everyone = (sum(self.dist.gather([total])), sum(self.dist.gather([done]))) if shared is not None else (total, done)
+        return _Tracker(progress, self.rank, done, *everyone, shared)
+
+    def batches(self) -> list[_Batch]:
+        """This rank's images still to do, ``batch_size`` at a time."""
+        size = self.config.batch_size
+        return [_Batch(self.todo[first : first + size]) for first in range(0, len(self.todo), size)]
+
+    def measure(self, batch: _Batch, tracker: _Tracker) -> None:
+        """Read the batch, give it one clean forward, and measure every method's maps of it: the one forward's
+        logits pick the classes and serve every metric's clean scores."""
+        self.batch = batch
+        preprocess = self.explainer.backbone.preprocess
+        pictures = []
+        for position in batch.positions:
+            try:
+                picture = load_image(self.files[position], min_short_side=preprocess.decode_short_side)
+                pictures.append(image_to_tensor(picture))
+                batch.readable.append(position)
+            except ImageLoadError as error:  # an unreadable image is reported, not fatal
+                batch.unreadable.append(str(error))
+        tracker.forwards = 0
+        if not pictures:
+            return
+        inputs = preprocess.batch(pictures, "crop", self.explainer.device)
+        with torch.no_grad():
+            logits = self.explainer.backbone(inputs).float()
+        classes = logits.argmax(dim=1)
+        for method in self.methods:
+            self._measure_method(method, batch, inputs, classes, logits, tracker)
+
+    def _measure_method(self, method: str, batch: _Batch, inputs: torch.Tensor, classes: torch.Tensor,
+                        logits: torch.Tensor, tracker: _Tracker) -> None:
+        """One method on the batch's images within its limit (a limit counts files, whatever the batch size),
+        but for those a stopped run kept its rows of."""
+        limit = self.config.method_limits.get(method)
+        keep, span = _before(batch.readable, limit), _before(batch.positions, limit)
+        if keep == 0:
+            return
+        need = [i for i in range(keep) if (self.keys[batch.readable[i]], method) not in self.measured]
+        if not need:
+            tracker.finish(span)
+            return
+        rows_of = slice(0, keep) if len(need) == keep else torch.tensor(need, device=inputs.device)
+        counts = {g: _before([batch.readable[i] for i in need], self.config.metric_limits.get(g)) for g in self.config.metrics}
+        steps, percentages = self.config.steps, self.config.road_percentages
+        expected = len(need) * self.per_image[method] + sum(n * metric_forwards([g], steps, percentages) for g, n in counts.items())
+        tracker.begin(span, expected, f"{method} on images {batch.positions[0] + 1}-{batch.positions[-1] + 1} of {len(self.files)}")
+        self._warm_up(method, inputs, classes, tracker)
+        batch.outcomes.extend(_evaluate_method(
+            method, self.explainer, inputs[rows_of], classes[rows_of], logits[rows_of], self.config.method_options[method],
+            counts, self.measuring, [self.keys[batch.readable[i]] for i in need], self.on_maps,
+        ))
+        batch.kept_forwards = tracker.forwards
+        tracker.finish(span)
+
+    def _warm_up(self, method: str, inputs: torch.Tensor, classes: torch.Tensor, tracker: _Tracker) -> None:
+        """Before a method's first timed batch, run it once untimed, so its time is its own work and not its
+        first call's set-up; its forwards count neither in progress nor in the batch's forwards."""
+        if method in self.warmed:
+            return
+        before = tracker.forwards
+        warm_up(self.explainer, inputs, classes, method, **self.config.method_options[method])
+        self.warmed.add(method)
+        tracker.seen, tracker.forwards = 0, before
+
+    def save(self, batch: _Batch, tracker: _Tracker, settings: dict[str, Any], state_path: str | os.PathLike | None) -> None:
+        """Add the finished batch to the tally and save it, so a resume starts after it."""
+        self.tally.add([self.keys[position] for position in batch.positions], batch.outcomes, batch.unreadable, tracker.forwards)
+        batch.outcomes = []  # in the tally now: an interrupt while saving must not add them twice
+        save_state(state_path, settings, self.tally)
+
+    def keep_finished_methods(self, settings: dict[str, Any], state_path: str | os.PathLike | None) -> None:
+        """On a stop, the methods that finished the batch in progress keep their rows (its images are not done:
+        a resume runs only the methods they still lack); the method in flight is dropped."""
+        if self.batch.outcomes:
+            self.tally.add([], self.batch.outcomes, (), self.batch.kept_forwards)
+            save_state(state_path, settings, self.tally)
+
+    def report(self, settings: dict[str, Any], tracker: _Tracker, stop: threading.Event | None) -> EvaluationReport:
+        """Every rank's rows (a rank stopped early gives what it finished), in file then method order."""
+        tally = self.tally
+        rows, skipped, images_done = tally.rows, tally.skipped, tally.images_done
+        if self.world > 1:
+            rows, skipped = self.dist.gather(rows), sorted(self.dist.gather(skipped))
+            images_done = sum(self.dist.gather([images_done]))
+        if not (stop is not None and stop.is_set()):
+            tracker.show(tracker.done, "done")  # after the merge: every rank has finished
+        order = {key: index for index, key in enumerate(self.keys)}
+        rows = sorted(rows, key=lambda row: (order.get(row["image"], len(order)), self.methods.index(row["method"])))
+        return EvaluationReport.from_rows({**settings, "images_done": images_done}, rows, self.methods, skipped)
 
 
 def image_key(path: Path, data: str | os.PathLike) -> str:
@@ -233,7 +322,6 @@ def image_key(path: Path, data: str | os.PathLike) -> str:
         return Path(path).as_posix()
 
 
-
 def _evaluate_method(
     method: str,
     explainer: Explainer,
@@ -242,28 +330,21 @@ def _evaluate_method(
     logits: torch.Tensor,
     options: Mapping[str, Any],
     counts: Mapping[str, int],
-    config: EvaluationConfig,
+    measuring: Measuring,
     images: Sequence[str],
-    on_maps: Callable[[list[str], str, torch.Tensor, torch.Tensor], None] | None = None,
+    on_maps: OnMaps | None = None,
 ) -> list[dict[str, Any]]:
-    """Explain and measure one batch; returns its rows, one per image (``images``: their keys), for the tally."""
+    """Explain and measure one batch; returns its rows, one per image (``images``: their keys), for the tally.
+    ``counts``: how many of the batch's first images each metric group measures (a group's limit)."""
     result = explain_with(explainer, inputs, classes, method, **options)
     if on_maps is not None:
         on_maps(list(images), method, inputs, result.maps)
-    model, size, seed = explainer.backbone, config.metric_batch_size, config.seed
     measured = []
     for group, count in counts.items():
         if count == 0:
             continue
         x, maps, c, clean = inputs[:count], result.maps[:count], classes[:count], logits[:count]
-        if group == "adic":
-            values = average_drop_increase(model, x, maps, c, batch_size=size, clean_logits=clean).per_image()
-        elif group == "road":
-            values = {}
-            for order in ("morf", "lerf"):
-                values.update(road(model, x, maps, c, config.road_percentages, order, size, seed=seed, clean_logits=clean).per_image())
-        else:
-            values = deletion_insertion(model, x, maps, c, config.steps, config.baseline, size).per_image()
+        values = get_metric_group(group).measure(explainer.backbone, x, maps, c, clean, measuring)
         measured.append((group, {name: value.detach().double().cpu().tolist() for name, value in values.items()}, count))
     ms = result.seconds * 1000.0 / len(images)  # the batch's time, shared by its images
     return [

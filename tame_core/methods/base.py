@@ -18,7 +18,7 @@ import inspect
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, TypeVar, Union
 
 import torch
 from torch import nn
@@ -27,10 +27,10 @@ from ..backbones import Backbone
 from ..errors import EvaluationError
 from ..explainer import Explainer
 from ..maps import minmax_normalize, resize_maps
-from ..metrics.base import MetricSpec, declare
+from ..metrics.base import MetricSpec, register_metric
 
 # What a method costs is reported beside the metrics of its maps.
-declare(
+register_metric(
     MetricSpec("ms_per_image", "lower", "wall time of the explanation method per image (milliseconds)"),
     MetricSpec("forward_passes", "lower", "backbone forward passes per image made by the explanation method"),
     MetricSpec("backward_passes", "lower", "backward passes per image made by the explanation method"),
@@ -150,11 +150,16 @@ class Method:
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(method: Method) -> Method:
-    """Make ``method`` available by its name to :func:`explain_with`, the CLI and the app."""
-    if not method.name or method.name in _METHODS:
-        raise ValueError(f"method name {method.name!r} is empty or registered twice")
-    _METHODS[method.name] = method
+M = TypeVar("M", bound=Union[Method, type])
+
+
+def register_method(method: M) -> M:
+    """Make ``method`` available by its name to :func:`explain_with`, the CLI and the app. Used on a
+    :class:`Method` subclass (``@register_method``), it registers an instance of the class."""
+    instance = method() if isinstance(method, type) else method
+    if not instance.name or instance.name in _METHODS:
+        raise ValueError(f"method name {instance.name!r} is empty or registered twice")
+    _METHODS[instance.name] = instance
     return method
 
 
@@ -164,6 +169,7 @@ def list_methods() -> list[str]:
 
 
 def get_method(name: str) -> Method:
+    """The registered method called ``name``; an unknown name fails in one line, with the closest names."""
     if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=2, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""

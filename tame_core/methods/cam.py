@@ -15,10 +15,9 @@ gets gradient only through the class token). ``layer=`` overrides it.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from types import SimpleNamespace
-from typing import Sequence
-from unittest import mock
+from contextlib import ExitStack, contextmanager
+from types import ModuleType, SimpleNamespace
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytorch_grad_cam
@@ -33,8 +32,21 @@ from torch import nn
 from ..taps import check_layers, find_module, output_to_map, patch_grid
 from .base import Method, Model, register_method
 
-#: pytorch-grad-cam's Ablation-CAM draws a tqdm bar per image; our callers show their own progress.
+#: A stand-in for the ``tqdm`` module whose bars draw nothing: ``tqdm.tqdm(iterable)`` is the iterable.
 _SILENT_TQDM = SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+
+
+@contextmanager
+def silent_tqdm(module: ModuleType) -> Iterator[None]:
+    """Within the block, ``module``'s bars draw nothing; the original ``tqdm`` is back however the block
+    ends. pytorch-grad-cam's Ablation-CAM draws a bar per image on stderr; our callers show their own
+    progress (and a bar per batch would garble theirs)."""
+    original = module.tqdm
+    module.tqdm = _SILENT_TQDM
+    try:
+        yield
+    finally:
+        module.tqdm = original
 
 
 def default_target_layer(backbone: nn.Module, layers: Sequence[str] | None = None) -> str:
@@ -86,22 +98,28 @@ class ChunkedScoreCAM(pytorch_grad_cam.ScoreCAM):
 
 
 class CamMethod(Method):
-    """One pytorch-grad-cam class behind the common interface."""
+    """One pytorch-grad-cam class behind the common interface: a forward per image, and a backward unless
+    the class weighs channels without gradients (``backwards=0``: Eigen-CAM). Subclasses change what their
+    pytorch-grad-cam object costs (:meth:`expected_passes`) and how it is built (:meth:`open_cam`)."""
 
-    def __init__(self, name: str, cam_class: type, description: str, images_per_call: int | None = None) -> None:
+    #: Images handed to pytorch-grad-cam per call (None: the whole batch).
+    images_per_call: int | None = None
+
+    def __init__(self, name: str, cam_class: type, description: str, backwards: int = 1) -> None:
         self.name = name
         self.cam_class = cam_class
         self.description = description
-        self.images_per_call = images_per_call  # Score-CAM holds (images x channels) masked copies at once
+        self.backwards = backwards
 
     def expected_passes(self, explainer: Model, *, layer: str | None = None, **options: object) -> tuple[int, int]:
-        """A forward (and backward, for gradient CAMs); Score-CAM then one forward per channel of the
-        target layer, Ablation-CAM one more forward for the clean scores and one per channel."""
-        if issubclass(self.cam_class, pytorch_grad_cam.ScoreCAM):
-            return 1 + target_channels(explainer, layer), 0
-        if self.cam_class is pytorch_grad_cam.AblationCAM:
-            return 2 + target_channels(explainer, layer), 0
-        return 1, 0 if self.cam_class is pytorch_grad_cam.EigenCAM else 1
+        """One forward per image, and one backward for the gradient CAMs."""
+        return 1, self.backwards
+
+    def open_cam(self, stack: ExitStack, backbone: nn.Module, module: nn.Module, reshape: Callable, tokens: bool,
+                 batch_size: int | None) -> pytorch_grad_cam.base_cam.BaseCAM:
+        """The pytorch-grad-cam object reading ``module``, closed with ``stack`` (``tokens``: a ViT token layer;
+        ``batch_size``: forwards per batch, for the CAMs that make many)."""
+        return stack.enter_context(self.cam_class(model=backbone, target_layers=[module], reshape_transform=reshape))
 
     def compute(
         self,
@@ -124,23 +142,11 @@ class CamMethod(Method):
         def reshape(tensor: torch.Tensor) -> torch.Tensor:
             return output_to_map(tensor, backbone.net, input_hw, module)
 
-        keywords = {}
-        if self.cam_class is pytorch_grad_cam.AblationCAM:
-            keywords["ablation_layer"] = AblationLayerVit() if tokens else AblationLayer()
-            if batch_size:
-                keywords["batch_size"] = int(batch_size)
         step = self.images_per_call or images01.shape[0]
         maps = []
         with ExitStack() as stack:
             stack.enter_context(torch.enable_grad())  # callers may be inside no_grad; CAMs need the graph
-            stack.enter_context(mock.patch.object(ablation_cam, "tqdm", _SILENT_TQDM))
-            cam = stack.enter_context(
-                self.cam_class(model=backbone, target_layers=[module], reshape_transform=reshape, **keywords)
-            )
-            if batch_size and issubclass(self.cam_class, pytorch_grad_cam.ScoreCAM):
-                cam.batch_size = int(batch_size)
-            if "ablation_layer" in keywords:  # a stopped run must not leave the ablation layer in the model
-                stack.callback(replace_layer_recursive, backbone, keywords["ablation_layer"], module)
+            cam = self.open_cam(stack, backbone, module, reshape, tokens, batch_size)
             for start in range(0, images01.shape[0], step):
                 chunk = images01[start : start + step]
                 if cam.uses_gradients:
@@ -150,16 +156,52 @@ class CamMethod(Method):
         return torch.cat(maps).to(images01.device)
 
 
-_FAMILY = (
-    ("gradcam", pytorch_grad_cam.GradCAM, "Grad-CAM: channel weights = mean gradient", None),
-    ("gradcam++", pytorch_grad_cam.GradCAMPlusPlus, "Grad-CAM++: higher-order gradient weights", None),
-    ("xgradcam", pytorch_grad_cam.XGradCAM, "XGrad-CAM: activation-normalised gradient weights", None),
-    ("scorecam", ChunkedScoreCAM, "Score-CAM: weights from a forward per channel mask", 1),
-    ("ablationcam", pytorch_grad_cam.AblationCAM, "Ablation-CAM: weights from a forward per ablated channel", None),
-    ("layercam", pytorch_grad_cam.LayerCAM, "LayerCAM: element-wise positive-gradient weights", None),
-    ("eigencam", pytorch_grad_cam.EigenCAM, "Eigen-CAM: first principal component of the activations", None),
-    ("hirescam", pytorch_grad_cam.HiResCAM, "HiResCAM: element-wise gradient times activation", None),
-)
+class ScoreCamMethod(CamMethod):
+    """Score-CAM: one forward per channel of the target layer, one image per call (each holds a masked copy
+    per channel), the copies made ``batch_size`` at a time (:class:`ChunkedScoreCAM`)."""
 
-for _name, _cam_class, _description, _per_call in _FAMILY:
-    register_method(CamMethod(_name, _cam_class, _description, _per_call))
+    images_per_call = 1
+
+    def expected_passes(self, explainer: Model, *, layer: str | None = None, **options: object) -> tuple[int, int]:
+        """The forward for the activations, then one per channel of the target layer."""
+        return 1 + target_channels(explainer, layer), 0
+
+    def open_cam(self, stack: ExitStack, backbone: nn.Module, module: nn.Module, reshape: Callable, tokens: bool,
+                 batch_size: int | None) -> pytorch_grad_cam.base_cam.BaseCAM:
+        cam = super().open_cam(stack, backbone, module, reshape, tokens, batch_size)
+        if batch_size:
+            cam.batch_size = int(batch_size)
+        return cam
+
+
+class AblationCamMethod(CamMethod):
+    """Ablation-CAM: the target layer's output replaced by one with each channel ablated in turn (the ViT
+    token layout kept for token layers), put back when the call ends, stopped or not; no progress bars."""
+
+    def expected_passes(self, explainer: Model, *, layer: str | None = None, **options: object) -> tuple[int, int]:
+        """The forward for the activations, one for the clean scores, then one per ablated channel."""
+        return 2 + target_channels(explainer, layer), 0
+
+    def open_cam(self, stack: ExitStack, backbone: nn.Module, module: nn.Module, reshape: Callable, tokens: bool,
+                 batch_size: int | None) -> pytorch_grad_cam.base_cam.BaseCAM:
+        stack.enter_context(silent_tqdm(ablation_cam))
+        ablation_layer = AblationLayerVit() if tokens else AblationLayer()
+        keywords = {"batch_size": int(batch_size)} if batch_size else {}
+        cam = stack.enter_context(self.cam_class(
+            model=backbone, target_layers=[module], reshape_transform=reshape, ablation_layer=ablation_layer, **keywords
+        ))
+        stack.callback(replace_layer_recursive, backbone, ablation_layer, module)  # a stopped run leaves no ablation layer
+        return cam
+
+
+for _method in (
+    CamMethod("gradcam", pytorch_grad_cam.GradCAM, "Grad-CAM: channel weights = mean gradient"),
+    CamMethod("gradcam++", pytorch_grad_cam.GradCAMPlusPlus, "Grad-CAM++: higher-order gradient weights"),
+    CamMethod("xgradcam", pytorch_grad_cam.XGradCAM, "XGrad-CAM: activation-normalised gradient weights"),
+    ScoreCamMethod("scorecam", ChunkedScoreCAM, "Score-CAM: weights from a forward per channel mask"),
+    AblationCamMethod("ablationcam", pytorch_grad_cam.AblationCAM, "Ablation-CAM: weights from a forward per ablated channel"),
+    CamMethod("layercam", pytorch_grad_cam.LayerCAM, "LayerCAM: element-wise positive-gradient weights"),
+    CamMethod("eigencam", pytorch_grad_cam.EigenCAM, "Eigen-CAM: first principal component of the activations", backwards=0),
+    CamMethod("hirescam", pytorch_grad_cam.HiResCAM, "HiResCAM: element-wise gradient times activation"),
+):
+    register_method(_method)

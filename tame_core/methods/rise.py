@@ -36,6 +36,7 @@ def rise_masks(count: int, size: tuple[int, int], cells: int, p: float, generato
     return up[torch.arange(count, device=device)[:, None, None], 0, rows, cols]
 
 
+@register_method
 class RiseMethod(Method):
     name = "rise"
     description = "RISE: class probability under random masks, averaged (N masks, seeded)"
@@ -77,5 +78,3 @@ class RiseMethod(Method):
             saliency += torch.einsum("bn,nhw->bhw", probs.view(batch, count), round_masks)
         return saliency / (masks * p)
 
-
-register_method(RiseMethod())

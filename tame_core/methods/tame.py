@@ -8,6 +8,7 @@ from ..head import BranchMask
 from .base import Method, Model, register_method
 
 
+@register_method
 class TameMethod(Method):
     name = "tame"
     description = "TAME / T-TAME: the trained attention head (one forward pass)"
@@ -18,5 +19,3 @@ class TameMethod(Method):
         ``--option tame.branches=1,0,1``; default: all on), read by :func:`~tame_core.head.parse_branch_mask`."""
         return explainer.explain(images01, classes[:, None], branch_mask=branches, geometry="input").maps[:, 0]
 
-
-register_method(TameMethod())

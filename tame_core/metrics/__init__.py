@@ -1,14 +1,16 @@
-"""Faithfulness metrics: AD/IC, deletion/insertion curves, ROAD. Each module declares its metrics' directions.
+"""Faithfulness metrics: AD/IC, deletion/insertion curves, ROAD. Each module registers its metrics and their directions.
 
 All work on torch tensors on the images' device, in batches; maps from any method are (B, H, W) and
 are min-max normalised and upsampled to the input by the metrics themselves.
 """
 
-# Importing a metric module declares its metrics; the order of declaration is the table order.
+# Importing a metric module registers its metrics; the order of registration is the table order.
 from .adic import ADICResult, average_drop_increase  # isort: skip
 from .road import RoadResult, road  # isort: skip
 from .curves import DEFAULT_FILLS, FILLS, CurveResult, curve_fills, deletion_insertion, stream_curve  # isort: skip
-from .base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES, METRICS, MetricSpec, spec_for
+from .base import (
+    DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES, MetricSpec, get_metric, list_metrics, register_metric, register_metric_family,
+)
 from .imputation import noisy_linear_impute
 
 __all__ = [
@@ -18,14 +20,16 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "DEFAULT_ROAD_PERCENTAGES",
     "FILLS",
-    "METRICS",
     "MetricSpec",
     "RoadResult",
     "average_drop_increase",
     "curve_fills",
     "deletion_insertion",
+    "get_metric",
+    "list_metrics",
     "noisy_linear_impute",
+    "register_metric",
+    "register_metric_family",
     "road",
-    "spec_for",
     "stream_curve",
 ]

@@ -17,11 +17,11 @@ from torch import nn
 
 from ..batching import check_batch_size, scores
 from ..errors import EvaluationError
-from .base import DEFAULT_FRACTIONS, clean_scores, declare, declare_family, per_image_summary, prepare, quantiles
+from .base import DEFAULT_FRACTIONS, clean_scores, per_image_summary, prepare, quantiles, register_metric, register_metric_family
 
-AD = declare_family("AD", "lower", "Average Drop (%) with {n}% of the map's pixels kept")
-IC = declare_family("IC", "higher", "Increase in Confidence (% of images) with {n}% of the map's pixels kept")
-declare(*(family.spec(round(f * 100)) for f in DEFAULT_FRACTIONS for family in (AD, IC)))
+AD = register_metric_family("AD", "lower", "Average Drop (%) with {n}% of the map's pixels kept")
+IC = register_metric_family("IC", "higher", "Increase in Confidence (% of images) with {n}% of the map's pixels kept")
+register_metric(*(family.spec(round(f * 100)) for f in DEFAULT_FRACTIONS for family in (AD, IC)))
 
 
 @dataclass

@@ -56,35 +56,41 @@ class MetricFamily:
         return MetricSpec(self.name(n), self.direction, self.description.format(n=n))
 
 
-#: Every metric the default settings report, by name, in table order. Each metric module declares
-#: its own (:func:`declare`, :func:`declare_family`) next to the code that computes it;
-#: :func:`spec_for` also knows other levels of a family.
-METRICS: dict[str, MetricSpec] = {}
+#: Every metric the default settings report, by name, in table order. Each metric module registers
+#: its own (:func:`register_metric`, :func:`register_metric_family`) next to the code that computes it;
+#: :func:`get_metric` also knows other levels of a family.
+_METRICS: dict[str, MetricSpec] = {}
 _FAMILIES: dict[str, MetricFamily] = {}
 
 DEFAULT_FRACTIONS = (1.0, 0.5, 0.15)
 DEFAULT_ROAD_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
 
 
-def declare(*specs: MetricSpec) -> None:
-    """Add reported metrics to :data:`METRICS` (in table order)."""
+def register_metric(*specs: MetricSpec) -> None:
+    """Make reported metrics known to :func:`get_metric` and :func:`list_metrics` (in table order)."""
     for spec in specs:
-        METRICS[spec.name] = spec
+        _METRICS[spec.name] = spec
 
 
-def declare_family(prefix: str, direction: Direction, description: str) -> MetricFamily:
-    """A numbered family, known to :func:`spec_for` at every level; declare its default levels with :func:`declare`."""
+def register_metric_family(prefix: str, direction: Direction, description: str) -> MetricFamily:
+    """A numbered family, known to :func:`get_metric` at every level; register its default levels with
+    :func:`register_metric`."""
     family = _FAMILIES[prefix] = MetricFamily(prefix, direction, description)
     return family
 
 
-def spec_for(name: str) -> MetricSpec:
+def list_metrics() -> list[str]:
+    """The metrics the default settings report, in table order: AD/IC, ROAD, curves, then the methods' costs (declared by :mod:`tame_core.methods`)."""
+    return list(_METRICS)
+
+
+def get_metric(name: str) -> MetricSpec:
     """The :class:`MetricSpec` of any reported name, numbered families included (``AD37``, ``LeRF60``)."""
-    if name in METRICS:
-        return METRICS[name]
+    if name in _METRICS:
+        return _METRICS[name]
     match = re.fullmatch(r"([A-Za-z]+)(\d+)", name)
     if match is None or match[1] not in _FAMILIES:
-        raise EvaluationError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+        raise EvaluationError(f"unknown metric {name!r}; known: {', '.join(_METRICS)}")
     return _FAMILIES[match[1]].spec(int(match[2]))
 
 

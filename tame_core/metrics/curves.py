@@ -25,9 +25,9 @@ from torch import nn
 
 from ..errors import EvaluationError
 from ..batching import check_batch_size, class_vector, iter_scores, scores
-from .base import MetricSpec, declare, per_image_summary, pixel_ranks, prepare
+from .base import MetricSpec, per_image_summary, pixel_ranks, prepare, register_metric
 
-declare(
+register_metric(
     MetricSpec("deletion_auc", "lower", "area under the class probability as the most salient pixels are deleted"),
     MetricSpec("insertion_auc", "higher", "area under the class probability as the most salient pixels are inserted"),
 )

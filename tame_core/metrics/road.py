@@ -18,7 +18,8 @@ from torch import nn
 from ..errors import EvaluationError
 from ..batching import check_batch_size, scores
 from .base import (
-    DEFAULT_ROAD_PERCENTAGES, MetricSpec, clean_scores, declare, declare_family, per_image_summary, pixel_ranks, prepare,
+    DEFAULT_ROAD_PERCENTAGES, MetricSpec, clean_scores, per_image_summary, pixel_ranks, prepare, register_metric,
+    register_metric_family,
 )
 from .imputation import noisy_linear_impute
 
@@ -26,10 +27,10 @@ Order = Literal["morf", "lerf"]
 ORDERS: tuple[str, ...] = ("morf", "lerf")
 #: Per order, the share of images whose top-1 survives each removal level: MoRF50, LeRF50...
 FAMILIES = {
-    "morf": declare_family("MoRF", "lower", "ROAD most-relevant-first: % of images whose top-1 survives removing {n}% of pixels"),
-    "lerf": declare_family("LeRF", "higher", "ROAD least-relevant-first: % of images whose top-1 survives removing {n}% of pixels"),
+    "morf": register_metric_family("MoRF", "lower", "ROAD most-relevant-first: % of images whose top-1 survives removing {n}% of pixels"),
+    "lerf": register_metric_family("LeRF", "higher", "ROAD least-relevant-first: % of images whose top-1 survives removing {n}% of pixels"),
 }
-declare(
+register_metric(
     MetricSpec("MoRF", "lower", "ROAD most-relevant-first: top-1 agreement (%) averaged over the removal levels"),
     MetricSpec("LeRF", "higher", "ROAD least-relevant-first: top-1 agreement (%) averaged over the removal levels"),
     *(family.spec(p) for family in FAMILIES.values() for p in DEFAULT_ROAD_PERCENTAGES),

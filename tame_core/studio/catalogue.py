@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from ..backbones import list_backbones
 from ..methods import get_method, list_methods
-from ..metrics import MetricSpec, spec_for
+from ..metrics import MetricSpec, get_metric
 
 
 def backbone_names() -> list[str]:
-    """Every registered backbone's name, in registration order."""
+    """Every registered backbone's name, sorted."""
     return list(list_backbones())
 
 
@@ -28,4 +28,4 @@ def method_summary(name: str) -> str:
 
 def metric_spec(name: str) -> MetricSpec:
     """A reported metric's spec (direction, arrow), numbered families included (``AD37``)."""
-    return spec_for(name)
+    return get_metric(name)

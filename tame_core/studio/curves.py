@@ -17,7 +17,7 @@ import torch
 from ..explainer import Explanation
 from ..images import tensor_to_pixels
 from ..methods import get_method
-from ..metrics import METRICS
+from ..metrics import get_metric
 from ..metrics.base import prepare
 from ..metrics.curves import DEFAULT_STEPS, MODES, Baseline, CurveInputs, CurveResult, fill_colour, stream_curve
 from . import costs
@@ -168,7 +168,7 @@ def auc_title(mode: str) -> str:
 
 def auc_direction(mode: str) -> str:
     """``"lower is better"`` for deletion, ``"higher is better"`` for insertion (from the metric registry)."""
-    return f"{METRICS[f'{mode}_auc'].direction} is better"
+    return f"{get_metric(f'{mode}_auc').direction} is better"
 
 
 def perturbed_image(

@@ -25,7 +25,7 @@ from ..evaluation import TABLE_COLUMNS, EvaluationReport
 from ..evaluation.report import COSTS
 from ..images import tensor_to_pixels
 from ..maps import overlay, resize_maps
-from ..metrics import spec_for
+from ..metrics import get_metric
 from ..reading import read_regular
 from .render import png_bytes
 
@@ -51,7 +51,7 @@ def column_title(name: str) -> str:
     """A table heading that says which way is better: ``AD100 ↓``, ``IC100 ↑``."""
     if name in ("method", "images"):
         return name
-    return f"{name} {spec_for(name).arrow}"
+    return f"{name} {get_metric(name).arrow}"
 
 
 def thumbnail_folder(state: str | Path) -> Path:

@@ -5,7 +5,8 @@
 
 from ..errors import TrainingError
 from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
-from .data import AUGMENTATIONS, SPLITS, is_heldout_class, readable_images, split_files
+from ..splits import SPLITS, is_heldout_class, split_files
+from .data import AUGMENTATIONS, readable_images
 from .init import INITS, init_from_cam
 from .losses import LossTerms, LossWeights, area_loss, destroy_loss, tame_loss, variation_loss
 from .step import MASK_ORDERS, batch_loss, inserted_inputs, masked_logits, removed_inputs

@@ -10,7 +10,8 @@ from typing import Any
 from ..checkpoint import paths_for
 from ..errors import TrainingError
 from ..head import FUSERS, VARIANTS
-from .data import AUGMENTATIONS, SPLITS
+from ..splits import SPLITS
+from .data import AUGMENTATIONS
 from .init import INITS
 from .losses import LossWeights
 from .step import MASK_ORDERS

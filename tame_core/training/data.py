@@ -1,4 +1,4 @@
-"""Training images: any folder (recursive), seeded augmentation, and the project's held-out split.
+"""Training images: any folder (recursive), narrowed to a split (:mod:`tame_core.splits`), seeded augmentation.
 
 No labels are needed (the target is the frozen classifier's own prediction), so a dataset is just
 the readable images below a folder. Every random choice of an epoch (order and augmentation) is a
@@ -8,7 +8,6 @@ function of (seed, epoch, image), so a resumed run sees exactly the batches the 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,51 +17,16 @@ from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import InterpolationMode, v2
 
-from ..classes import imagenet_wnids
 from ..errors import ImageLoadError, TrainingError
 from ..images import collect_images, image_to_tensor, load_image
 from ..preprocessing import Preprocess
+from ..splits import split_files
 
 log = logging.getLogger("tame_core.training")
 
 #: ``standard``: the papers' resize + random crop + flip; ``heavy`` adds scale, aspect and colour
 #: changes (more distinct views of few images); ``none``: the classifier's own centre crop.
 AUGMENTATIONS = ("none", "standard", "heavy")
-
-#: The project's fixed ImageNet split: class index i (sorted WordNet ids) with i % 5 == 4 is held out.
-HELDOUT_EVERY, HELDOUT_REMAINDER = 5, 4
-SPLITS = ("all", "train", "heldout")
-_WNID = re.compile(r"n\d{8}")
-
-
-def is_heldout_class(index: int) -> bool:
-    return index % HELDOUT_EVERY == HELDOUT_REMAINDER
-
-
-def imagenet_class_of(path: Path) -> int | None:
-    """The ImageNet class index a file belongs to, from a WordNet id starting its name or a parent folder's."""
-    wnids = imagenet_wnids()
-    for name in (path.name, *(parent.name for parent in path.parents)):
-        match = _WNID.match(name)
-        if match and match[0] in wnids:
-            return wnids.index(match[0])
-    return None
-
-
-def split_files(paths: Sequence[Path], split: str) -> list[Path]:
-    """``all`` the files, or the project split's ``train`` (800 classes) or ``heldout`` (200) part."""
-    if split not in SPLITS:
-        raise TrainingError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if split == "all":
-        return list(paths)
-    chosen = []
-    for path in paths:
-        index = imagenet_class_of(path)
-        if index is None:
-            raise TrainingError(f"{path}: split {split!r} needs ImageNet WordNet ids (n01440764...) in file or folder names")
-        if is_heldout_class(index) == (split == "heldout"):
-            chosen.append(path)
-    return chosen
 
 
 def build_transform(preprocess: Preprocess, augment: str = "standard") -> Callable[[torch.Tensor], torch.Tensor]:

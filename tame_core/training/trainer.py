@@ -28,14 +28,12 @@ from ..atomic import OutputLock
 from ..errors import TameError, TrainingError
 from ..fingerprint import file_digest, files_digest
 from ..head import TAMEHead, TiedTAMEHead
+from ..splits import HELDOUT_EVERY, HELDOUT_REMAINDER, is_heldout_class
 from ..stopping import check
 from ..taps import LayerTaps, check_layers
 from .config import AUTO, TrainConfig
 from .data import (
-    HELDOUT_EVERY,
-    HELDOUT_REMAINDER,
     EpochSampler,
-    is_heldout_class,
     ImageFiles,
     build_transform,
     readable_images,
@@ -147,50 +145,13 @@ class _Run:
         self._on_every_rank(self._claim_outputs)  # before any slow work: a refused run fails at once
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        phase(f"loading the backbone ({backbone.name if backbone is not None else config.backbone})")
-        self.backbone: Backbone = backbone.to(dist.device) if backbone is not None else load_backbone(
-            config.backbone, config.weights, dist.device,
-            class_names=read_labels(config.labels) if config.labels is not None else None,
-            preprocess=config.preprocess_overrides(),
-        )
-        if config.top_k > self.backbone.num_classes:
-            raise TrainingError(f"--top-k {config.top_k}: {self.backbone.name} has only {self.backbone.num_classes} classes")
-        fell_back = config.recipe == AUTO and config.settle_recipe(self.backbone.pooled_layer is not None) == "paper"
-        self.layers = list(config.layers or recipe_layers(self.backbone, config))
-        channels = [info.channels for info in check_layers(self.backbone, self.layers)]
+        fell_back = self._load_backbone(backbone, phase)
         phase("checking that every image can be read")
-        files, problems = readable_images(config.data, config.split, config.limit, dist.rank, dist.world)
-        check(stop)
-        skipped = set(dist.gather(problems))
-        self.files = [path for path in files if str(path) not in skipped]
-        self.skipped = len(skipped)
-        if not self.files:
-            sources = ", ".join(map(str, config.data))
-            raise TrainingError(f"--data {sources}: no readable images (split {config.split!r})")
+        self._read_files()
         if fell_back:  # the card's recipe says "paper"; the progress bar says so too (stderr stays for errors)
             phase(f"{self.backbone.name}'s classifier pools no single layer: the papers' recipe")
-        mine = [(index, file_digest(path)) for index, path in enumerate(self.files) if index % dist.world == dist.rank]
-        self.data_digest = files_digest(self.files, [content for _, content in sorted(dist.gather(mine))])
-        preprocess = self.backbone.preprocess
-        self.dataset = ImageFiles(self.files, build_transform(preprocess, config.augment), preprocess.decode_short_side)
-        self.sampler = EpochSampler(self.dataset, config.seed, dist.rank, dist.world)
-        self.steps_per_epoch = math.ceil(len(self.sampler.base) / config.batch_size)
-        self.total_steps = config.epochs * self.steps_per_epoch
-        self.head = new_head(channels, self.backbone, config.variant, config.fuser).to(dist.device)
-        if config.init == "cam":
-            phase("starting every class from its class activation map")
-            init_from_cam(self.head, self.backbone, self.layers, self._first_batch())
-        self.head.fuser.requires_grad_(not config.freeze_fuser)
-        self.optimizer = torch.optim.SGD(
-            parameter_groups(self.head, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
-        )
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=config.lr, total_steps=self.total_steps, cycle_momentum=False
-        )
-        self.autocast, amp_dtype = _autocast(dist.device, config.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        self.targets_rng = torch.Generator().manual_seed(config.seed)  # draws classes when classes_per_image < top_k
-        self.excluded = self._excluded_targets()
+        self._build_data()
+        self._build_head(phase)
         self.step = 0
         self.seconds = 0.0  # training time over all sessions of this run
         self.images = 0  # images trained on (all ranks), likewise
@@ -207,6 +168,65 @@ class _Run:
             callback=callback if dist.is_main else None,
             progress=config.progress and dist.is_main,
         )
+
+    def _load_backbone(self, backbone: Backbone | None, phase: Callable[[str], None]) -> bool:
+        """The frozen classifier (the given one, or loaded by name) and the layers to tap; True when
+        ``recipe="auto"`` fell back to the papers' recipe, which the caller says once the files are read."""
+        config, dist = self.config, self.dist
+        phase(f"loading the backbone ({backbone.name if backbone is not None else config.backbone})")
+        self.backbone: Backbone = backbone.to(dist.device) if backbone is not None else load_backbone(
+            config.backbone, config.weights, dist.device,
+            class_names=read_labels(config.labels) if config.labels is not None else None,
+            preprocess=config.preprocess_overrides(),
+        )
+        if config.top_k > self.backbone.num_classes:
+            raise TrainingError(f"--top-k {config.top_k}: {self.backbone.name} has only {self.backbone.num_classes} classes")
+        fell_back = config.recipe == AUTO and config.settle_recipe(self.backbone.pooled_layer is not None) == "paper"
+        self.layers = list(config.layers or recipe_layers(self.backbone, config))
+        self.channels = [info.channels for info in check_layers(self.backbone, self.layers)]
+        return fell_back
+
+    def _read_files(self) -> None:
+        """The readable images of every rank (each rank checks its share), before any slow work on them."""
+        config, dist = self.config, self.dist
+        files, problems = readable_images(config.data, config.split, config.limit, dist.rank, dist.world)
+        check(self.stop)
+        skipped = set(dist.gather(problems))
+        self.files = [path for path in files if str(path) not in skipped]
+        self.skipped = len(skipped)
+        if not self.files:
+            sources = ", ".join(map(str, config.data))
+            raise TrainingError(f"--data {sources}: no readable images (split {config.split!r})")
+
+    def _build_data(self) -> None:
+        """The files' digest (each rank hashes its share), the dataset, its seeded sampler and the step count."""
+        config, dist = self.config, self.dist
+        mine = [(index, file_digest(path)) for index, path in enumerate(self.files) if index % dist.world == dist.rank]
+        self.data_digest = files_digest(self.files, [content for _, content in sorted(dist.gather(mine))])
+        preprocess = self.backbone.preprocess
+        self.dataset = ImageFiles(self.files, build_transform(preprocess, config.augment), preprocess.decode_short_side)
+        self.sampler = EpochSampler(self.dataset, config.seed, dist.rank, dist.world)
+        self.steps_per_epoch = math.ceil(len(self.sampler.base) / config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+
+    def _build_head(self, phase: Callable[[str], None]) -> None:
+        """A new head (started from the CAMs when asked), its optimizer, schedule, precision and target draws."""
+        config, dist = self.config, self.dist
+        self.head = new_head(self.channels, self.backbone, config.variant, config.fuser).to(dist.device)
+        if config.init == "cam":
+            phase("starting every class from its class activation map")
+            init_from_cam(self.head, self.backbone, self.layers, self._first_batch())
+        self.head.fuser.requires_grad_(not config.freeze_fuser)
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(self.head, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=config.lr, total_steps=self.total_steps, cycle_momentum=False
+        )
+        self.autocast, amp_dtype = _autocast(dist.device, config.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.targets_rng = torch.Generator().manual_seed(config.seed)  # draws classes when classes_per_image < top_k
+        self.excluded = self._excluded_targets()
 
     def _excluded_targets(self) -> torch.Tensor | None:
         """Classes no step may target (``exclude_targets="heldout"``: the project's 200 held-out classes)."""
