@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomically
-from ..backbones import DEFAULT_BACKBONE
+from ..backbones import DEFAULT_BACKBONE, read_weights
+from ..classes import imagenet_class_names
 from ..checkpoint import load_head
-from ..errors import CheckpointError, TameError
+from ..errors import BackboneError, CheckpointError, TameError
 from ..explainer import Explainer, Explanation
 from ..heads import locate_head
-from ..hub import is_repo_id
+from ..hub import is_repo_id, pull_head
 from .storage import check_quota, hub_repo_id, studio_dir
 
 #: Environment variable naming a head to use instead of the bundled one (a deployment on your own model).
@@ -118,8 +119,6 @@ class LoadedModel:
     def knows_imagenet(self) -> bool:
         """Whether the classifier has ImageNet's 1000 classes under their own names: only then do the
         curated ImageNet sample photos mean anything to it (a fine-tune of yours is shown on your pictures)."""
-        from ..classes import imagenet_class_names
-
         return self.class_names == imagenet_class_names()
 
     def explain(self, pixels: np.ndarray | Sequence[np.ndarray]) -> Explanation:
@@ -158,9 +157,6 @@ def load_model(choice: ModelChoice) -> LoadedModel:
 def store_uploaded_weights(name: str, data: bytes, folder: str | os.PathLike) -> Path:
     """Keep an uploaded classifier weights file in the session's ``folder`` under its content hash (same
     upload, same file: a stable model-cache key), after checking that it reads as a state dict."""
-    from ..backbones import read_weights
-    from ..errors import BackboneError
-
     suffix = Path(name).suffix.lower()
     if suffix not in (".safetensors", ".pt", ".pth"):
         raise BackboneError(f"{Path(name).name}: classifier weights must be a .safetensors, .pt or .pth file")
@@ -187,8 +183,6 @@ def _head_source(choice: ModelChoice) -> str | None:
     head = choice.head
     if head is None or Path(head).is_absolute() or head == os.environ.get(HEAD_ENV):
         return head
-    from ..hub import pull_head
-
     return str(pull_head(hub_repo_id(head), revision=choice.revision))
 
 

@@ -30,7 +30,9 @@ import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..checkpoint import paths_for
 from ..errors import AccessError, OutputError
+from ..hub import scrub_local_paths
 
 #: The whole studio folder's size limit, in MB, unless ``$TAME_STUDIO_QUOTA_MB`` says otherwise.
 DEFAULT_QUOTA_MB = 20_000
@@ -202,8 +204,6 @@ def server_head(text: str | os.PathLike, what: str = "Head", also: Iterable[str 
     Checking the typed text alone is not enough: ``allowed/sneaky`` may become ``sneaky.safetensors``, a link
     to a file outside. Nothing is opened and existence is not told; a refusal names only what was typed.
     """
-    from ..checkpoint import paths_for
-
     typed = str(text).strip()
     try:
         tensor_path = server_path(paths_for(Path(typed).expanduser())[0], what, also)
@@ -232,8 +232,6 @@ def _short(text: str) -> str:
 
 def public_message(text: str) -> str:
     """A message fit to show a browser: every server path in it becomes its file name."""
-    from ..hub import scrub_local_paths
-
     return scrub_local_paths(str(text))
 
 
