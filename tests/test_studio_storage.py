@@ -242,7 +242,7 @@ def test_the_hub_field_takes_a_repo_id_and_never_a_path(tmp_path, monkeypatch, r
     (tmp_path / "heads").mkdir()
     (tmp_path / "heads" / "h1.safetensors").write_bytes(random_head_path.read_bytes())
     pulled = []
-    monkeypatch.setattr("tame_core.hub.pull_head", lambda repo, revision=None: pulled.append((repo, revision)) or random_head_path)
+    monkeypatch.setattr("tame_core.studio.models.pull_head", lambda repo, revision=None: pulled.append((repo, revision)) or random_head_path)
     monkeypatch.delenv("TAME_HEAD", raising=False)
     assert models._head_source(ModelChoice(head="heads/h1", revision="v2")) == str(random_head_path)
     assert pulled == [("heads/h1", "v2")]
