@@ -345,8 +345,8 @@ def test_the_app_explains_a_fine_tune_with_its_own_names(custom_app, sample_imag
     Image.fromarray(sample_images["chelsea"]).save(buffer, format="PNG")
     at.file_uploader(key="uploads").set_value([("chelsea.png", buffer.getvalue(), "image/png")]).run()
     assert not at.exception and not at.error
-    top5 = at.dataframe[0].value
-    assert list(top5["class"])[0] == "my cat (0)" and set(top5["class"]) == {f"{n} ({i})" for i, n in enumerate(NAMES)}
+    top5 = [option.split(" · ")[0] for option in at.radio[0].options]
+    assert top5[0] == "my cat (0)" and set(top5) == {f"{n} ({i})" for i, n in enumerate(NAMES)}
     assert at.main.get("image")[0].captions[0].startswith("my cat (0): p = ")
     for page in ("branches", "curves", "compare"):
         at.switch_page(f"pages/{page}.py").run()
