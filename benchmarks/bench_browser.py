@@ -107,7 +107,7 @@ def nav(page, title: str) -> None:
 
 def class_switches(page, repeats: int) -> list[float]:
     """Click the 2nd, 3rd, 2nd... class of the top-5."""
-    options = page.locator('[data-testid="stRadio"]').first.locator("label")
+    options = page.locator('[data-testid="stRadio"]').first.locator('label:has(input[type="radio"])')  # the five, not the title
     options.first.wait_for(timeout=LONG)
     return [timed(page, lambda run=run: options.nth(1 + run % 2).click()) for run in range(repeats)]
 
