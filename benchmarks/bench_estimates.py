@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tame_core.evaluation import EvaluationConfig  # noqa: E402
 from tame_core.images import find_images, load_image  # noqa: E402
 from tame_core.studio import costs  # noqa: E402
-from tame_core.studio.evaluation import evaluation_work  # noqa: E402
+from tame_core.studio.evaluation import evaluation_cost, evaluation_work  # noqa: E402
 from tame_core.studio.images import active_image  # noqa: E402
 from tame_core.studio.jobs import Job, share_cpu_between_threads  # noqa: E402
 from tame_core.studio import compare_estimate, compare_methods, curve_points, curves_estimate  # noqa: E402
@@ -72,8 +72,10 @@ def settle_forward_time() -> None:
     """Let the server's forward time go stale under the neighbour, ask for it, and wait for the refresh."""
     model = load_model(default_choice())
     time.sleep(costs.FORWARD_MAX_AGE_S + 1)
-    costs.forward_seconds(model)
-    while model.key in costs._REFRESHING:
+    for what, key, size in list(costs._MEASURED):  # every figure the quiet phase measured
+        if key == model.key:
+            costs.forward_seconds(model, size) if what == "forward" else costs.imputation_seconds(model)
+    while costs._REFRESHING:
         time.sleep(0.1)
 
 
@@ -94,7 +96,7 @@ def measure(folder: Path, images: int, scratch: Path) -> list[tuple[str, str, st
     rows.append(("Compare (gradcam, gradcam++, scorecam)", ratio(before, seconds), ratio(live, left), seconds))
 
     config = EvaluationConfig(data=str(folder), methods=("tame", "gradcam"), limit=images, steps=10)
-    before = costs.evaluation_estimate(model, config.methods, images, config.steps).seconds
+    before = evaluation_cost(model, config, images).seconds
     states = Path(tempfile.mkdtemp(dir=scratch))
     seconds, live, left = run_job("evaluate", lambda context: evaluation_work(choice, config, context, states))
     rows.append((f"evaluate ({images} images, tame + gradcam)", ratio(before, seconds), ratio(live, left), seconds))

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/check_bundled_head.py [--work runs/bundled]
 
 Uses the file list that ``scripts/train_bundled_head.py`` wrote into ``--work`` (run that first) and
-trains into ``--work/check`` (replacing an earlier check), then compares the cards' ``tensors_sha256``.
+trains into ``--work/check`` (replacing an earlier check) at the script's thread count (the tensors
+match bit for bit only at the same count on the same kind of CPU), then compares the cards' ``tensors_sha256``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from train_bundled_head import ROOT, SHIPPED
+import torch
+from train_bundled_head import ROOT, SHIPPED, TRAIN_THREADS
 
 from tame_core.training import TrainConfig, train_head
 
@@ -28,6 +30,7 @@ def main() -> int:
         print(f"error: {files} is missing: run scripts/train_bundled_head.py first", file=sys.stderr)
         return 2
     out = args.work / "check" / "shipped.safetensors"
+    torch.set_num_threads(TRAIN_THREADS)  # the float sums' split, and so the last bits, follow the thread count
     train_head(TrainConfig(data=[files], out=out, overwrite=True, **SHIPPED))
     retrained = json.loads(out.with_suffix(".json").read_text())["tensors_sha256"]
     bundled = json.loads(args.bundled.read_text())["tensors_sha256"]

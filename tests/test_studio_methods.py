@@ -197,21 +197,22 @@ def test_a_stale_forward_time_is_measured_again_in_the_background(model, monkeyp
     measured = iter([0.5, 0.25])
     started = threading.Event()
 
-    def slow_measure(model, batch):
+    def slow_measure(model, batch, size):
         started.set()
         return next(measured)
 
     monkeypatch.setattr(costs, "_measure", slow_measure)
-    old, when = costs._FORWARD_SECONDS[model.key]
+    key = ("forward", model.key, tuple(model.explainer.backbone.preprocess.input_size))
+    old, when = costs._MEASURED[key]
     assert costs.forward_seconds(model) == old and not started.is_set()  # fresh: not measured again
-    costs._FORWARD_SECONDS[model.key] = (old, when - costs.FORWARD_MAX_AGE_S - 1)
+    costs._MEASURED[key] = (old, when - costs.FORWARD_MAX_AGE_S - 1)
     assert costs.forward_seconds(model) == old  # stale: the old figure at once, a refresh started
     assert started.wait(10)
     deadline = time.monotonic() + 10
-    while model.key in costs._REFRESHING and time.monotonic() < deadline:
+    while key in costs._REFRESHING and time.monotonic() < deadline:
         time.sleep(0.01)
     assert costs.forward_seconds(model) == 0.5  # the refreshed figure
-    costs._FORWARD_SECONDS[model.key] = (old, when)
+    costs._MEASURED[key] = (old, when)
 
 
 def test_costs_are_estimated_from_stated_passes_and_measured_forwards(model, subject):
@@ -222,10 +223,20 @@ def test_costs_are_estimated_from_stated_passes_and_measured_forwards(model, sub
     assert rise.seconds == pytest.approx(4000 * per_forward)
     scorecam = costs.method_estimate(model, "scorecam")
     assert scorecam.forwards == 1 + model.explainer.head.channels[-1]
-    assert compare_estimate(subject, ["tame", "scorecam"]).forwards == 1 + scorecam.forwards
+    # every run Compare's timing makes: TAME's warm-up and 5 runs; Score-CAM once, between 2 TAME runs a side
+    assert compare_estimate(subject, ["tame", "scorecam"]).forwards == (1 + 5) + (scorecam.forwards + 5)
+    gradcam = compare_estimate(subject, ["gradcam"])  # warm-up and 5 rounds, each beside a TAME run
+    assert (gradcam.forwards, gradcam.backwards) == (6 * 1 + 6 * 1, 6 * 1)
     evaluation = costs.evaluation_estimate(model, ["tame", "gradcam"], images=10, steps=4, method_limits={"gradcam": 5})
     metric = 3 + 14 + 2 * 5  # AD/IC levels, ROAD orders x levels, curve points
     assert evaluation.forwards == 10 + 10 * (1 + metric) + 5 * (1 + metric) and evaluation.backwards == 5
+    per_imputation = costs.imputation_seconds(model)  # ROAD fills 14 pictures per image and method
+    assert 0 < per_imputation < 5 and evaluation.imputations == 14 * (10 + 5)
+    passes = evaluation.forwards + costs.BACKWARD_COST * evaluation.backwards
+    assert evaluation.seconds == pytest.approx(passes * per_forward + 14 * 15 * per_imputation)
+    without_road = costs.evaluation_estimate(model, ["tame"], images=10, steps=4, groups=("adic", "curves"))
+    assert without_road.imputations == 0 and without_road.forwards == 10 + 10 * (1 + 3 + 2 * 5)
+    assert "+ 210 imputed pictures" in evaluation.text()
     assert costs.duration_text(0.4) == "under a second" and costs.duration_text(42) == "≈ 42 s"
     assert costs.duration_text(9 * 60) == "≈ 9 min" and costs.duration_text(2 * 3600) == "≈ 2.0 h"
     assert rise.text().endswith("(4,000 forward passes)")

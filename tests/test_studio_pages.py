@@ -66,15 +66,16 @@ class StartRecorder:
 def test_compare_plan_lists_the_missing_maps_starts_quick_work_and_then_has_nothing_to_do(model, monkeypatch):
     from tame_core.studio import costs
 
-    monkeypatch.setattr(costs, "forward_seconds", lambda model, batch=8: 0.05)  # counted passes, not this machine's speed
+    monkeypatch.setattr(costs, "forward_seconds", lambda model, input_hw=None, batch=8: 0.05)  # counted passes, not this machine's speed
     ws = Workspace()
     subject = ws.subject(model, load_sample("chelsea"), 281)
     plan = compare_plan(ws, subject, ["tame", "gradcam"])
     assert plan.job is None and plan.todo == ["tame", "gradcam"] and plan.records == ()
     expected = compare_estimate(subject, ["tame", "gradcam"], ws.results)
-    assert (plan.estimate.forwards, plan.estimate.backwards) == (expected.forwards, expected.backwards) == (2, 1)
-    assert plan.estimate.seconds == pytest.approx(expected.seconds) and expected.seconds > 0.05 * 3  # scaled to the picture
-    assert plan.estimate.seconds <= AUTO_START_SECONDS and plan.starts_at_once  # two forwards: no click needed
+    # every timed run: TAME's warm-up and 5 runs, then Grad-CAM's warm-up and 5 rounds, each beside a TAME run
+    assert (plan.estimate.forwards, plan.estimate.backwards) == (expected.forwards, expected.backwards) == (18, 6)
+    assert plan.estimate.seconds == pytest.approx(expected.seconds) == pytest.approx(0.05 * (18 + 2 * 6))
+    assert plan.estimate.seconds <= AUTO_START_SECONDS and plan.starts_at_once  # a second and a half: no click needed
     job = plan.start()
     assert plan.job is job and job.name.startswith("Comparing methods (estimated ") and job.tag == subject.key()
     assert job.wait(300) and job.state is JobState.DONE, job.error
@@ -191,7 +192,7 @@ def test_the_train_page_estimate_counts_the_folders_images_and_epochs_on_the_sid
 
     from tame_core.studio import costs, training_cost
 
-    monkeypatch.setattr(costs, "forward_seconds", lambda model, batch=8: 0.05)  # counted passes, not this machine's speed
+    monkeypatch.setattr(costs, "forward_seconds", lambda model, input_hw=None, batch=8: 0.05)  # counted passes, not this machine's speed
 
     data = tmp_path / "images"
     data.mkdir()

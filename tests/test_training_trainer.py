@@ -120,6 +120,7 @@ def test_card_records_recipe_data_and_split(tiny_folder, tmp_path):
     assert card.training["recipe"]["augment"] == "heavy" and card.training["recipe"]["loss"]["area"] == 2.0
     assert card.data["images"] == 10 and card.data["skipped_unreadable"] == 0
     assert card.training["images_per_second"] > 0 and head.num_classes == 1000
+    assert card.training["cpu_threads"] == torch.get_num_threads()  # bit-for-bit reproduction needs the same count
 
 
 def test_resume_refuses_a_state_from_another_run(tiny_folder, tmp_path):

@@ -5,7 +5,7 @@
 """
 
 from .config import EvaluationConfig
-from .groups import METRIC_GROUPS, MetricGroup, get_metric_group, list_metric_groups, metric_forwards, register_metric_group
+from .groups import METRIC_GROUPS, MetricGroup, get_metric_group, list_metric_groups, metric_forwards, metric_imputations, register_metric_group
 from .report import TABLE_COLUMNS, EvaluationReport, bootstrap_difference
 from .run import Progress, evaluate, select_files
 
@@ -21,6 +21,7 @@ __all__ = [
     "get_metric_group",
     "list_metric_groups",
     "metric_forwards",
+    "metric_imputations",
     "register_metric_group",
     "select_files",
 ]

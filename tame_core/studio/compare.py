@@ -23,6 +23,9 @@ from .result_cache import ResultCache, Subject, map_key
 
 #: The method every cost is compared with.
 REFERENCE = "tame"
+#: Rounds of a cheap method against TAME (:func:`timed_in_turns`), and TAME runs on each side of an expensive one.
+ROUNDS = 5
+AROUND = 2
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def method_map(
 
 
 def timed_in_turns(
-    explainer: Any, inputs: torch.Tensor, classes: torch.Tensor, method: str, rounds: int = 5, min_seconds: float = 0.25
+    explainer: Any, inputs: torch.Tensor, classes: torch.Tensor, method: str, rounds: int = ROUNDS, min_seconds: float = 0.25
 ) -> tuple[MethodResult, float]:
     """``method``'s result and its time relative to TAME's, the two run in turns so that a busy machine slows
     both alike: a cheap method alternates with TAME for ``rounds`` rounds (more, up to 20, until
@@ -98,9 +101,9 @@ def timed_in_turns(
 
     warm_up(explainer, inputs, classes, REFERENCE)
     if not is_cheap(method, explainer):
-        before = [reference(), reference()]
+        before = [reference() for _ in range(AROUND)]
         result = explain_with(explainer, inputs, classes, method)
-        around = before + [reference(), reference()]
+        around = before + [reference() for _ in range(AROUND)]
         result.repeats = (result.seconds,)
         return result, result.seconds / max(statistics.median(around), 1e-9)
     warm_up(explainer, inputs, classes, method)
@@ -149,7 +152,7 @@ def compare_methods(
     """Each method's map in turn (cached ones are not recomputed), recorded as it is done (a Compare job)."""
     explainer = subject.model.explainer
     todo = [m for m in methods if cache is None or cache.get(map_key(subject, m)) is None]
-    expected = {m: get_method(m).expected_passes(explainer)[0] for m in todo}
+    expected = {m: timing_forwards(m, explainer) for m in todo}
     progress = ForwardProgress(context, sum(expected.values()))
     done = []
     for position, method in enumerate(methods):
@@ -162,12 +165,31 @@ def compare_methods(
     return done
 
 
+def timing_runs(method: str, explainer: Any) -> tuple[int, int]:
+    """(runs of ``method``, runs of TAME) that timing it makes (:func:`method_map`): a warm-up and at
+    least :data:`ROUNDS` runs of a cheap method, each beside a TAME run; one run of an expensive one,
+    between :data:`AROUND` TAME runs on each side. TAME itself: a warm-up and ROUNDS runs."""
+    if method == REFERENCE:
+        return 1 + ROUNDS, 0
+    if is_cheap(method, explainer):
+        return 1 + ROUNDS, 1 + ROUNDS
+    return 1, 1 + 2 * AROUND
+
+
+def timing_forwards(method: str, explainer: Any) -> int:
+    """Forwards through the backbone that computing and timing ``method`` makes (:func:`timing_runs`)."""
+    runs, references = timing_runs(method, explainer)
+    return runs * get_method(method).expected_passes(explainer)[0] + references * get_method(REFERENCE).expected_passes(explainer)[0]
+
+
 def compare_estimate(subject: Subject, methods: Sequence[str], cache: ResultCache | None = None) -> costs.Estimate:
-    """What computing the maps not yet in ``cache`` will cost."""
+    """What computing and timing the maps not yet in ``cache`` will cost: every run the timing makes."""
     total = costs.Estimate(0)
     for method in methods:
         if cache is None or cache.get(map_key(subject, method)) is None:
-            total = total + costs.method_estimate(subject.model, method, subject.input_hw)
+            runs, references = timing_runs(method, subject.model.explainer)
+            total = total + costs.method_estimate(subject.model, method, subject.input_hw, runs=runs)
+            total = total + costs.method_estimate(subject.model, REFERENCE, subject.input_hw, runs=references)
     return total
 
 

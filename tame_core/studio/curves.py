@@ -93,8 +93,7 @@ def curves_estimate(
             continue
         if cache is None or cache.get(map_key(subject, method)) is None:
             total = total + costs.method_estimate(subject.model, method, subject.input_hw)
-        pixels = subject.input_hw[0] * subject.input_hw[1]
-        total = total + costs.passes_estimate(subject.model, costs.curve_forwards(steps), pixels=pixels)
+        total = total + costs.passes_estimate(subject.model, costs.curve_forwards(steps), input_hw=subject.input_hw)
     return total
 
 

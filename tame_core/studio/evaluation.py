@@ -87,7 +87,7 @@ def image_total(config: EvaluationConfig) -> int:
 
 def evaluation_cost(model: LoadedModel, config: EvaluationConfig, images: int) -> Estimate:
     """What evaluating ``images`` images with ``config`` will cost on this machine."""
-    return evaluation_estimate(model, config.methods, images, config.steps, dict(config.method_limits))
+    return evaluation_estimate(model, config.methods, images, config.steps, dict(config.method_limits), config.metrics)
 
 
 def start_evaluation(

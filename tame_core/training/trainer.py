@@ -332,6 +332,9 @@ class _Run:
             "images_per_second": round(self.images / max(self.seconds, 1e-9), 2),
             "device": str(self.dist.device),
             "world_size": self.dist.world,
+            # CPU float sums are split across threads: the same run at another thread count differs in the
+            # last bits, so bit-for-bit reproduction needs this count (see scripts/check_bundled_head.py)
+            "cpu_threads": torch.get_num_threads(),
             "torch": torch.__version__,
         }
         data = {
