@@ -93,14 +93,16 @@ def train(files_list: Path, out: Path, recipe: dict) -> Path:
 
 
 def cam_start(work: Path, files: list[Path]) -> Path:
-    """The untrained head the shipped recipe starts from: every class's map is its CAM."""
+    """The untrained head the shipped recipe starts from: every class's map is its CAM (made once per --work)."""
+    path = work / "cam_start.safetensors"
+    if path.is_file():
+        return path
     backbone = load_backbone(SHIPPED["backbone"])
     layers = SHIPPED["layers"]
     torch.manual_seed(0)
     head = new_head([i.channels for i in check_layers(backbone, layers)], backbone, fuser="tied")
     init_from_cam(head, backbone, layers, backbone.preprocess.batch([image_to_tensor(load_image(p)) for p in files[:32]], "crop"))
     plain = head.materialize().eval()
-    path = work / "cam_start.safetensors"
     save_head(plain, metadata_for(plain, backbone, layers, training={"untrained": "cam start"}), path)
     return path
 
