@@ -281,7 +281,8 @@ def test_long_methods_wait_for_a_click_with_their_estimate_and_stop_at_the_next_
     finish_jobs(app)  # the quick default comparison methods start by themselves
     ok(app.multiselect(key="compare_methods").set_value(["rise"]).run())
     start = app.button(key="compare_start")
-    assert start.label.startswith("Run rise: ≈ ") and start.label.endswith("(4,000 forward passes)")
+    # RISE's 4,000 masks, and the 2 TAME runs on each side that time it against TAME
+    assert start.label.startswith("Run rise: ≈ ") and start.label.endswith("(4,005 forward passes)")
     defaults = app.session_state["workspace"].jobs["compare"]
     ok(start.click().run())
     job = app.session_state["workspace"].jobs["compare"]
@@ -475,7 +476,8 @@ def test_evaluate_page_makes_the_table_and_offers_csv(app, tmp_path, sample_imag
     ok(app.select_slider(key="eval_steps").set_value(10).run())
     start = app.button(key="eval_start")
     per_image = 1 + 1 + 3 + 14 + 2 * 11  # clean forward, TAME, AD/IC levels, ROAD orders x levels, curve points
-    assert start.label.startswith("Evaluate 2 images: ") and start.label.endswith(f"({2 * per_image} forward passes)")
+    label = f"({2 * per_image} forward passes + {2 * 14} imputed pictures)"  # ROAD imputes 14 pictures per image
+    assert start.label.startswith("Evaluate 2 images: ") and start.label.endswith(label)
     ok(start.click().run())
     finish_jobs(app)
     ok(app)
