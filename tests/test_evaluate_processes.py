@@ -135,14 +135,10 @@ def test_one_rank_killed_under_max_restarts_finishes_without_redoing_an_image(tm
     assert main([*arguments, "--no-progress", "--out", str(tmp_path / "one")]) == 0
     uninterrupted = json.loads((tmp_path / "one" / "evaluation_state.json").read_text())["tally"]["forwards"]
 
-    out = tmp_path / "out"
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "--max-restarts", "1", "-m", "tame_core",
-               *arguments, "--out", str(out)]
     # PyTorch issue 135712: with the store torchrun shares with its workers, a restarted worker may read the
     # previous attempt's gloo addresses and fail or hang; the README says to set this with --max-restarts
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    states = [out / f"evaluation_state.rank{rank}-of-2.json" for rank in (0, 1)]
 
     def rows(path: Path) -> list[dict]:
         try:
@@ -150,21 +146,33 @@ def test_one_rank_killed_under_max_restarts_finishes_without_redoing_an_image(tm
         except (OSError, ValueError, KeyError):
             return []
 
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and process.poll() is None and not rows(states[1]):
-            time.sleep(0.05)
-        workers = {_rank_of(pid): pid for pid in _descendants(process.pid)}
-        assert process.poll() is None and 1 in workers, "the run ended before rank 1 could be killed"
-        os.kill(workers[1], signal.SIGKILL)
-        before = {rank: rows(states[rank]) for rank in (0, 1)}
-        assert 0 < len(before[1]) < 4
-        stdout, stderr = process.communicate(timeout=900)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 0, stderr[-3000:]
+    def killed_run(out: Path) -> tuple[int, str, str, dict, list[Path]]:
+        command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "--max-restarts", "1", "-m", "tame_core",
+                   *arguments, "--out", str(out)]
+        states = [out / f"evaluation_state.rank{rank}-of-2.json" for rank in (0, 1)]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and process.poll() is None and not rows(states[1]):
+                time.sleep(0.05)
+            workers = {_rank_of(pid): pid for pid in _descendants(process.pid)}
+            assert process.poll() is None and 1 in workers, "the run ended before rank 1 could be killed"
+            os.kill(workers[1], signal.SIGKILL)
+            before = {rank: rows(states[rank]) for rank in (0, 1)}
+            assert 0 < len(before[1]) < 4
+            stdout, stderr = process.communicate(timeout=900)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        return process.returncode, stdout, stderr, before, states
+
+    # The restarted gloo group sometimes loses its connection ("Connection closed by peer", in 2 of about
+    # 6 full runs on a 2-core machine, inside torch's rendezvous, not in our code): one fresh retry then.
+    for attempt in range(2):
+        code, stdout, stderr, before, states = killed_run(tmp_path / f"out{attempt}")
+        if code == 0 or "Connection closed by peer" not in stderr:
+            break
+    assert code == 0, stderr[-3000:]
     after = {rank: rows(states[rank]) for rank in (0, 1)}
     for rank in (0, 1):
         assert after[rank][: len(before[rank])] == before[rank]  # kept as they were, timings included
