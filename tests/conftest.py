@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -93,3 +95,14 @@ def shared_samples() -> Path:
     if not SHARED_SAMPLES.is_dir():
         pytest.skip("../shared/data/imagenet-samples is not available")
     return SHARED_SAMPLES
+
+
+@pytest.fixture(autouse=True)
+def no_background_timing_left_running():
+    """A forward-time refresh that a test started (studio.costs measures in a background thread) must end
+    before the next test: it runs a batch of 8 on the shared backbone, which a later test's taps would see."""
+    yield
+    costs = sys.modules.get("tame_core.studio.costs")
+    deadline = time.monotonic() + 60
+    while costs is not None and costs._REFRESHING and time.monotonic() < deadline:
+        time.sleep(0.01)
