@@ -215,6 +215,35 @@ def test_a_stale_forward_time_is_measured_again_in_the_background(model, monkeyp
     costs._MEASURED[key] = (old, when)
 
 
+def test_the_forward_time_is_the_median_of_batches_sampled_for_a_while(model, monkeypatch):
+    """A neighbour's lull must not set the figure: with batch times 0.05, 0.2, 0.2, 0.05, 0.2 s (0.7 s, past
+    the 0.3 s sample), the figure is the median 0.2 s / batch of 4, not the fastest batch."""
+    durations = iter([0.05, 0.2, 0.2, 0.05, 0.2, 99.0])
+    clock = {"now": 0.0, "batches": 0, "pending": 0.0}
+    backbone = model.explainer.backbone
+    real_forward = type(backbone).__call__
+
+    def forward(self, images):
+        if images.shape[0] == 4:  # the timed batches (the warm-up is one image)
+            clock["batches"] += 1
+            clock["pending"] = next(durations)
+        return real_forward(self, images)
+
+    def perf_counter():
+        clock["now"] += clock["pending"]
+        clock["pending"] = 0.0
+        return clock["now"]
+
+    monkeypatch.setattr(type(backbone), "__call__", forward)
+    monkeypatch.setattr(costs.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(costs, "FORWARD_SAMPLE_S", 0.3)
+    seconds = costs._measure(model, 4, (32, 32))
+    assert clock["batches"] == 3 and seconds == pytest.approx(0.2 / 4)  # 0.45 s after three: enough
+    durations = iter([0.01, 0.01, 0.01, 0.5, 0.01, 99.0])
+    clock["batches"] = 0
+    assert costs._measure(model, 4, (32, 32)) == pytest.approx(0.01 / 4) and clock["batches"] == 4  # ran on until 0.3 s
+
+
 def test_costs_are_estimated_from_stated_passes_and_measured_forwards(model, subject):
     per_forward = costs.forward_seconds(model)
     assert 0 < per_forward < 5 and costs.forward_seconds(model) == per_forward  # measured once

@@ -226,6 +226,20 @@ def test_the_new_terms_see_the_region_removed_to_the_mean_colour_or_pasted_on_th
     assert torch.allclose(inserted, backbone.normalize(images * own + blurred * (1 - own)), atol=1e-6)
     probs = (removed.mean(dim=(2, 3)) * 10).softmax(dim=1)
     assert terms.destroy.item() == pytest.approx(float((probs[0, 0] + probs[1, 2]) / 2), rel=1e-5)
+    for fill, fills in (("black", [0.0, 0.0]), ("both", [0.5, 0.0])):  # both: the mean colour in even rows, black in odd
+        backbone.net.seen.clear()
+        batch_loss(backbone, LayerTaps(backbone, ["features"]), head, images, LossWeights(destroy=1.0, destroy_fill=fill))
+        removed = backbone.net.seen[2]
+        expected = images * (1 - own) + torch.tensor(fills)[:, None, None, None] * own
+        assert torch.allclose(removed, backbone.normalize(expected), atol=1e-6), fill
+
+
+def test_the_destroying_fill_is_checked_and_recorded_only_when_it_differs():
+    assert "destroy_fill" not in LossWeights(destroy=1.0).to_dict()  # the default: cards read as before
+    assert LossWeights(destroy=1.0, destroy_fill="black").to_dict()["destroy_fill"] == "black"
+    assert "destroy_fill" not in LossWeights(destroy_fill="black").to_dict()  # the term is off: its fill means nothing
+    with pytest.raises(ValueError, match=r"destroy_fill must be one of \('mean', 'black', 'both'\), got 'blur'"):
+        LossWeights(destroy=1.0, destroy_fill="blur")
 
 
 class SmoothNet(nn.Module):
@@ -266,5 +280,9 @@ def test_the_destroying_and_insertion_gradients_match_finite_differences():
 
     assert torch.autograd.gradcheck(destroy, (maps,), eps=1e-6, atol=1e-8)
     assert torch.autograd.gradcheck(insert, (maps,), eps=1e-6, atol=1e-8)
+    for fill in ("black", "both"):
+        assert torch.autograd.gradcheck(
+            lambda z, fill=fill: destroy_loss(backbone(removed_inputs(backbone, images, upsampled(z), fill)), targets),
+            (maps,), eps=1e-6, atol=1e-8)
     (grad,) = torch.autograd.grad(destroy(maps), maps)
     assert float(grad.abs().max()) > 1e-4  # the term does move the maps

@@ -290,7 +290,8 @@ def test_the_new_terms_off_train_the_papers_head_bit_for_bit_with_no_extra_forwa
               "--lr", "0.05", "--no-progress"]
     heads, cards, calls = {}, {}, {}
     for name, extra in [("absent", []), ("zero", ["--destroy-weight", "0", "--insert-weight", "0"]),
-                        ("destroy", ["--destroy-weight", "0.5"]), ("both", ["--destroy-weight", "0.5", "--insert-weight", "0.5"])]:
+                        ("destroy", ["--destroy-weight", "0.5"]), ("both", ["--destroy-weight", "0.5", "--insert-weight", "0.5"]),
+                        ("black", ["--destroy-weight", "0.5", "--destroy-fill", "black"])]:
         forwards.clear()
         assert main(["train", *common, "--out", str(tmp_path / name), *extra]) == 0
         heads[name], cards[name] = load_head(tmp_path / f"{name}.safetensors")
@@ -301,9 +302,13 @@ def test_the_new_terms_off_train_the_papers_head_bit_for_bit_with_no_extra_forwa
     assert "destroy" not in cards["zero"].training["recipe"]["loss"] and cards["destroy"].training["recipe"]["loss"]["destroy"] == 0.5
     steps = 3  # 10 images in batches of 4
     extra = {name: count - calls["absent"] for name, count in calls.items()}  # beyond setup + clean and masked forwards
-    assert extra == {"absent": 0, "zero": 0, "destroy": steps, "both": 2 * steps}  # one more forward per term that is on
+    assert extra == {"absent": 0, "zero": 0, "destroy": steps, "both": 2 * steps, "black": steps}  # one more forward per term on
     changed = heads["destroy"].state_dict()
     assert any(not torch.equal(absent[k], changed[k]) for k in absent)  # the term does train the head
+    assert "destroy_fill" not in cards["destroy"].training["recipe"]["loss"]  # the default fill: the card reads as before
+    assert cards["black"].training["recipe"]["loss"]["destroy_fill"] == "black"
+    black = heads["black"].state_dict()
+    assert any(not torch.equal(black[k], changed[k]) for k in black)  # the fill changes what is learnt
 
 
 def test_the_destroying_term_is_logged_summed_and_part_of_the_resume_key(tiny_folder, tmp_path):

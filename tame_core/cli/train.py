@@ -99,6 +99,7 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_loss_options(recipe: argparse._ArgumentGroup) -> None:
     from ..training import LossWeights
+    from ..training.losses import DESTROY_FILLS
 
     defaults = LossWeights()
     for name, flag, text in (
@@ -115,6 +116,9 @@ def _add_loss_options(recipe: argparse._ArgumentGroup) -> None:
     ):
         default = getattr(defaults, name)
         recipe.add_argument(flag, dest=f"loss_{name}", type=non_negative_float, default=default, help=f"{text} (default {default})")
+    recipe.add_argument("--destroy-fill", dest="loss_destroy_fill", choices=DESTROY_FILLS, default=defaults.destroy_fill,
+                        help="what the destroying term sets the map's region to: the mean colour (RISE's deletion), black, "
+                             f"or both in turn (default {defaults.destroy_fill})")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ for both the smallest sufficient and the smallest destroying region:
 
 - ``destroy * mean p(target | image with the map's region removed)``: the region is set to the
   classifier's mean colour (the complement mask ``1 - a`` keeps the rest), as deletion curves delete,
-  so removing what the map shows must lose the class;
+  so removing what the map shows must lose the class (``destroy_fill``: black, or both fills in turn);
 - ``insert * CE(logits of the map's region pasted on the blurred image, target)``: the region alone, on
   the blurred canvas that insertion curves start from, must keep the class.
 
@@ -38,15 +38,27 @@ class LossWeights:
     tv_border: float = 0.3
     destroy: float = 0.0  # Dabkowski & Gal's destroying term; 0: off (the papers' recipe)
     insert: float = 0.0  # the insertion-style preservation term; 0: off
+    destroy_fill: str = "mean"  # what the removed region becomes: one of DESTROY_FILLS
 
-    def to_dict(self) -> dict[str, float]:
-        """The weights; a term beyond the papers' is left out while off, so their recipe's card and resume key
-        read as before the terms existed."""
-        return {k: v for k, v in asdict(self).items() if k not in EXTRA_TERMS or v}
+    def __post_init__(self) -> None:
+        if self.destroy_fill not in DESTROY_FILLS:
+            raise ValueError(f"destroy_fill must be one of {DESTROY_FILLS}, got {self.destroy_fill!r}")
+
+    def to_dict(self) -> dict[str, float | str]:
+        """The weights; a term beyond the papers' is left out while off (and the destroying fill while it is
+        the default), so their recipe's card and resume key read as before the terms existed."""
+        values = {k: v for k, v in asdict(self).items() if k not in EXTRA_TERMS or v}
+        if values["destroy_fill"] == "mean" or not self.destroy:
+            del values["destroy_fill"]
+        return values
 
 
 #: Loss terms beyond the papers' (off unless weighted).
 EXTRA_TERMS = ("destroy", "insert")
+
+#: The destroying term's fill: the deletion curves' ``mean`` colour or ``black``, or ``both``: every
+#: other removed image takes each, so one forward trains against both deletion fills.
+DESTROY_FILLS = ("mean", "black", "both")
 
 
 @dataclass

@@ -35,11 +35,16 @@ def masked_logits(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tenso
     raise ValueError(f"mask order must be one of {MASK_ORDERS}, got {order!r}")
 
 
-def removed_inputs(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``inputs01`` (N, 3, H, W) with the masks' (N, 1, H, W) region set to the classifier's mean colour:
-    the complement mask ``1 - m`` keeps the rest (the deletion curves' default fill, RISE's)."""
-    fill = baseline_images(inputs01, "mean", fill_colour(backbone))
-    return inputs01 * (1 - masks) + fill * masks
+def removed_inputs(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tensor, fill: str = "mean") -> torch.Tensor:
+    """``inputs01`` (N, 3, H, W) with the masks' (N, 1, H, W) region set to the classifier's mean colour
+    (the deletion curves' default fill, RISE's), to ``black``, or (``both``) to the mean colour in even
+    rows and black in odd ones; the complement mask ``1 - m`` keeps the rest."""
+    if fill == "both":
+        filled = baseline_images(inputs01, "mean", fill_colour(backbone))
+        filled[1::2] = 0.0
+    else:
+        filled = baseline_images(inputs01, fill, fill_colour(backbone))
+    return inputs01 * (1 - masks) + filled * masks
 
 
 def inserted_inputs(backbone: Backbone, inputs01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -105,7 +110,7 @@ def batch_loss(
     with autocast:
         logits_masked = masked_logits(backbone, repeated, flat, mask_order)
         if weights.destroy:
-            extra["removed_logits"] = backbone(removed_inputs(backbone, repeated, flat))
+            extra["removed_logits"] = backbone(removed_inputs(backbone, repeated, flat, weights.destroy_fill))
         if weights.insert:
             extra["inserted_logits"] = backbone(inserted_inputs(backbone, repeated, flat))
     return tame_loss(logits_masked, targets, masks, weights, **extra)
