@@ -57,7 +57,7 @@ SHIPPED = {
     "augment": "heavy",
     "seed": 0,
     "exclude_targets": "heldout",
-    "loss": {"destroy": 3.0},
+    "loss": {"destroy": 3.0, "destroy_fill": "black"},
 }
 #: The papers' recipe as ``tame train`` runs it by default, on the same data.
 PAPER = {"backbone": "efficientnet_lite0", "recipe": "paper", "seed": 0, "exclude_targets": "heldout"}

@@ -394,8 +394,8 @@ def test_cli_evaluate_loads_the_fine_tune_from_its_card_and_weights(custom, samp
 
 
 def test_the_default_recipe_is_the_bundled_heads_recipe(tmp_path, lite0):
-    """`tame train --data ... --out H` (plus the evaluation protocol's --exclude-targets and --destroy-weight 3)
-    trains exactly what scripts/train_bundled_head.py trained for the bundled head, whose card records it."""
+    """`tame train --data ... --out H` (plus the evaluation protocol's --exclude-targets and the destroying
+    term) trains exactly what scripts/train_bundled_head.py trained for the bundled head, whose card records it."""
     from tame_core.cli import build_parser
     from tame_core.cli.train import config_from
     from tame_core.training.trainer import recipe_layers
@@ -409,8 +409,8 @@ def test_the_default_recipe_is_the_bundled_heads_recipe(tmp_path, lite0):
     ours = config.schedule_key()
     differing = {k for k in ours if k in shipped and ours[k] != shipped[k]}
     assert differing == {"loss"} and ours["recipe"] == "little-data"
-    # the one difference is the destroying term, which the bundled head adds (`--destroy-weight 3`, issue 25)
-    assert shipped["loss"] == {**ours["loss"], "destroy": 3.0}
+    # the one difference is the destroying term, which the bundled head adds (`--destroy-weight 3 --destroy-fill black`, issue 25)
+    assert shipped["loss"] == {**ours["loss"], "destroy": 3.0, "destroy_fill": "black"}
 
 
 def test_a_weights_file_with_nan_or_inf_is_refused_in_one_line(tmp_path):
