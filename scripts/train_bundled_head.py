@@ -137,7 +137,7 @@ def set_metrics(name: str, reports: dict[str, dict], start, branches: dict) -> d
     noise = {}
     for fill, report in (("", mean), ("_black", black)):
         for row in report.compare("tame", "gradcam"):
-            if row["metric"] in METRICS and (not fill or "auc" in row["metric"]):
+            if row["metric"] in METRICS and (not fill or row["metric"] == "deletion_auc"):  # insertion: the blur either way
                 noise[row["metric"] + fill] = {key: row[key] for key in ("mean", "low", "high", "verdict")}
     return {
         "head": summary(mean, "tame") | {"deletion_auc_black": round(black.methods["tame"]["deletion_auc"], 4)},
