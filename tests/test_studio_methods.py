@@ -215,6 +215,34 @@ def test_a_stale_forward_time_is_measured_again_in_the_background(model, monkeyp
     costs._MEASURED[key] = (old, when)
 
 
+def test_figures_refreshed_together_are_measured_one_at_a_time(monkeypatch):
+    """Side by side, two measurements slow each other down: refreshes asked for at once run in turn."""
+    running, most, done = [0], [0], threading.Event()
+    lock = threading.Lock()
+
+    def measure() -> float:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return 1.0
+
+    keys = [("test-sampling", n) for n in range(3)]
+    for key in keys:
+        costs._MEASURED[key] = (0.5, time.monotonic() - costs.FORWARD_MAX_AGE_S - 1)
+    try:
+        assert [costs._timed(key, measure) for key in keys] == [0.5, 0.5, 0.5]  # the old figures at once
+        deadline = time.monotonic() + 10
+        while any(key in costs._REFRESHING for key in keys) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [costs._MEASURED[key][0] for key in keys] == [1.0, 1.0, 1.0] and most[0] == 1
+    finally:
+        for key in keys:
+            costs._MEASURED.pop(key, None)
+
+
 def test_the_forward_time_is_the_median_of_batches_sampled_for_a_while(model, monkeypatch):
     """A neighbour's lull must not set the figure: with batch times 0.05, 0.2, 0.2, 0.05, 0.2 s (0.7 s, past
     the 0.3 s sample), the figure is the median 0.2 s / batch of 4, not the fastest batch."""

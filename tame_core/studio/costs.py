@@ -39,6 +39,15 @@ FORWARD_MAX_AGE_S = 30.0
 _MEASURED: dict[Hashable, tuple[float, float]] = {}  # (what, model key, input size) -> (seconds, when measured)
 _MEASURING = threading.Lock()
 _REFRESHING: set[Hashable] = set()
+#: One measurement at a time. A page asks for several figures at once (a forward time per input size, the
+#: imputation time); refreshed side by side they slowed each other down, and on a busy machine one
+#: figure came out twice too high while another, measured alone, came out low.
+_SAMPLING = threading.Lock()
+
+
+def _sampled(measure: Callable[[], float]) -> float:
+    with _SAMPLING:
+        return measure()
 
 
 def _timed(key: Hashable, measure: Callable[[], float]) -> float:
@@ -46,7 +55,7 @@ def _timed(key: Hashable, measure: Callable[[], float]) -> float:
     background once :data:`FORWARD_MAX_AGE_S` old (the caller gets the last figure at once)."""
     with _MEASURING:
         if key not in _MEASURED:
-            _MEASURED[key] = (measure(), time.monotonic())
+            _MEASURED[key] = (_sampled(measure), time.monotonic())
         seconds, when = _MEASURED[key]
         stale = time.monotonic() - when > FORWARD_MAX_AGE_S and key not in _REFRESHING
         if stale:
@@ -58,7 +67,7 @@ def _timed(key: Hashable, measure: Callable[[], float]) -> float:
 
 def _refresh(key: Hashable, measure: Callable[[], float]) -> None:
     try:
-        measured = measure()
+        measured = _sampled(measure)
         with _MEASURING:
             _MEASURED[key] = (measured, time.monotonic())
     finally:
