@@ -14,7 +14,8 @@ function) with the embedded default model. Two ratios are printed per piece:
 server measured its forward time in the quiet phase; the busy phase first waits until that figure is
 :data:`~tame_core.studio.costs.FORWARD_MAX_AGE_S` old and asks for it once, as any page render does, so the
 background refresh sees the neighbour (what a server that has been busy for half a minute shows).
-The target is 0.67-1.5 for every ratio. FOLDER holds photos (for example ../shared/data/imagenet-samples);
+Each phase also prints the per-image figures the estimates multiply (after the busy phase's refresh,
+and after each phase's work). The target is 0.67-1.5 for every ratio. FOLDER holds photos (for example ../shared/data/imagenet-samples);
 the first ``--images`` are evaluated, the first 64 trained on, the first one explained.
 """
 
@@ -79,6 +80,11 @@ def settle_forward_time() -> None:
         time.sleep(0.1)
 
 
+def figures() -> str:
+    """The server's measured cost figures, per image: what every estimate multiplies."""
+    return ", ".join(f"{what} {size[0]}x{size[1]} {seconds * 1000:.1f} ms" for (what, _, size), (seconds, _) in sorted(costs._MEASURED.items()))
+
+
 def measure(folder: Path, images: int, scratch: Path) -> list[tuple[str, str, str, float]]:
     choice = default_choice()
     model = load_model(choice)
@@ -126,8 +132,10 @@ def main() -> None:
             try:
                 if burners:
                     settle_forward_time()
+                    print(f"{phase:6} the figures the estimates use: {figures()}", flush=True)
                 for work, before, live, seconds in measure(args.folder, args.images, Path(scratch)):
                     print(f"{phase:6} {work:42} {before:>6} {live:>6} {seconds:9.1f}", flush=True)
+                print(f"{phase:6} the figures after its work: {figures()}", flush=True)
             finally:
                 for burner in burners:
                     burner.kill()

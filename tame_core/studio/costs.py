@@ -45,17 +45,26 @@ _REFRESHING: set[Hashable] = set()
 _SAMPLING = threading.Lock()
 
 
-def _sampled(measure: Callable[[], float]) -> float:
+#: How long a figure is sampled on first use (the caller waits) and when refreshed in the background (no
+#: one waits). On a busy 2-core machine the scheduler gives a thread a whole core for a while, then half
+#: of one: samples of 0.3 s came out anywhere from 1.1 to 2.3 times the quiet figure, while work that
+#: runs for minutes meets the average, so a refresh samples for longer.
+FIRST_SAMPLE_S = 0.3
+REFRESH_SAMPLE_S = 2.0
+
+
+def _sampled(measure: Callable[[float], float], budget: float) -> float:
     with _SAMPLING:
-        return measure()
+        return measure(budget)
 
 
-def _timed(key: Hashable, measure: Callable[[], float]) -> float:
-    """``measure()``'s figure for ``key``: measured on first use (then the caller waits), and again in the
-    background once :data:`FORWARD_MAX_AGE_S` old (the caller gets the last figure at once)."""
+def _timed(key: Hashable, measure: Callable[[float], float]) -> float:
+    """``measure(seconds to sample)``'s figure for ``key``: measured on first use (then the caller waits),
+    and again, for longer, in the background once :data:`FORWARD_MAX_AGE_S` old (the caller gets the
+    last figure at once)."""
     with _MEASURING:
         if key not in _MEASURED:
-            _MEASURED[key] = (_sampled(measure), time.monotonic())
+            _MEASURED[key] = (_sampled(measure, FIRST_SAMPLE_S), time.monotonic())
         seconds, when = _MEASURED[key]
         stale = time.monotonic() - when > FORWARD_MAX_AGE_S and key not in _REFRESHING
         if stale:
@@ -65,9 +74,9 @@ def _timed(key: Hashable, measure: Callable[[], float]) -> float:
     return seconds
 
 
-def _refresh(key: Hashable, measure: Callable[[], float]) -> None:
+def _refresh(key: Hashable, measure: Callable[[float], float]) -> None:
     try:
-        measured = _sampled(measure)
+        measured = _sampled(measure, REFRESH_SAMPLE_S)
         with _MEASURING:
             _MEASURED[key] = (measured, time.monotonic())
     finally:
@@ -82,32 +91,29 @@ def _size(model: LoadedModel, input_hw: Sequence[int] | None) -> tuple[int, int]
 
 def forward_seconds(model: LoadedModel, input_hw: Sequence[int] | None = None, batch: int = 8) -> float:
     """Seconds per image of one backbone forward at ``input_hw`` (default: the model's input size):
-    warmed up, then the median of batches of ``batch`` run for :data:`FORWARD_SAMPLE_S` (at least
-    three). Measured at each size the work runs at, because time is not proportional to pixels
-    (convolutions are faster on some widths than others)."""
+    warmed up, then the mean over batches of ``batch`` run for the sampling time (at least three; see
+    :data:`REFRESH_SAMPLE_S`). Measured at each size the work runs at, because time is not proportional
+    to pixels (convolutions are faster on some widths than others)."""
     size = _size(model, input_hw)
-    return _timed(("forward", model.key, size), lambda: _measure(model, batch, size))
+    return _timed(("forward", model.key, size), lambda budget: _measure(model, batch, size, budget))
 
 
-#: How long the forward time is sampled. The median of several batches is what a job meets on a shared
-#: machine: the fastest of two (as before) caught a moment when the neighbour slept, and the curves
-#: and Compare then took up to twice their estimate.
-FORWARD_SAMPLE_S = 0.3
-
-
-def _measure(model: LoadedModel, batch: int, size: tuple[int, int]) -> float:
-    with model.busy() as explainer, torch.no_grad():  # the model's lock: never beside another user's pass
-        backbone = explainer.backbone
+def _measure(model: LoadedModel, batch: int, size: tuple[int, int], budget: float) -> float:
+    """The mean over batches, each under the model's lock (never beside another user's pass, and a long
+    refresh lets their passes in between its batches): what sustained work meets, where the fastest
+    batch caught a moment when a neighbour slept."""
+    with model.busy() as explainer, torch.no_grad():
         images = torch.rand(batch, 3, *size, device=explainer.device)
-        backbone(images[:1])
-        runs: list[float] = []
-        while len(runs) < 3 or sum(runs) < FORWARD_SAMPLE_S:
+        explainer.backbone(images[:1])
+    runs: list[float] = []
+    while len(runs) < 3 or sum(runs) < budget:
+        with model.busy() as explainer, torch.no_grad():
             synchronize(explainer.device)
             start = time.perf_counter()
-            backbone(images)
+            explainer.backbone(images)
             synchronize(explainer.device)
             runs.append(time.perf_counter() - start)
-    return statistics.median(runs) / batch
+    return sum(runs) / (len(runs) * batch)
 
 
 def imputation_seconds(model: LoadedModel) -> float:
@@ -116,20 +122,22 @@ def imputation_seconds(model: LoadedModel) -> float:
     costs about a forward and a half of EfficientNet-Lite0 on a CPU; photos with their TAME maps took
     the same time within 10 %."""
     size = _size(model, None)
-    return _timed(("imputation", model.key, size), lambda: _measure_imputation(model.explainer.device, size))
+    return _timed(("imputation", model.key, size), lambda budget: _measure_imputation(model.explainer.device, size, budget))
 
 
-def _measure_imputation(device: torch.device | str, size: tuple[int, int]) -> float:
+def _measure_imputation(device: torch.device | str, size: tuple[int, int], budget: float = 0.0) -> float:
     rows, columns = torch.meshgrid(torch.linspace(0, 1, size[0]), torch.linspace(0, 1, size[1]), indexing="ij")
     picture = torch.stack([0.5 + 0.3 * torch.sin(3 * columns + 2 * rows), 0.4 + 0.3 * rows, 0.6 - 0.3 * columns])
     blob = torch.exp(-((columns - 0.55) ** 2 + (rows - 0.45) ** 2) / 0.05)
     keep = removal_keep_masks(blob[None].to(device), DEFAULT_ROAD_PERCENTAGES, "morf").flatten(0, 1)
     pictures = picture.to(device)[None].expand(len(keep), -1, -1, -1)
     synchronize(device)
-    start = time.perf_counter()
-    noisy_linear_impute(pictures, keep)
+    start, rounds = time.perf_counter(), 0
+    while rounds == 0 or time.perf_counter() - start < budget:
+        noisy_linear_impute(pictures, keep)
+        rounds += 1
     synchronize(device)
-    return (time.perf_counter() - start) / len(keep)
+    return (time.perf_counter() - start) / (rounds * len(keep))
 
 
 @dataclass(frozen=True)
