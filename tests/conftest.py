@@ -6,7 +6,9 @@ Nothing here needs ../shared or the network; tests that use the ImageNet samples
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -27,6 +29,10 @@ os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{FAKE_HUB_PORT}"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="tame-test-hf-")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TAME_STUDIO_DIR"] = tempfile.mkdtemp(prefix="tame-test-studio-")  # the app's session folders, never the real ones
+# Both hold hundreds of MB after a run (the app's sessions keep their heads): a run that left them behind filled
+# the disk of the machine that runs the suite again and again.
+for _scratch in (os.environ["HF_HOME"], os.environ["TAME_STUDIO_DIR"]):
+    atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
 os.environ.pop("TAME_ALLOWED_ROOTS", None)
 os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
