@@ -11,12 +11,12 @@ function) with the embedded default model. Two ratios are printed per piece:
   a quarter of the work is done ÷ the time that was actually left then.
 
 "busy" repeats everything while two processes keep both cores busy (a neighbour on a shared machine). The
-server measured its forward time in the quiet phase; the busy phase first waits until that figure is
-:data:`~tame_core.studio.costs.FORWARD_MAX_AGE_S` old and asks for it once, as any page render does, so the
-background refresh sees the neighbour (what a server that has been busy for half a minute shows).
+server measured its figures in the quiet phase; the busy phase first waits until each is
+:data:`~tame_core.studio.costs.FORWARD_MAX_AGE_S` old and asks for it, as any page render does, until every
+one was sampled with the neighbour running (what a server that has been busy for half a minute shows).
 Each phase also prints the per-image figures the estimates multiply (after the busy phase's refresh,
 and after each phase's work). The target is 0.67-1.5 for every ratio. FOLDER holds photos (for example ../shared/data/imagenet-samples);
-the first ``--images`` are evaluated, the first 64 trained on, the first one explained.
+the first ``--images`` are evaluated, the first 128 trained on, the first one explained.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from tame_core.training import TrainConfig  # noqa: E402
 
 CURVE_METHODS = ("tame", "gradcam", "gradcam++")
 COMPARE_METHODS = ("gradcam", "gradcam++", "scorecam")
-TRAIN_IMAGES = 64  # 8 steps of 8: long enough that the rate after the first quarter means something
+TRAIN_IMAGES = 128  # 16 steps of 8: at a quarter, the rate of the later half is over two steps, not one
 
 
 def _burn() -> None:  # pragma: no cover - a neighbour process
@@ -69,20 +69,29 @@ def ratio(estimate: float | None, actual: float | None) -> str:
     return f"{estimate / actual:5.2f}" if estimate is not None and actual else "    –"
 
 
-def settle_forward_time() -> None:
-    """Let the server's forward time go stale under the neighbour, ask for it, and wait for the refresh."""
+def settle_forward_time(since: float) -> None:
+    """Have every figure the quiet phase measured measured again under the neighbour, as a server that has
+    been busy for half a minute shows: each is asked for once it is stale (as any page render does), and
+    the background refresh that starts is waited for. A refresh that began before the neighbour started
+    does not count: its sample would mix quiet and busy batches."""
     model = load_model(default_choice())
-    time.sleep(costs.FORWARD_MAX_AGE_S + 1)
-    for what, key, size in list(costs._MEASURED):  # every figure the quiet phase measured
-        if key == model.key:
-            costs.forward_seconds(model, size) if what == "forward" else costs.imputation_seconds(model)
-    while costs._REFRESHING:
-        time.sleep(0.1)
+    while True:
+        old = [key for key, (_, when) in list(costs._MEASURED.items()) if key[1] == model.key and when < since + costs.REFRESH_SAMPLE_S + 1.0]
+        if not old:
+            return
+        time.sleep(1.0)
+        for what, _, size, *batch in old:
+            costs.forward_seconds(model, size, *batch) if what == "forward" else costs.imputation_seconds(model)
+        while costs._REFRESHING:
+            time.sleep(0.1)
 
 
 def figures() -> str:
     """The server's measured cost figures, per image: what every estimate multiplies."""
-    return ", ".join(f"{what} {size[0]}x{size[1]} {seconds * 1000:.1f} ms" for (what, _, size), (seconds, _) in sorted(costs._MEASURED.items()))
+    return ", ".join(
+        f"{what} {size[0]}x{size[1]}{f' batch {batch[0]}' if batch else ''} {seconds * 1000:.1f} ms"
+        for (what, _, size, *batch), (seconds, _) in sorted(costs._MEASURED.items())
+    )
 
 
 def measure(folder: Path, images: int, scratch: Path) -> list[tuple[str, str, str, float]]:
@@ -129,9 +138,10 @@ def main() -> None:
             burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(2 if phase == "busy" else 0)]
             for burner in burners:
                 burner.start()
+            started = time.monotonic()
             try:
                 if burners:
-                    settle_forward_time()
+                    settle_forward_time(started)
                     print(f"{phase:6} the figures the estimates use: {figures()}", flush=True)
                 for work, before, live, seconds in measure(args.folder, args.images, Path(scratch)):
                     print(f"{phase:6} {work:42} {before:>6} {live:>6} {seconds:9.1f}", flush=True)

@@ -203,7 +203,7 @@ def test_a_stale_forward_time_is_measured_again_in_the_background(model, monkeyp
         return next(measured)
 
     monkeypatch.setattr(costs, "_measure", slow_measure)
-    key = ("forward", model.key, tuple(model.explainer.backbone.preprocess.input_size))
+    key = ("forward", model.key, tuple(model.explainer.backbone.preprocess.input_size), 8)
     old, when = costs._MEASURED[key]
     assert costs.forward_seconds(model) == old and not started.is_set()  # fresh: not measured again
     costs._MEASURED[key] = (old, when - costs.FORWARD_MAX_AGE_S - 1)
@@ -244,32 +244,51 @@ def test_figures_refreshed_together_are_measured_one_at_a_time(monkeypatch):
             costs._MEASURED.pop(key, None)
 
 
-def test_the_forward_time_is_the_mean_of_batches_sampled_for_a_while(model, monkeypatch):
-    """A neighbour's lull must not set the figure: with batch times 0.05, 0.2, 0.2 s (0.45 s, past a 0.3 s
-    sample), the figure is their mean 0.15 s / batch of 4, not the fastest batch."""
-    durations = iter([0.05, 0.2, 0.2, 0.05, 0.2, 99.0])
-    clock = {"now": 0.0, "batches": 0, "pending": 0.0}
+def test_the_forward_time_is_the_cpu_cost_of_batches_scaled_by_the_threads_competing(model, monkeypatch):
+    """Batches run until the sample's wall time is spent (0.05 + 0.2 + 0.2 s passes 0.3 s after three;
+    0.01 x 3 + 0.5 needs a fourth). The figure is their mean CPU time per image, times the share of the
+    cores sustained work will get: alone, the CPU time itself; with two neighbours burning (3 threads
+    runnable on 2 cores, ours one), 1.5 times it, however the wall times of the sample came out."""
+    batches = iter([(0.05, 0.04), (0.2, 0.1), (0.2, 0.1), (0.01, 0.01), (0.01, 0.01), (0.01, 0.01), (0.5, 0.37)])
+    clock = {"wall": 0.0, "cpu": 0.0, "batches": 0, "wall_pending": 0.0, "cpu_pending": 0.0}
     backbone = model.explainer.backbone
     real_forward = type(backbone).__call__
 
     def forward(self, images):
         if images.shape[0] == 4:  # the timed batches (the warm-up is one image)
             clock["batches"] += 1
-            clock["pending"] = next(durations)
+            clock["wall_pending"], clock["cpu_pending"] = next(batches)
         return real_forward(self, images)
 
-    def perf_counter():
-        clock["now"] += clock["pending"]
-        clock["pending"] = 0.0
-        return clock["now"]
+    def advance(which: str) -> float:
+        clock[which] += clock[f"{which}_pending"]
+        clock[f"{which}_pending"] = 0.0
+        return clock[which]
 
+    runnable = {"now": 3}
     monkeypatch.setattr(type(backbone), "__call__", forward)
-    monkeypatch.setattr(costs.time, "perf_counter", perf_counter)
-    seconds = costs._measure(model, 4, (32, 32), 0.3)
-    assert clock["batches"] == 3 and seconds == pytest.approx(0.15 / 4)  # 0.45 s after three: enough
-    durations = iter([0.01, 0.01, 0.01, 0.5, 0.01, 99.0])
+    monkeypatch.setattr(costs.time, "perf_counter", lambda: advance("wall"))
+    monkeypatch.setattr(costs.time, "thread_time", lambda: advance("cpu"))
+    monkeypatch.setattr(costs, "runnable_threads", lambda: runnable["now"])
+    monkeypatch.setattr(costs.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(costs.torch, "get_num_threads", lambda: 1)
+    busy = costs._measure(model, 4, (32, 32), 0.3)
+    assert clock["batches"] == 3 and busy == pytest.approx(0.24 / 3 / 4 * 1.5)
+    runnable["now"] = 1  # only the sampling thread
     clock["batches"] = 0
-    assert costs._measure(model, 4, (32, 32), 0.3) == pytest.approx(0.53 / 16) and clock["batches"] == 4  # on until 0.3 s
+    assert costs._measure(model, 4, (32, 32), 0.3) == pytest.approx(0.4 / 4 / 4) and clock["batches"] == 4
+
+
+def test_cpu_contention_is_the_fair_share_of_the_cores():
+    assert costs.cpu_contention(1, threads=1, cores=2) == 1.0  # alone
+    assert costs.cpu_contention(2, threads=1, cores=2) == 1.0  # one neighbour: a core each
+    assert costs.cpu_contention(3, threads=1, cores=2) == 1.5  # two neighbours: two thirds of a core each
+    assert costs.cpu_contention(5, threads=2, cores=2) == 3.0  # four neighbours and a team of two
+    assert costs.cpu_contention(9.5, threads=4, cores=16) == 1.0
+    with pytest.raises(ValueError, match="threads and cores must be at least 1, got 0 and 2"):
+        costs.cpu_contention(3, threads=0, cores=2)
+    seen = costs.runnable_threads()
+    assert seen is None or seen >= 1  # the caller is running while it reads
 
 
 def test_costs_are_estimated_from_stated_passes_and_measured_forwards(model, subject):
@@ -277,9 +296,10 @@ def test_costs_are_estimated_from_stated_passes_and_measured_forwards(model, sub
     assert 0 < per_forward < 5 and costs.forward_seconds(model) == per_forward  # measured once
     rise = costs.method_estimate(model, "rise")
     assert (rise.forwards, rise.backwards) == (4000, 0)
-    assert rise.seconds == pytest.approx(4000 * per_forward)
+    assert rise.seconds == pytest.approx(4000 * costs.forward_seconds(model, None, 4))  # at RISE's batch of masks
     scorecam = costs.method_estimate(model, "scorecam")
     assert scorecam.forwards == 1 + model.explainer.head.channels[-1]
+    assert scorecam.seconds == pytest.approx(scorecam.forwards * costs.forward_seconds(model, None, 4))  # at its batch
     # every run Compare's timing makes: TAME's warm-up and 5 runs; Score-CAM once, between 2 TAME runs a side
     assert compare_estimate(subject, ["tame", "scorecam"]).forwards == (1 + 5) + (scorecam.forwards + 5)
     gradcam = compare_estimate(subject, ["gradcam"])  # warm-up and 5 rounds, each beside a TAME run

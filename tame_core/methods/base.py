@@ -106,6 +106,11 @@ class Method:
         """(forward, backward) passes per image :meth:`compute` will make with these options."""
         return 1, 0
 
+    def forward_batch(self, explainer: Model, **options: Any) -> int | None:
+        """Images per forward of the passes it makes, for the methods that make many (None: the image batch).
+        A CPU forward's time per image depends on it (cache): the cost estimates measure at this batch."""
+        return None
+
     def options(self) -> list[str]:
         """The keyword options :meth:`compute` takes."""
         parameters = inspect.signature(self.compute).parameters.values()

@@ -44,6 +44,9 @@ class RiseMethod(Method):
     def expected_passes(self, explainer: Model, *, masks: int = DEFAULT_MASKS, **options: object) -> tuple[int, int]:
         return int(masks), 0
 
+    def forward_batch(self, explainer: Model, *, batch_size: int | None = None, **options: object) -> int:
+        return check_batch_size(batch_size, explainer.device)
+
     def compute(
         self,
         explainer: Model,

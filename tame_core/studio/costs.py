@@ -2,17 +2,20 @@
 
 Before: an :class:`Estimate` is the passes a piece of work will make (each method states its own,
 :meth:`~tame_core.methods.Method.expected_passes`; curves and metrics are counted here) times this
-machine's measured forward time (:func:`forward_seconds`, warm, once per model). After: a method's
+machine's measured forward time (:func:`forward_seconds`, warm, once per model; on the CPU its CPU
+time scaled by the neighbours competing for the cores, :func:`cpu_contention`). After: a method's
 time is its own work, timed warm (:func:`~tame_core.methods.base.timed_repeats`); a figure too short
 or too scattered to mean anything is called noisy (:func:`timing_note`) instead of being printed.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Hashable, Mapping, Sequence
 
 import torch
@@ -36,7 +39,7 @@ NOISY_SPREAD = 0.5
 #: hogging the machine after the server did shows in the estimates within about this long.
 FORWARD_MAX_AGE_S = 30.0
 
-_MEASURED: dict[Hashable, tuple[float, float]] = {}  # (what, model key, input size) -> (seconds, when measured)
+_MEASURED: dict[Hashable, tuple[float, float]] = {}  # (what, model key, input size[, batch]) -> (seconds, when measured)
 _MEASURING = threading.Lock()
 _REFRESHING: set[Hashable] = set()
 #: One measurement at a time. A page asks for several figures at once (a forward time per input size, the
@@ -95,25 +98,22 @@ def forward_seconds(model: LoadedModel, input_hw: Sequence[int] | None = None, b
     :data:`REFRESH_SAMPLE_S`). Measured at each size the work runs at, because time is not proportional
     to pixels (convolutions are faster on some widths than others)."""
     size = _size(model, input_hw)
-    return _timed(("forward", model.key, size), lambda budget: _measure(model, batch, size, budget))
+    return _timed(("forward", model.key, size, batch), lambda budget: _measure(model, batch, size, budget))
 
 
 def _measure(model: LoadedModel, batch: int, size: tuple[int, int], budget: float) -> float:
-    """The mean over batches, each under the model's lock (never beside another user's pass, and a long
-    refresh lets their passes in between its batches): what sustained work meets, where the fastest
-    batch caught a moment when a neighbour slept."""
+    """Per image, the mean over batches, each under the model's lock (never beside another user's pass,
+    and a long refresh lets their passes in between its batches)."""
     with model.busy() as explainer, torch.no_grad():
         images = torch.rand(batch, 3, *size, device=explainer.device)
         explainer.backbone(images[:1])
-    runs: list[float] = []
-    while len(runs) < 3 or sum(runs) < budget:
+        device = explainer.device
+
+    def one_batch() -> None:
         with model.busy() as explainer, torch.no_grad():
-            synchronize(explainer.device)
-            start = time.perf_counter()
             explainer.backbone(images)
-            synchronize(explainer.device)
-            runs.append(time.perf_counter() - start)
-    return sum(runs) / (len(runs) * batch)
+
+    return _mean_seconds(one_batch, device, budget) / batch
 
 
 def imputation_seconds(model: LoadedModel) -> float:
@@ -131,13 +131,57 @@ def _measure_imputation(device: torch.device | str, size: tuple[int, int], budge
     blob = torch.exp(-((columns - 0.55) ** 2 + (rows - 0.45) ** 2) / 0.05)
     keep = removal_keep_masks(blob[None].to(device), DEFAULT_ROAD_PERCENTAGES, "morf").flatten(0, 1)
     pictures = picture.to(device)[None].expand(len(keep), -1, -1, -1)
-    synchronize(device)
-    start, rounds = time.perf_counter(), 0
-    while rounds == 0 or time.perf_counter() - start < budget:
-        noisy_linear_impute(pictures, keep)
-        rounds += 1
-    synchronize(device)
-    return (time.perf_counter() - start) / (rounds * len(keep))
+    return _mean_seconds(lambda: noisy_linear_impute(pictures, keep), torch.device(device), budget, least_runs=1) / len(keep)
+
+
+# --- what a busy CPU does to sustained work ---------------------------------------------------------
+def runnable_threads() -> int | None:
+    """Threads running or ready to run on this machine right now, the caller included (the kernel's
+    count in ``/proc/loadavg``); None where there is no such file."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_contention(runnable: float, threads: int, cores: int) -> float:
+    """How many times longer sustained CPU work of ``threads`` threads takes than on a quiet machine,
+    when ``runnable`` threads (the caller one of them) compete for ``cores``: the scheduler shares the
+    cores fairly, so each thread gets ``cores / (others + threads)`` of one, at most a whole one.
+    Measured on 2 cores with two neighbours burning a core each and one thread of ours: the curves,
+    Compare and evaluate took 1.43-1.53 times their quiet time, where this says 1.5."""
+    if threads < 1 or cores < 1:
+        raise ValueError(f"threads and cores must be at least 1, got {threads} and {cores}")
+    others = max(0.0, float(runnable) - 1.0)
+    return max(1.0, (others + threads) / cores)
+
+
+def _mean_seconds(run: Callable[[], object], device: torch.device, budget: float, least_runs: int = 3) -> float:
+    """Seconds per call of ``run``, called until ``budget`` seconds and ``least_runs`` calls have passed.
+
+    On an accelerator: the mean wall time. On the CPU: the mean CPU time of the calling thread (what the
+    work costs, whatever the neighbours do) times :func:`cpu_contention` for the threads seen runnable
+    between calls. Wall time sampled for seconds does not say what work of minutes will meet: on a busy
+    2-core machine the scheduler favoured the sampling thread, which had just woken, and samples of 2 s
+    came out 1.06 or 2.2 times the quiet figure while sustained work took 1.5 times it.
+    """
+    on_cpu = device.type == "cpu"
+    wall = cpu = 0.0
+    calls, seen = 0, []
+    while calls < least_runs or wall < budget:
+        synchronize(device)
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        run()
+        synchronize(device)
+        wall += time.perf_counter() - start
+        cpu += time.thread_time() - start_cpu
+        calls += 1
+        if on_cpu and (runnable := runnable_threads()) is not None:
+            seen.append(runnable)
+    if not on_cpu or not seen:
+        return wall / calls
+    contention = cpu_contention(statistics.fmean(seen), torch.get_num_threads(), os.cpu_count() or 1)
+    return cpu / calls * contention
 
 
 @dataclass(frozen=True)
@@ -182,10 +226,12 @@ def duration_text(seconds: float) -> str:
 
 
 def passes_estimate(
-    model: LoadedModel, forwards: float, backwards: float = 0.0, input_hw: Sequence[int] | None = None
+    model: LoadedModel, forwards: float, backwards: float = 0.0, input_hw: Sequence[int] | None = None,
+    batch: int | None = None,
 ) -> Estimate:
-    """``forwards`` and ``backwards`` image passes at ``input_hw`` (default: the model's input size) in time."""
-    seconds = forward_seconds(model, input_hw) * (forwards + BACKWARD_COST * backwards)
+    """``forwards`` and ``backwards`` image passes at ``input_hw`` (default: the model's input size), made
+    ``batch`` images at a time (default 8), in time."""
+    seconds = forward_seconds(model, input_hw, batch or 8) * (forwards + BACKWARD_COST * backwards)
     return Estimate(round(forwards), round(backwards), seconds)
 
 
@@ -193,8 +239,10 @@ def method_estimate(
     model: LoadedModel, method: str, input_hw: Sequence[int] | None = None, images: int = 1, runs: int = 1, **options: object
 ) -> Estimate:
     """What ``method``'s map of ``images`` pictures of ``input_hw`` will cost (its stated passes), ``runs`` times."""
-    forwards, backwards = get_method(method).expected_passes(model.explainer, **options)
-    return passes_estimate(model, forwards * images * runs, backwards * images * runs, input_hw)
+    chosen = get_method(method)
+    forwards, backwards = chosen.expected_passes(model.explainer, **options)
+    batch = chosen.forward_batch(model.explainer, **options)
+    return passes_estimate(model, forwards * images * runs, backwards * images * runs, input_hw, batch)
 
 
 def curve_forwards(steps: int, modes: int = 2) -> int:
