@@ -90,7 +90,8 @@ def figures() -> str:
     """The server's measured cost figures, per image: what every estimate multiplies."""
     return ", ".join(
         f"{what} {size[0]}x{size[1]}{f' batch {batch[0]}' if batch else ''} {seconds * 1000:.1f} ms"
-        for (what, _, size, *batch), (seconds, _) in sorted(costs._MEASURED.items())
+        f" (least CPU {costs._LEAST_CPU.get(key, float('nan')) * 1000:.1f})"
+        for key, (seconds, _) in sorted(costs._MEASURED.items()) for what, _, size, *batch in [key]
     )
 
 

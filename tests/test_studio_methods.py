@@ -200,7 +200,7 @@ def test_a_stale_forward_time_is_measured_again_in_the_background(model, monkeyp
     def slow_measure(model, batch, size, budget):
         assert budget == costs.REFRESH_SAMPLE_S  # a refresh samples longer than the first measurement
         started.set()
-        return next(measured)
+        return costs.Sample(next(measured))  # a wall time, as on an accelerator
 
     monkeypatch.setattr(costs, "_measure", slow_measure)
     key = ("forward", model.key, tuple(model.explainer.backbone.preprocess.input_size), 8)
@@ -228,7 +228,7 @@ def test_figures_refreshed_together_are_measured_one_at_a_time(monkeypatch):
         time.sleep(0.05)
         with lock:
             running[0] -= 1
-        return 1.0
+        return costs.Sample(1.0)
 
     keys = [("test-sampling", n) for n in range(3)]
     for key in keys:
@@ -273,10 +273,26 @@ def test_the_forward_time_is_the_cpu_cost_of_batches_scaled_by_the_threads_compe
     monkeypatch.setattr(costs.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(costs.torch, "get_num_threads", lambda: 1)
     busy = costs._measure(model, 4, (32, 32), 0.3)
-    assert clock["batches"] == 3 and busy == pytest.approx(0.24 / 3 / 4 * 1.5)
+    assert clock["batches"] == 3 and busy.cost == pytest.approx(0.24 / 3 / 4) and busy.contention == 1.5
     runnable["now"] = 1  # only the sampling thread
     clock["batches"] = 0
-    assert costs._measure(model, 4, (32, 32), 0.3) == pytest.approx(0.4 / 4 / 4) and clock["batches"] == 4
+    quiet = costs._measure(model, 4, (32, 32), 0.3)
+    assert quiet.cost == pytest.approx(0.4 / 4 / 4) and quiet.contention == 1.0 and clock["batches"] == 4
+
+
+def test_a_cpu_figure_is_the_least_cpu_cost_seen_times_the_contention_now():
+    """Beside neighbours the same forward's CPU time came out up to 1.4 times its quiet cost; times the
+    contention that counts them twice. The figure keeps the least cost sampled and the latest contention."""
+    key = ("test-least",)
+    try:
+        with costs._MEASURING:
+            assert costs._figure(key, costs.Sample(0.04, 1.0)) == pytest.approx(0.04)  # quiet
+            assert costs._figure(key, costs.Sample(0.056, 1.5)) == pytest.approx(0.06)  # busy: 0.04 x 1.5
+            assert costs._figure(key, costs.Sample(0.03, 1.5)) == pytest.approx(0.045)  # a lower cost found
+            assert costs._figure(key, costs.Sample(0.05, 1.0)) == pytest.approx(0.03)  # quiet again
+            assert costs._figure(key, costs.Sample(0.5)) == 0.5  # an accelerator's wall time is the figure
+    finally:
+        costs._LEAST_CPU.pop(key, None)
 
 
 def test_cpu_contention_is_the_fair_share_of_the_cores():

@@ -56,18 +56,42 @@ FIRST_SAMPLE_S = 0.3
 REFRESH_SAMPLE_S = 2.0
 
 
-def _sampled(measure: Callable[[float], float], budget: float) -> float:
+@dataclass(frozen=True)
+class Sample:
+    """A sampled cost: ``cost`` seconds per unit of work (the CPU time on a CPU, the wall time on an
+    accelerator) and, on a CPU, the :func:`cpu_contention` seen while sampling (None elsewhere)."""
+
+    cost: float
+    contention: float | None = None
+
+
+#: Per figure, the least CPU time a sample ever found: the work's own cost. Beside busy neighbours the CPU
+#: time of the same forward came out up to 1.4 times higher than alone (caches refilled after every switch,
+#: more or less depending on where the scheduler put the threads), and times the contention that counted
+#: the neighbours twice; work of minutes then took anywhere from 1.1 to 1.8 times its quiet time.
+_LEAST_CPU: dict[Hashable, float] = {}
+
+
+def _figure(key: Hashable, sample: Sample) -> float:
+    """Seconds per unit of work that ``sample`` says sustained work will take (call with ``_MEASURING`` held)."""
+    if sample.contention is None:
+        return sample.cost
+    _LEAST_CPU[key] = least = min(_LEAST_CPU.get(key, sample.cost), sample.cost)
+    return least * sample.contention
+
+
+def _sampled(measure: Callable[[float], Sample], budget: float) -> Sample:
     with _SAMPLING:
         return measure(budget)
 
 
-def _timed(key: Hashable, measure: Callable[[float], float]) -> float:
+def _timed(key: Hashable, measure: Callable[[float], Sample]) -> float:
     """``measure(seconds to sample)``'s figure for ``key``: measured on first use (then the caller waits),
     and again, for longer, in the background once :data:`FORWARD_MAX_AGE_S` old (the caller gets the
     last figure at once)."""
     with _MEASURING:
         if key not in _MEASURED:
-            _MEASURED[key] = (_sampled(measure, FIRST_SAMPLE_S), time.monotonic())
+            _MEASURED[key] = (_figure(key, _sampled(measure, FIRST_SAMPLE_S)), time.monotonic())
         seconds, when = _MEASURED[key]
         stale = time.monotonic() - when > FORWARD_MAX_AGE_S and key not in _REFRESHING
         if stale:
@@ -77,11 +101,11 @@ def _timed(key: Hashable, measure: Callable[[float], float]) -> float:
     return seconds
 
 
-def _refresh(key: Hashable, measure: Callable[[float], float]) -> None:
+def _refresh(key: Hashable, measure: Callable[[float], Sample]) -> None:
     try:
         measured = _sampled(measure, REFRESH_SAMPLE_S)
         with _MEASURING:
-            _MEASURED[key] = (measured, time.monotonic())
+            _MEASURED[key] = (_figure(key, measured), time.monotonic())
     finally:
         with _MEASURING:
             _REFRESHING.discard(key)
@@ -101,7 +125,7 @@ def forward_seconds(model: LoadedModel, input_hw: Sequence[int] | None = None, b
     return _timed(("forward", model.key, size, batch), lambda budget: _measure(model, batch, size, budget))
 
 
-def _measure(model: LoadedModel, batch: int, size: tuple[int, int], budget: float) -> float:
+def _measure(model: LoadedModel, batch: int, size: tuple[int, int], budget: float) -> Sample:
     """Per image, the mean over batches, each under the model's lock (never beside another user's pass,
     and a long refresh lets their passes in between its batches)."""
     with model.busy() as explainer, torch.no_grad():
@@ -113,7 +137,11 @@ def _measure(model: LoadedModel, batch: int, size: tuple[int, int], budget: floa
         with model.busy() as explainer, torch.no_grad():
             explainer.backbone(images)
 
-    return _mean_seconds(one_batch, device, budget) / batch
+    return _per(_mean_seconds(one_batch, device, budget), batch)
+
+
+def _per(sample: Sample, units: int) -> Sample:
+    return Sample(sample.cost / units, sample.contention)
 
 
 def imputation_seconds(model: LoadedModel) -> float:
@@ -125,13 +153,13 @@ def imputation_seconds(model: LoadedModel) -> float:
     return _timed(("imputation", model.key, size), lambda budget: _measure_imputation(model.explainer.device, size, budget))
 
 
-def _measure_imputation(device: torch.device | str, size: tuple[int, int], budget: float = 0.0) -> float:
+def _measure_imputation(device: torch.device | str, size: tuple[int, int], budget: float = 0.0) -> Sample:
     rows, columns = torch.meshgrid(torch.linspace(0, 1, size[0]), torch.linspace(0, 1, size[1]), indexing="ij")
     picture = torch.stack([0.5 + 0.3 * torch.sin(3 * columns + 2 * rows), 0.4 + 0.3 * rows, 0.6 - 0.3 * columns])
     blob = torch.exp(-((columns - 0.55) ** 2 + (rows - 0.45) ** 2) / 0.05)
     keep = removal_keep_masks(blob[None].to(device), DEFAULT_ROAD_PERCENTAGES, "morf").flatten(0, 1)
     pictures = picture.to(device)[None].expand(len(keep), -1, -1, -1)
-    return _mean_seconds(lambda: noisy_linear_impute(pictures, keep), torch.device(device), budget, least_runs=1) / len(keep)
+    return _per(_mean_seconds(lambda: noisy_linear_impute(pictures, keep), torch.device(device), budget, least_runs=1), len(keep))
 
 
 # --- what a busy CPU does to sustained work ---------------------------------------------------------
@@ -156,14 +184,14 @@ def cpu_contention(runnable: float, threads: int, cores: int) -> float:
     return max(1.0, (others + threads) / cores)
 
 
-def _mean_seconds(run: Callable[[], object], device: torch.device, budget: float, least_runs: int = 3) -> float:
-    """Seconds per call of ``run``, called until ``budget`` seconds and ``least_runs`` calls have passed.
+def _mean_seconds(run: Callable[[], object], device: torch.device, budget: float, least_runs: int = 3) -> Sample:
+    """What a call of ``run`` costs, called until ``budget`` seconds and ``least_runs`` calls have passed.
 
     On an accelerator: the mean wall time. On the CPU: the mean CPU time of the calling thread (what the
-    work costs, whatever the neighbours do) times :func:`cpu_contention` for the threads seen runnable
-    between calls. Wall time sampled for seconds does not say what work of minutes will meet: on a busy
-    2-core machine the scheduler favoured the sampling thread, which had just woken, and samples of 2 s
-    came out 1.06 or 2.2 times the quiet figure while sustained work took 1.5 times it.
+    work costs) and :func:`cpu_contention` for the threads seen runnable between calls; the figure is
+    their product (:func:`_figure`). Wall time sampled for seconds does not say what work of minutes
+    will meet: on a busy 2-core machine the scheduler favoured the sampling thread, which had just woken,
+    and samples of 2 s came out 1.06 or 2.2 times the quiet figure while sustained work took 1.5 times it.
     """
     on_cpu = device.type == "cpu"
     wall = cpu = 0.0
@@ -179,9 +207,8 @@ def _mean_seconds(run: Callable[[], object], device: torch.device, budget: float
         if on_cpu and (runnable := runnable_threads()) is not None:
             seen.append(runnable)
     if not on_cpu or not seen:
-        return wall / calls
-    contention = cpu_contention(statistics.fmean(seen), torch.get_num_threads(), os.cpu_count() or 1)
-    return cpu / calls * contention
+        return Sample(wall / calls)
+    return Sample(cpu / calls, cpu_contention(statistics.fmean(seen), torch.get_num_threads(), os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
