@@ -217,6 +217,8 @@ def test_stop_ends_score_cam_and_says_when_in_a_real_browser(server, page):
         pick_chelsea(page, url)
         nav(page, "Compare")
         page.get_by_text(re.compile(r"Comparing methods \(estimated .*\): done in")).wait_for(timeout=LONG)  # quick: ran at once
+        page.get_by_text(re.compile(r"layercam: median of")).first.wait_for(timeout=LONG)  # the last baseline's row: all drawn
+        images_loaded(page, 4)  # the four maps
         shot(page, "07-compare-costs")
         choose(page, "Baselines", "scorecam")
         choose(page, "Baselines", "rise")  # 4,000 forwards: long enough anywhere to wait for a click
@@ -454,7 +456,9 @@ def test_every_table_fits_at_1280_and_1920(server, page, tmp_path):
 
         nav(page, "Compare")
         page.get_by_text(re.compile(r"Comparing methods \(estimated .*\): done in")).wait_for(timeout=LONG)
+        page.get_by_text(re.compile(r"layercam: median of")).first.wait_for(timeout=LONG)  # the last row: the final drawing
         expect_tables(page, 1)  # the costs
+        images_loaded(page, 4)  # the four maps
         tables_fit(page, "compare", folder, problems)
 
         nav(page, "Train")
