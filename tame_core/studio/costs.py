@@ -116,7 +116,11 @@ def _size(model: LoadedModel, input_hw: Sequence[int] | None) -> tuple[int, int]
     return int(height), int(width)
 
 
-def forward_seconds(model: LoadedModel, input_hw: Sequence[int] | None = None, batch: int = 8) -> float:
+#: Images per forward of the figure that work of no stated batch is costed with.
+FIGURE_BATCH = 8
+
+
+def forward_seconds(model: LoadedModel, input_hw: Sequence[int] | None = None, batch: int = FIGURE_BATCH) -> float:
     """Seconds per image of one backbone forward at ``input_hw`` (default: the model's input size):
     warmed up, then the mean over batches of ``batch`` run for the sampling time (at least three; see
     :data:`REFRESH_SAMPLE_S`). Measured at each size the work runs at, because time is not proportional
@@ -176,8 +180,8 @@ def cpu_contention(runnable: float, threads: int, cores: int) -> float:
     """How many times longer sustained CPU work of ``threads`` threads takes than on a quiet machine,
     when ``runnable`` threads (the caller one of them) compete for ``cores``: the scheduler shares the
     cores fairly, so each thread gets ``cores / (others + threads)`` of one, at most a whole one.
-    Measured on 2 cores with two neighbours burning a core each and one thread of ours: the curves,
-    Compare and evaluate took 1.43-1.53 times their quiet time, where this says 1.5."""
+    Measured on 2 cores with two neighbours burning a core each and one thread of ours, where this says
+    1.5: the same work took 1.1 to 1.8 times its quiet time from run to run (1.4-1.6 for most)."""
     if threads < 1 or cores < 1:
         raise ValueError(f"threads and cores must be at least 1, got {threads} and {cores}")
     others = max(0.0, float(runnable) - 1.0)
@@ -257,8 +261,8 @@ def passes_estimate(
     batch: int | None = None,
 ) -> Estimate:
     """``forwards`` and ``backwards`` image passes at ``input_hw`` (default: the model's input size), made
-    ``batch`` images at a time (default 8), in time."""
-    seconds = forward_seconds(model, input_hw, batch or 8) * (forwards + BACKWARD_COST * backwards)
+    ``batch`` images at a time (default :data:`FIGURE_BATCH`), in time."""
+    seconds = forward_seconds(model, input_hw, batch or FIGURE_BATCH) * (forwards + BACKWARD_COST * backwards)
     return Estimate(round(forwards), round(backwards), seconds)
 
 
