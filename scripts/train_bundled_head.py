@@ -58,6 +58,7 @@ SHIPPED = {
     "seed": 0,
     "exclude_targets": "heldout",
     "loss": {"destroy": 3.0, "destroy_fill": "black"},
+    "map_blur": 8 / 224,  # the card's map blur: sigma 8 pixels at 224 (chosen on validation, README)
 }
 #: The papers' recipe as ``tame train`` runs it by default, on the same data.
 PAPER = {"backbone": "efficientnet_lite0", "recipe": "paper", "seed": 0, "exclude_targets": "heldout"}
@@ -103,7 +104,7 @@ def cam_start(work: Path, files: list[Path]) -> Path:
     head = new_head([i.channels for i in check_layers(backbone, layers)], backbone, fuser="tied")
     init_from_cam(head, backbone, layers, backbone.preprocess.batch([image_to_tensor(load_image(p)) for p in files[:32]], "crop"))
     plain = head.materialize().eval()
-    save_head(plain, metadata_for(plain, backbone, layers, training={"untrained": "cam start"}), path)
+    save_head(plain, metadata_for(plain, backbone, layers, training={"untrained": "cam start"}, map_blur=SHIPPED["map_blur"]), path)
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 from .atomic import write_atomically
 from .errors import CheckpointError, OutputError
 from .head import VARIANTS, TAMEHead
+from .maps import MAX_MAP_BLUR
 from .reading import read_json
 
 FORMAT = "tame-head"
@@ -56,6 +58,9 @@ class HeadMetadata:
     #: that file's ``weights_sha256`` (a head is never used with other weights) and ``num_classes``.
     classifier: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] | None = None  # the classifier's own names (None: its architecture's)
+    #: Gaussian blur of every map at the model's input, sigma as a fraction of its shorter side (0: none;
+    #: see :func:`~tame_core.maps.blur_maps`). Applied when maps are made, so the tensors stay the trained ones.
+    map_blur: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -132,6 +137,10 @@ def _field_problem(name: str, value: Any) -> str | None:
         return "must be a string"
     if name in ("weights_sha256", "tensors_sha256") and value is not None and not (isinstance(value, str) and _SHA256.match(value)):
         return "must be 64 lowercase hex digits"
+    if name == "map_blur" and not (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= MAX_MAP_BLUR
+    ):
+        return f"must be a number from 0 to {MAX_MAP_BLUR} (a fraction of the input's shorter side)"
     if name == "classifier":
         return _classifier_problem(value)
     if name == "class_names" and value is not None:

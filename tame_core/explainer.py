@@ -24,7 +24,7 @@ from .devices import auto_device, autocast
 from .errors import CheckpointError, OptionError
 from .head import BranchMask, TAMEHead, parse_branch_mask
 from .heads import classifier_weights_for, locate_head
-from .maps import minmax_normalize, resize_maps
+from .maps import minmax_normalize, resize_and_blur, resize_maps
 from .preprocessing import INPUT, Geometry, as_image_tensors, check_geometry, model_inputs
 from .taps import LayerTaps
 
@@ -164,6 +164,7 @@ class Explainer:
         self.head = head.to(backbone.device).eval()
         self.metadata = metadata
         self.amp = amp
+        self.map_blur = metadata.map_blur if metadata is not None else 0.0  # the card's (see HeadMetadata.map_blur)
         if metadata is not None:
             check_fits(metadata, backbone, self.layers, head.channels)
         elif head.num_classes != backbone.num_classes:
@@ -226,7 +227,7 @@ class Explainer:
         branch_mask: Sequence[bool] | None,
         size: Sequence[int],
     ) -> torch.Tensor:
-        """[0, 1] maps (B, K, H, W) at ``size`` for per-image ``classes`` (B, K): fuser, resize, min-max.
+        """[0, 1] maps (B, K, H, W) at ``size`` for per-image ``classes`` (B, K): fuser, resize, the card's blur, min-max.
 
         Classes go through in chunks whose working maps hold about :data:`CHUNK_ELEMENTS` values, so
         asking for every class costs the memory of the maps themselves and little more.
@@ -235,12 +236,16 @@ class Explainer:
         step = max(1, CHUNK_ELEMENTS // max(1, batch * int(size[0]) * int(size[1])))
         with torch.no_grad():
             if count <= step:
-                return minmax_normalize(resize_maps(self.head.fuse(branch_features, classes, branch_mask), size))
+                return self._finish(self.head.fuse(branch_features, classes, branch_mask), size)
             maps = torch.empty(batch, count, int(size[0]), int(size[1]), device=classes.device)
             for start in range(0, count, step):
                 part = classes[:, start : start + step]
-                maps[:, start : start + step] = minmax_normalize(resize_maps(self.head.fuse(branch_features, part, branch_mask), size))
+                maps[:, start : start + step] = self._finish(self.head.fuse(branch_features, part, branch_mask), size)
             return maps
+
+    def _finish(self, fused: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Fused maps to [0, 1] maps at ``size``: bilinear resize, the card's blur, min-max."""
+        return minmax_normalize(resize_and_blur(fused, size, self.map_blur))
 
     def parse_branch_mask(self, branch_mask: BranchMask | None) -> tuple[bool, ...] | None:
         """``branch_mask`` as one flag per branch of this head (:func:`~tame_core.head.parse_branch_mask`,

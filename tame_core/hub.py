@@ -188,6 +188,14 @@ def _file_name(path: str) -> str:
     return re.split(r"[\\/]", path.rstrip("\\/"))[-1] or "(local path)"
 
 
+def _blur_text(metadata) -> str:
+    blur = getattr(metadata, "map_blur", 0.0)
+    if not blur:
+        return ""
+    side = min(metadata.input_size)
+    return f"; every map blurred (Gaussian, sigma {blur:.4f} of the input's shorter side: {blur * side:.1f} px at {side})"
+
+
 def model_card(metadata, repo_id: str) -> str:
     """A Hub model card (README.md with YAML front matter) describing the head."""
     metrics = metadata.metrics or {}
@@ -213,7 +221,7 @@ A trained attention head (TAME / T-TAME) that explains the frozen `{metadata.bac
 one forward pass gives a saliency map for every one of its {metadata.num_classes} classes.
 
 - Layers tapped: {", ".join(f"`{layer}`" for layer in metadata.layers)} (channels {metadata.channels})
-- Head variant: `{metadata.variant}`; maps fused at up to {metadata.max_resolution} px a side
+- Head variant: `{metadata.variant}`; maps fused at up to {metadata.max_resolution} px a side{_blur_text(metadata)}
 - Input size: {metadata.input_size[0]}x{metadata.input_size[1]}
 - Classes: {_classes_line(metadata)}
 - Classifier weights: {_classifier_line(metadata)}

@@ -5,6 +5,7 @@ Every method's maps take one shape: (B, H, W) floats in [0, 1] (TAME adds a clas
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import cv2
@@ -43,6 +44,74 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
     out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
     return out.view(*lead, *size)
+
+
+#: The largest map blur a card may ask for: sigma a quarter of the input's shorter side (beyond it a map is a blob).
+MAX_MAP_BLUR = 0.25
+
+
+def blur_maps(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Gaussian blur of (..., H, W) maps, sigma ``fraction`` x the shorter side (0: the maps as they are).
+
+    Why: a head's map ranks pixels inside its 14x14 cells by bilinear ripples; a blur of about half a
+    cell makes the ranking follow regions, which deletion and insertion reward (README, issue 25). The
+    kernel is cut at 3 sigma and the borders mirrored, as torchvision's ``gaussian_blur`` does; the two
+    1-D passes run as matrix products (``rows @ map @ columns.T``): 1.5 ms a 224x224 map on one CPU thread,
+    against 13 ms as two 1-D convolutions (measured side by side).
+    """
+    if not fraction:
+        return maps
+    height, width = maps.shape[-2:]
+    sigma = float(fraction) * min(height, width)
+    radius = min(int(round(3 * sigma)), height - 1, width - 1)
+    if radius < 1:
+        return maps
+    rows = _blur_matrix(height, sigma, radius, maps.device)
+    columns = _blur_matrix(width, sigma, radius, maps.device)
+    return rows @ maps.float() @ columns.T
+
+
+def resize_and_blur(maps: torch.Tensor, size: Sequence[int], fraction: float) -> torch.Tensor:
+    """``blur_maps(resize_maps(maps, size), fraction)`` as one matrix product per axis.
+
+    Bilinear resizing and the blur are both linear and separable, so each axis folds into one (out, in)
+    matrix: a 14x14 map becomes a blurred 224x224 one in about 0.8 M multiply-adds instead of 22 M, and a
+    class switch in the app costs what it did before the blur.
+    """
+    if not fraction:
+        return resize_maps(maps, size)
+    height, width = int(size[0]), int(size[1])
+    sigma = float(fraction) * min(height, width)
+    radius = min(int(round(3 * sigma)), height - 1, width - 1)
+    if radius < 1:
+        return resize_maps(maps, size)
+    rows = _resize_blur_matrix(maps.shape[-2], height, sigma, radius, maps.device)
+    columns = _resize_blur_matrix(maps.shape[-1], width, sigma, radius, maps.device)
+    return rows @ maps.float() @ columns.T
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_blur_matrix(size_in: int, size_out: int, sigma: float, radius: int, device: torch.device) -> torch.Tensor:
+    """One axis of :func:`resize_and_blur`, kept: building it costs 10x applying it to one map."""
+    return _blur_matrix(size_out, sigma, radius, device) @ _resize_matrix(size_in, size_out, device)
+
+
+def _resize_matrix(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
+    """The (size_out, size_in) matrix of 1-D linear resizing as ``resize_maps`` does it (half-pixel centres)."""
+    units = torch.eye(size_in, device=device).view(size_in, 1, size_in)
+    if size_in == size_out:
+        return units.view(size_in, size_in)
+    return F.interpolate(units, size=size_out, mode="linear", align_corners=False).view(size_in, size_out).T
+
+
+def _blur_matrix(size: int, sigma: float, radius: int, device: torch.device) -> torch.Tensor:
+    """The (size, size) matrix of a 1-D Gaussian blur with mirrored borders: the blur of each unit signal."""
+    offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    units = torch.eye(size, device=device).view(size, 1, size)
+    responses = F.conv1d(F.pad(units, (radius, radius), mode="reflect"), kernel.view(1, 1, -1))
+    return responses.view(size, size).T
 
 
 def colorize(saliency: np.ndarray, colormap: str = "jet") -> np.ndarray:

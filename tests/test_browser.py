@@ -225,6 +225,8 @@ def test_stop_ends_score_cam_and_says_when_in_a_real_browser(server, page):
         run = page.get_by_role("button", name="Run scorecam, rise:")
         run.wait_for(timeout=LONG)
         assert "forward passes)" in run.inner_text()  # the cost is said before anything starts
+        page.get_by_text(re.compile(r"layercam: median of")).first.wait_for(timeout=LONG)  # the rerun drew its table
+        images_loaded(page, 4)
         shot(page, "08-compare-estimate")
         run.click()
         # live count: Score-CAM's 1,281 and the 5 TAME runs that time it
@@ -241,6 +243,8 @@ def test_stop_ends_score_cam_and_says_when_in_a_real_browser(server, page):
         record_latency("browser: Score-CAM in Compare (click to message on screen)", seen)
         assert server_side >= 0, message  # the figure is recorded; the server tests count forwards instead of timing
         page.get_by_role("button", name="Run scorecam, rise:").wait_for(timeout=LONG)  # offered again, not restarted
+        page.get_by_text(re.compile(r"layercam: median of")).first.wait_for(timeout=LONG)  # what was finished: drawn
+        images_loaded(page, 4)
         shot(page, "10-scorecam-stopped")
     except Exception:
         shot(page, "failure-stop")

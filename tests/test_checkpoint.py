@@ -198,6 +198,11 @@ _DROP = object()
         ({"format_version": "x"}, "format_version must be a whole number, got 'x'"),
         ({"format_version": 99}, "has format version 99; upgrade tame_core to read it"),
         ({"channels": [40, 112]}, "3 layers but 2 channel counts; they go one per layer"),
+        ({"map_blur": -0.1}, "map_blur must be a number from 0 to 0.25 (a fraction of the input's shorter side), got -0.1"),
+        ({"map_blur": 3}, "map_blur must be a number from 0 to 0.25 (a fraction of the input's shorter side), got 3"),
+        ({"map_blur": True}, "map_blur must be a number from 0 to 0.25 (a fraction of the input's shorter side), got True"),
+        ({"map_blur": "0.1"}, "map_blur must be a number from 0 to 0.25 (a fraction of the input's shorter side), got '0.1'"),
+        ({"map_blur": float("inf")}, "map_blur must be a number from 0 to 0.25 (a fraction of the input's shorter side), got inf"),
     ],
 )
 def test_hostile_card_fields_are_refused_before_anything_is_built(saved, no_real_build, changes, message):
@@ -366,6 +371,7 @@ def test_the_bundled_card_records_the_recipe_its_script_trains():
     recipe = read_metadata(bundled_head_path("efficientnet_lite0")).training["recipe"]
     shipped = dict(module.SHIPPED)
     loss = shipped.pop("loss", {})  # the weights the script sets; the card records every weight
+    assert read_metadata(bundled_head_path("efficientnet_lite0")).map_blur == shipped.pop("map_blur") > 0  # the card's own field
     assert {key: recipe[key] for key in shipped} == shipped
     assert {key: recipe["loss"].get(key) for key in loss} == loss
     assert recipe["augment"] == "heavy" and recipe["layers"] == ["blocks.4", "blocks.6", "bn2"]

@@ -52,7 +52,7 @@ def custom(tmp_path_factory, lite0) -> dict[str, Path]:
     cut.load_state_dict(cut_state)
     backbone = load_backbone("efficientnet_lite0", weights=weights, class_names=NAMES)
     head = folder / "five_head.safetensors"
-    save_head(cut.eval(), metadata_for(cut, backbone, bundled_meta.layers), head)
+    save_head(cut.eval(), metadata_for(cut, backbone, bundled_meta.layers, map_blur=bundled_meta.map_blur), head)  # its maps: the same blur
     return {"weights": weights, "wrapped": wrapped, "labels": labels, "head": head, "folder": folder}
 
 
@@ -280,7 +280,7 @@ def test_push_with_weights_then_pull_gives_a_complete_explainer(fake_hub, custom
     backbone = load_backbone("efficientnet_lite0", weights=custom["wrapped"], class_names=NAMES)
     pt_head = tmp_path / "alone" / "five_head.safetensors"  # a folder without the weights beside the head
     pt_head.parent.mkdir()
-    save_head(head, metadata_for(head, backbone, card.layers), pt_head)
+    save_head(head, metadata_for(head, backbone, card.layers, map_blur=card.map_blur), pt_head)
     push_head(pt_head, "team/five-classes", with_weights=custom["wrapped"])  # a .pt, converted to .safetensors
     files = fake_hub.resolve("team/five-classes", "main")[1]
     assert set(files) == {"head.safetensors", "head.json", "README.md", "five.safetensors"}

@@ -104,6 +104,9 @@ def test_model_card_lists_metrics(random_head_path):
     metadata.metrics = {"heldout": {"AD100": 10.123456, "IC100": 40.0}}
     card = model_card(metadata, "team/x")
     assert "| heldout.AD100 | 10.12 |" in card and "| heldout.IC100 | 40 |" in card
+    assert "blurred" not in card  # no map blur: nothing said
+    metadata.map_blur = 8 / 224
+    assert "every map blurred (Gaussian, sigma 0.0357 of the input's shorter side: 8.0 px at 224)" in model_card(metadata, "team/x")
 
 
 def _tame(*args: str, **env: str) -> subprocess.CompletedProcess:

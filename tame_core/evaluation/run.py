@@ -110,10 +110,12 @@ def evaluate(
 def run_settings(explainer: Explainer, config: EvaluationConfig, files: Sequence[Path]) -> dict[str, Any]:
     """What a run's values depend on, saved beside its tally and in its report: a resume must match all of it
     (the same head tensors and image files included), and a report says what it measured."""
+    blur = {"map_blur": explainer.map_blur} if explainer.map_blur else {}  # the maps depend on it (absent: none, as before it existed)
     return {
         "backbone": explainer.backbone.name,
         "head": _head_name(explainer),
         "head_tensors_sha256": resume_tensors_digest(explainer.head.state_dict()),
+        **blur,
         "data": config.data,
         "data_files_sha256": files_digest(files),
         "split": config.split,

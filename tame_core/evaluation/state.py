@@ -74,7 +74,7 @@ def load_state(path: str | os.PathLike | None, settings: dict[str, Any]) -> Tall
 
 
 #: How a state's settings mismatch is named for the user.
-_NAMES = {"head_tensors_sha256": "head weights", "data_files_sha256": "image files", "data": "data folder"}
+_NAMES = {"head_tensors_sha256": "head weights", "data_files_sha256": "image files", "data": "data folder", "map_blur": "map blur"}
 
 
 def checked_tally(tally: dict[str, Any], settings: dict[str, Any], path: Any) -> dict[str, Any]:

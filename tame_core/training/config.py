@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from ..checkpoint import paths_for
 from ..errors import TrainingError
 from ..head import FUSERS, VARIANTS
+from ..maps import MAX_MAP_BLUR
 from ..splits import SPLITS
 from .data import AUGMENTATIONS
 from .init import INITS
@@ -70,6 +72,7 @@ class TrainConfig:
     classes_per_image: int | None = None  # ...or for this many of them per step, drawn at random (None: all k)
     mask_order: str = "raw"  # "normalized": T-TAME's order for ViTs
     loss: LossWeights = field(default_factory=LossWeights)
+    map_blur: float = 0.0  # the card's map blur (HeadMetadata.map_blur); training itself does not use it
     device: str = "auto"
     amp: bool | None = None  # mixed precision; None: on for CUDA
     workers: int | None = None  # data-loading processes; None: 0 on the CPU, 4 on a GPU
@@ -139,6 +142,8 @@ class TrainConfig:
             raise TrainingError(f"limit must be at least 1, got {self.limit}")
         if self.resume and self.overwrite:
             raise TrainingError("resume and overwrite exclude each other: continue the saved run or start over, not both")
+        if not (math.isfinite(self.map_blur) and 0 <= self.map_blur <= MAX_MAP_BLUR):
+            raise TrainingError(f"map_blur must be from 0 to {MAX_MAP_BLUR} (a fraction of the input's shorter side), got {self.map_blur}")
         if not self.lr > 0:
             raise TrainingError(f"lr must be positive, got {self.lr}")
 

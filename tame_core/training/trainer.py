@@ -89,7 +89,7 @@ def default_layers_for(backbone: Backbone, from_cam: bool, recipe: str = "little
 
 def public_recipe(config: TrainConfig) -> dict:
     """The run's settings as the card records them: what reproduces the head, and no local paths."""
-    skip = ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device")
+    skip = ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device", "map_blur")  # map_blur: the card's own field
     recipe = {k: v for k, v in config.to_dict().items() if k not in skip}
     for key in ("weights", "labels"):
         if recipe.get(key) not in (None, "pretrained", "random"):
@@ -350,7 +350,7 @@ class _Run:
             "excluded_targets": config.exclude_targets,
         }
         head = self.head.materialize() if isinstance(self.head, TiedTAMEHead) else self.head
-        metadata = metadata_for(head.eval(), self.backbone, self.layers, training=training, data=data)
+        metadata = metadata_for(head.eval(), self.backbone, self.layers, training=training, data=data, map_blur=config.map_blur)
         save_head(head, metadata, config.out)
         self.head.train()
 
