@@ -107,3 +107,12 @@ def test_evaluation_settings_name_the_blur_only_when_there_is_one(explainer):
     assert "map_blur" not in run_settings(explainer, config, [])
     blurred = Explainer(explainer.backbone, explainer.head, explainer.layers, replace(explainer.metadata, map_blur=0.05))
     assert run_settings(blurred, config, [])["map_blur"] == 0.05
+
+
+def test_the_app_says_when_a_head_blurs_its_maps(explainer, random_head_path):
+    from tame_core.studio import LoadedModel, ModelChoice
+
+    plain = LoadedModel(ModelChoice(head=str(random_head_path)), explainer)
+    assert "blurred" not in plain.describe()  # a card without a blur: nothing said
+    blurred = Explainer(explainer.backbone, explainer.head, explainer.layers, replace(explainer.metadata, map_blur=8 / 224))
+    assert LoadedModel(ModelChoice(head=str(random_head_path)), blurred).describe().endswith("; maps blurred (sigma 8 px)")

@@ -144,7 +144,10 @@ class LoadedModel:
         explainer = self.explainer
         meta = explainer.metadata
         variant = f", {meta.variant} head" if meta is not None else ""
-        return f"{explainer.backbone.name}{variant}, {len(explainer.layers)} branches on {', '.join(explainer.layers)}"
+        blur = ""
+        if explainer.map_blur:  # the card's: say so, since it shapes every map shown
+            blur = f"; maps blurred (sigma {explainer.map_blur * min(explainer.backbone.preprocess.input_size):.0f} px)"
+        return f"{explainer.backbone.name}{variant}, {len(explainer.layers)} branches on {', '.join(explainer.layers)}{blur}"
 
 
 def load_model(choice: ModelChoice) -> LoadedModel:
