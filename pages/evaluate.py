@@ -24,6 +24,7 @@ from tame_core.studio import (
     image_count,
     image_total,
     method_names,
+    metric_spec,
     per_image_rows,
     plots,
     public_message,
@@ -87,13 +88,15 @@ def results(job) -> None:
         "× TAME time": st.column_config.TextColumn(help=f"– = no time: {why}" if why else None),
     }
     config[column_title("forward_passes")] = st.column_config.NumberColumn(format="%.1f")
+    config[column_title("area")] = st.column_config.NumberColumn(format="%.1f", help=metric_spec("area").description)
     config.update(curve_headings())
     costs = {column_title(c) for c in ("ms_per_image", "forward_passes")} | {"× TAME time", "images"}
     titles = list(table[0]) if table else []
     for columns in ([t for t in titles if t not in costs], ["method", *(t for t in titles if t in costs)]):
         st.dataframe(table, hide_index=True, column_order=columns, column_config=config)  # one table would not fit
     st.caption(
-        "↓ lower is better, ↑ higher is better. Every metric (ROAD per level too) is in the downloads. Times are "
+        "↓ lower is better, ↑ higher is better; area (how much of the picture the map keeps) has no better way, "
+        "but a bigger map wins AD and IC without being more faithful. Every metric (ROAD per level too) is in the downloads. Times are "
         "each method's own work per image, warm (each cheap method runs once untimed first)."
     )
     noisy = [f"{row['method']}: {row['timing']}" for row in rows if row["ms_per_image"] is None]
@@ -176,6 +179,7 @@ def comparison(report) -> None:
             "high": st.column_config.NumberColumn("to", format="%+.4f"),
             "verdict": st.column_config.TextColumn(f"verdict for {a}"),
         },
+        height="content",  # every metric in view (one row each), as in the figure above
         key="eval_compare_table",
     )
     st.caption(

@@ -513,7 +513,7 @@ def test_evaluate_page_shows_each_image_and_the_paired_comparison(app, tmp_path)
     compared = {row["metric"]: row for row in report.compare("tame", "gradcam")}
     assert list(table["metric"])[:2] == ["AD100 ↓", "IC100 ↑"]
     assert list(table["mean difference"]) == [compared[m.split()[0]]["mean"] for m in table["metric"]]
-    assert set(table["verdict"]) <= {"better", "worse", "within noise"}
+    assert set(table["verdict"]) <= {"better", "worse", "within noise", "larger", "smaller"}  # larger/smaller: the area
     assert app.get("plotly_chart")
     shown = [e.value for kind in ("markdown", "caption", "info", "subheader") for e in app.main.get(kind)]
     assert any("“Within noise” means" in text for text in shown)

@@ -115,6 +115,9 @@ def test_batched_adic_equals_the_metric_on_the_whole_set(explainer, photo_dir):
     assert set(direct) == {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15"}
     for name, value in direct.items():
         assert row[name] == pytest.approx(value, abs=1e-3), name
+    # the area read beside them: the mean of the [0, 1] map at the input, in %
+    assert row["area"] == pytest.approx(float(explanation.maps[:, 0].mean()) * 100, abs=1e-3)
+    assert 0 < row["area"] < 100
 
 
 def test_split_and_list_files_choose_the_images(photo_dir, tmp_path):
@@ -385,6 +388,10 @@ def test_compare_gives_the_bootstrap_interval_worked_out_by_hand():
     assert rows["deletion_auc"] == {"metric": "deletion_auc", "images": 3, "mean": 0.0, "low": -0.1, "high": 0.1, "verdict": "within noise"}
     flipped = {row["metric"]: row for row in report.compare("gradcam", "tame")}
     assert (flipped["AD100"]["low"], flipped["AD100"]["high"], flipped["AD100"]["verdict"]) == (-3.0, -1.0, "better")
+    area = {row["metric"]: row for row in _toy_report({"area": [40.0, 50.0, 60.0]}, {"area": [30.0, 45.0, 50.0]}).compare("tame", "gradcam")}
+    assert area["area"]["verdict"] == "larger" and (area["area"]["low"], area["area"]["high"]) == (5.0, 10.0)  # no way is better
+    flipped_area = _toy_report({"area": [30.0, 45.0, 50.0]}, {"area": [40.0, 50.0, 60.0]}).compare("tame", "gradcam")
+    assert flipped_area[0]["verdict"] == "smaller"
     fewer = _toy_report({"AD100": [11.0, 22.0, 33.0]}, {"AD100": [10.0, 20.0, 30.0]}, b_images=2)
     assert fewer.compare("tame", "gradcam")[0]["images"] == 2  # paired over the images both measured
     with pytest.raises(EvaluationError, match="--compare: no per-image results for method 'rise'"):

@@ -12,12 +12,16 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
+import tame_core.explainer as explainer_module
 from tame_core import Explainer, load_head, save_head
 from tame_core.card import metadata_for
 from tame_core.errors import EvaluationError, TrainingError
 from tame_core.evaluation.state import Tally, load_state, save_state
 from tame_core.maps import blur_maps, minmax_normalize, resize_and_blur, resize_maps
-from tame_core.training import TrainConfig
+from tame_core.taps import LayerTaps
+from tame_core.training import LossWeights, TrainConfig, batch_loss
+from tame_core.training.trainer import public_recipe
+from test_training_losses import probe_backbone
 
 
 def test_a_point_blurs_into_the_gaussian_of_the_asked_sigma():
@@ -58,7 +62,7 @@ def test_no_blur_is_the_same_tensor_and_a_constant_map_stays_constant():
     assert blur_maps(maps, 0.25).shape == maps.shape
 
 
-def test_a_card_keeps_its_map_blur_and_the_explainer_applies_it(tmp_path, explainer, sample_images):
+def test_a_card_keeps_its_map_blur_and_the_explainer_applies_it(tmp_path, explainer, sample_images, monkeypatch):
     """Saved and loaded with the head; the maps are the unblurred ones blurred (min-max commutes with the linear blur)."""
     metadata = metadata_for(explainer.head, explainer.backbone, explainer.layers, map_blur=0.05)
     save_head(explainer.head, metadata, tmp_path / "blurred")
@@ -75,6 +79,11 @@ def test_a_card_keeps_its_map_blur_and_the_explainer_applies_it(tmp_path, explai
     assert float((maps - plain).abs().max()) > 0.01  # it did change the maps
     switched = blurred.explain(image, classes=[[281]]).with_classes([[285]])  # the app's class switch: the fuser only
     assert torch.allclose(switched.maps[:, 0], maps[:, 1], atol=1e-6)
+    # every class at once goes through the fuser in chunks: each chunk blurred alike
+    whole = blurred.explain(image, classes=[[281, 285, 1, 2, 3]])
+    monkeypatch.setattr(explainer_module, "CHUNK_ELEMENTS", 1)  # one class per chunk: five chunks
+    assert torch.allclose(blurred.explain(image, classes=[[281, 285, 1, 2, 3]]).maps, whole.maps, atol=1e-6)
+    assert torch.allclose(whole.maps[:, :2], maps, atol=1e-6)
 
 
 def test_without_a_blur_the_maps_are_the_fused_maps_resized_and_scaled_bit_for_bit(explainer, sample_images):
@@ -116,3 +125,36 @@ def test_the_app_says_when_a_head_blurs_its_maps(explainer, random_head_path):
     assert "blurred" not in plain.describe()  # a card without a blur: nothing said
     blurred = Explainer(explainer.backbone, explainer.head, explainer.layers, replace(explainer.metadata, map_blur=8 / 224))
     assert LoadedModel(ModelChoice(head=str(random_head_path)), blurred).describe().endswith("; maps blurred (sigma 8 px)")
+
+
+def test_training_with_blurred_masks_masks_the_image_with_the_blurred_sigmoid_map():
+    """--blur-masks: the preserving and destroying forwards see the sigmoid map upsampled with the card's blur."""
+    backbone = probe_backbone()  # 8x8 input, mean colour 0.5
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, 0], images[1, 2] = 1.0, 1.0  # red, blue: the probe predicts classes 0 and 2
+    logits = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 2, 2) / 4 - 3  # image i's 2x2 map for class j
+
+    def head(features, classes):
+        return logits[:, classes].clone().requires_grad_()
+
+    own = torch.sigmoid(logits[[0, 1], [0, 2]])[:, None]  # (2, 1, 2, 2): each image's map for its own class
+    for blur in (0.25, 0.0):
+        backbone.net.seen.clear()
+        batch_loss(backbone, LayerTaps(backbone, ["features"]), head, images, LossWeights(destroy=1.0, destroy_fill="black"),
+                   mask_blur=blur)
+        _, masked, removed = backbone.net.seen
+        mask = resize_and_blur(own, (8, 8), blur)  # blur 0: the plain bilinear upsampling
+        assert torch.allclose(masked, backbone.normalize(images * mask), atol=1e-6), blur
+        assert torch.allclose(removed, backbone.normalize(images * (1 - mask)), atol=1e-6), blur
+    sharp, blurred = resize_maps(own, (8, 8)), resize_and_blur(own, (8, 8), 0.25)
+    assert (sharp - blurred).abs().max() > 0.01  # the two cases differ, so the test tells them apart
+
+
+def test_blurred_training_masks_need_a_blur_and_enter_the_resume_key_and_card_only_when_on(tmp_path):
+    with pytest.raises(TrainingError, match="blur_masks blurs the training masks by map_blur: give a map_blur above 0"):
+        TrainConfig(data=[tmp_path], out=tmp_path / "h", blur_masks=True)
+    plain = TrainConfig(data=[tmp_path], out=tmp_path / "h", map_blur=0.05)
+    blurred = replace(plain, blur_masks=True)
+    assert "blur_masks" not in plain.schedule_key() and "map_blur" not in plain.schedule_key()  # older states resume
+    assert blurred.schedule_key() == {**plain.schedule_key(), "blur_masks": True, "map_blur": 0.05}
+    assert "blur_masks" not in public_recipe(plain) and public_recipe(blurred)["blur_masks"] is True

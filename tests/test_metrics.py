@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tame_core.errors import EvaluationError
-from tame_core.metrics import average_drop_increase, deletion_insertion, get_metric, list_metrics, stream_curve
+from tame_core.metrics import average_drop_increase, deletion_insertion, get_metric, list_metrics, map_area, stream_curve
 from tame_core.metrics.base import pixel_ranks, quantiles
 
 SIZE = 10
@@ -50,10 +50,13 @@ def region_map(r_value: float, w_value: float) -> torch.Tensor:
 
 
 def test_every_metric_states_its_direction():
+    import tame_core.methods  # noqa: F401  (the methods declare the costs: run alone, this file imports nothing else that does)
+
     assert {"AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc", "MoRF", "LeRF"} <= set(list_metrics())
     assert {"ms_per_image", "forward_passes"} <= set(list_metrics())
     assert list_metrics()[:6] == ["AD100", "IC100", "AD50", "IC50", "AD15", "IC15"]  # table order
-    assert all(spec.direction in ("lower", "higher") for spec in map(get_metric, list_metrics()))
+    assert all(spec.direction in ("lower", "higher") for spec in map(get_metric, list_metrics()) if spec.name != "area")
+    assert get_metric("area").direction == "neither" and get_metric("area").arrow == ""
     assert get_metric("AD50").direction == "lower" and get_metric("IC50").direction == "higher"
     assert get_metric("deletion_auc").direction == "lower" and get_metric("insertion_auc").direction == "higher"
     assert get_metric("MoRF30").direction == "lower" and get_metric("LeRF30").direction == "higher"
@@ -319,3 +322,14 @@ def test_stream_curve_yields_points_as_batches_finish_and_matches_the_batched_cu
     assert [f for f, _ in points] == pytest.approx(batched.fractions.tolist())
     with pytest.raises(EvaluationError, match="curve mode"):
         next(stream_curve(model, image, saliency, 0, mode="sideways"))
+
+
+def test_map_area_is_the_mean_of_the_normalised_map_at_the_input():
+    """A 2x2 map with one corner hot, upsampled to 4x4 (bilinear, half-pixel centres) and min-max scaled:
+    along each axis the hot pixel weighs 1, 3/4, 1/4, 0 (sum 2), so the map sums to 2 x 2 = 4 over 16
+    pixels: 25 %. Scaling the map does not move it."""
+    images = torch.rand(2, 3, 4, 4)
+    maps = torch.zeros(2, 2, 2)
+    maps[:, 0, 0] = torch.tensor([1.0, 7.0])
+    assert map_area(images, maps).tolist() == pytest.approx([25.0, 25.0], abs=1e-5)
+    assert map_area(images, torch.ones(2, 4, 4)).tolist() == [0.0, 0.0]  # a constant map min-max scales to zeros

@@ -64,6 +64,7 @@ def test_per_image_rows_hold_every_metric_and_thumbnails_of_the_crop_and_each_ma
         assert row["AD100 ↓"] == raw["AD100"] and row["IC15 ↑"] == raw["IC15"]
         assert row["deletion_auc ↓"] == raw["deletion_auc"] and row["insertion_auc ↑"] == raw["insertion_auc"]
         assert "MoRF ↓" not in row  # ROAD was not run: no empty column
+        assert "area" not in row and "area" in raw  # read beside the means, kept in the download, not in this table
         assert pixels(row["picture"]).shape == (THUMBNAIL_PX, THUMBNAIL_PX, 3)  # the square crop, shrunk
         assert pixels(row["map"]).shape == (THUMBNAIL_PX, THUMBNAIL_PX, 3)
     tame, gradcam = rows[0], rows[1]
@@ -135,8 +136,9 @@ def test_the_comparison_table_and_figure_are_report_compare(finished):
     assert default_pair(["gradcam", "rise", "tame"]) == ("tame", "gradcam") and default_pair(["gradcam"]) is None
     rows = comparison_rows(report, "tame", "gradcam")
     compared = {row["metric"]: row for row in report.compare("tame", "gradcam")}
-    names = ["AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc"]
-    assert [row["metric"] for row in rows] == [f"{n} {'↑' if n.startswith(('IC', 'ins')) else '↓'}" for n in names]
+    names = ["AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "area", "deletion_auc", "insertion_auc"]
+    arrows = {n: "" if n == "area" else " ↑" if n.startswith(("IC", "ins")) else " ↓" for n in names}  # area: no way is better
+    assert [row["metric"] for row in rows] == [n + arrows[n] for n in names]
     for row, name in zip(rows, names):
         want = compared[name]
         assert (row["mean difference"], row["low"], row["high"], row["verdict"], row["images"]) == (

@@ -122,6 +122,9 @@ def _add_loss_options(recipe: argparse._ArgumentGroup) -> None:
     recipe.add_argument("--map-blur", type=non_negative_float, default=0.0, metavar="FRACTION",
                         help="written into the card: blur every map made with this head (Gaussian, sigma this fraction of the "
                              "input's shorter side; the bundled head: 8/224 = 0.0357); training is unchanged (default 0: none)")
+    recipe.add_argument("--blur-masks", action="store_true",
+                        help="train on masks blurred by --map-blur too, so the classifier sees during training the maps "
+                             "users will see (default: training masks unblurred)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +155,7 @@ def config_from(args: argparse.Namespace):
         input_size=args.input_size, mean=args.mean, std=args.std, recipe=args.recipe, layers=args.layers,
         variant=args.variant, fuser=args.fuser, exclude_targets=args.exclude_targets, split=args.split, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
-        init=args.init, freeze_fuser=args.freeze_fuser, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, map_blur=args.map_blur, device=args.device, amp=args.amp,
+        init=args.init, freeze_fuser=args.freeze_fuser, top_k=args.top_k, classes_per_image=args.classes_per_image, mask_order=args.mask_order, loss=loss, map_blur=args.map_blur, blur_masks=args.blur_masks, device=args.device, amp=args.amp,
         workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite, state=args.state,
         log=args.log, progress=not args.no_progress,
     )

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import EvaluationError
-from ..metrics import average_drop_increase, deletion_insertion, road
+from ..metrics import average_drop_increase, deletion_insertion, map_area, road
+from ..metrics.area import AREA
 from ..metrics.base import DEFAULT_FRACTIONS, DEFAULT_ROAD_PERCENTAGES
 from ..metrics.curves import DEFAULT_STEPS
 
@@ -74,7 +75,8 @@ def get_metric_group(name: str) -> MetricGroup:
 
 def _adic(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, classes: torch.Tensor, clean: torch.Tensor,
           measuring: Measuring) -> dict[str, torch.Tensor]:
-    return average_drop_increase(model, images, maps, classes, batch_size=measuring.batch_size, clean_logits=clean).per_image()
+    values = average_drop_increase(model, images, maps, classes, batch_size=measuring.batch_size, clean_logits=clean).per_image()
+    return {**values, AREA.name: map_area(images, maps)}
 
 
 def _road(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, classes: torch.Tensor, clean: torch.Tensor,
@@ -93,7 +95,7 @@ def _curves(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, classes:
 
 
 register_metric_group(MetricGroup(
-    "adic", "Average Drop / Increase in Confidence at each kept fraction",
+    "adic", "Average Drop / Increase in Confidence at each kept fraction, and the map area to read them by",
     lambda steps, road_percentages: len(DEFAULT_FRACTIONS), _adic,
 ))
 register_metric_group(MetricGroup(

@@ -27,7 +27,7 @@ COSTS = ("ms_per_image", "forward_passes", "backward_passes")
 
 #: The columns of the printed table (the JSON and CSV hold every metric).
 TABLE_COLUMNS = (
-    "AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "MoRF", "LeRF",
+    "AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "area", "MoRF", "LeRF",
     "deletion_auc", "insertion_auc", "ms_per_image", "forward_passes",
 )
 _SHORT = {"deletion_auc": "Del", "insertion_auc": "Ins", "ms_per_image": "ms/img", "forward_passes": "fwd/img"}
@@ -73,7 +73,7 @@ class EvaluationReport:
     def compare(self, a: str, b: str, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
         """Method ``a`` against ``b`` on every metric both have, over the images both measured: the mean
         paired difference ``a - b``, its 95 % bootstrap interval over images and a verdict for ``a``
-        (``better``, ``worse`` or ``within noise``) by the metric's declared direction."""
+        (``better``, ``worse`` or ``within noise``; ``larger``/``smaller`` for the area) by the metric's declared direction."""
         rows = {method: {row["image"]: row for row in self.per_image() if row["method"] == method} for method in (a, b)}
         for method in (a, b):
             if not rows[method]:
@@ -197,10 +197,13 @@ def _number(value: Any) -> bool:
 
 
 def _verdict(name: str, interval: dict[str, float]) -> str:
-    """``better``/``worse`` when the interval leaves out 0 (by the metric's direction), else ``within noise``."""
+    """``better``/``worse`` when the interval leaves out 0 (by the metric's direction), else ``within noise``;
+    ``larger``/``smaller`` for a metric where neither way is better (the map area)."""
     if interval["low"] <= 0.0 <= interval["high"]:
         return "within noise"
     higher = interval["low"] > 0.0
+    if get_metric(name).direction == "neither":
+        return "larger" if higher else "smaller"
     return "better" if higher == (get_metric(name).direction == "higher") else "worse"
 
 

@@ -1,4 +1,4 @@
-"""Faithfulness metrics: AD/IC, deletion/insertion curves, ROAD. Each module registers its metrics and their directions.
+"""Faithfulness metrics: AD/IC (and the map area to read them by), deletion/insertion curves, ROAD. Each module registers its metrics and their directions.
 
 All work on torch tensors on the images' device, in batches; maps from any method are (B, H, W) and
 are min-max normalised and upsampled to the input by the metrics themselves.
@@ -6,6 +6,7 @@ are min-max normalised and upsampled to the input by the metrics themselves.
 
 # Importing a metric module registers its metrics; the order of registration is the table order.
 from .adic import ADICResult, average_drop_increase  # isort: skip
+from .area import map_area  # isort: skip
 from .road import RoadResult, road  # isort: skip
 from .curves import DEFAULT_FILLS, FILLS, CurveResult, curve_fills, deletion_insertion, stream_curve  # isort: skip
 from .base import (
@@ -27,6 +28,7 @@ __all__ = [
     "deletion_insertion",
     "get_metric",
     "list_metrics",
+    "map_area",
     "noisy_linear_impute",
     "register_metric",
     "register_metric_family",

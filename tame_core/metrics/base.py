@@ -20,7 +20,8 @@ from ..batching import class_vector, scores
 from ..errors import EvaluationError
 from ..maps import minmax_normalize, resize_maps
 
-Direction = Literal["lower", "higher"]
+#: "neither" for a number read beside the others (a map's area), where no way is better.
+Direction = Literal["lower", "higher", "neither"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,15 @@ class MetricSpec:
     description: str
 
     def better(self, a: float, b: float) -> bool:
-        """Whether ``a`` is strictly better than ``b`` for this metric."""
+        """Whether ``a`` is strictly better than ``b`` for this metric (never, for a "neither" one)."""
+        if self.direction == "neither":
+            return False
         return a < b if self.direction == "lower" else a > b
 
     @property
     def arrow(self) -> str:
-        """``↓`` when lower is better, ``↑`` when higher is: what table headings show."""
-        return "↓" if self.direction == "lower" else "↑"
+        """``↓`` when lower is better, ``↑`` when higher is, nothing when neither: what table headings show."""
+        return {"lower": "↓", "higher": "↑"}.get(self.direction, "")
 
 
 @dataclass(frozen=True)

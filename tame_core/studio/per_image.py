@@ -37,6 +37,9 @@ MAX_THUMBNAIL_IMAGES = 200
 _MAX_THUMBNAIL_BYTES = 1 << 20
 #: The metric columns of the per-image table and the comparison: the printed table's, without the costs.
 HEADLINE_METRICS = tuple(name for name in TABLE_COLUMNS if name not in COSTS)
+#: The per-image table's: without the map area, which is read beside the means (and a 1280 px window
+#: has no room for it there); the per-image download keeps it.
+PER_IMAGE_METRICS = tuple(name for name in HEADLINE_METRICS if name != "area")
 
 
 #: What "within noise" means, for people who do not read bootstrap intervals.
@@ -48,10 +51,10 @@ WITHIN_NOISE = (
 
 
 def column_title(name: str) -> str:
-    """A table heading that says which way is better: ``AD100 ↓``, ``IC100 ↑``."""
+    """A table heading that says which way is better: ``AD100 ↓``, ``IC100 ↑`` (``area``: neither way)."""
     if name in ("method", "images"):
         return name
-    return f"{name} {get_metric(name).arrow}"
+    return f"{name} {get_metric(name).arrow}".rstrip()
 
 
 def thumbnail_folder(state: str | Path) -> Path:
@@ -123,7 +126,7 @@ def per_image_rows(report: EvaluationReport, folder: str | Path | None, limit: i
     (data URIs, for the first ``limit`` images; None otherwise) and every headline metric present, under
     its :func:`column_title`."""
     rows = report.per_image()
-    metrics = [name for name in HEADLINE_METRICS if any(name in row for row in rows)]
+    metrics = [name for name in PER_IMAGE_METRICS if any(name in row for row in rows)]
     order: dict[str, int] = {}
     for row in rows:
         order.setdefault(row["image"], len(order))

@@ -94,8 +94,9 @@ def log_ticks(records: Sequence[dict[str, Any]]) -> list[float]:
     return [float(f"{t:.3g}") for t in below + inside + above]
 
 
-#: Interval colours by verdict: the first method better (green), worse (red), or no telling (grey).
-VERDICT_COLOURS = {"better": "#2b8a3e", "worse": "#c92a2a", "within noise": "#868e96"}
+#: Interval colours by verdict: the first method better (green), worse (red), no telling (grey), or, for the
+#: map area where no way is better, larger or smaller (blue).
+VERDICT_COLOURS = {"better": "#2b8a3e", "worse": "#c92a2a", "within noise": "#868e96", "larger": "#1c7ed6", "smaller": "#1c7ed6"}
 
 
 def comparison_figure(rows: Sequence[dict[str, Any]], a: str, b: str, row_height: int = 58) -> go.Figure:

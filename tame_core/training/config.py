@@ -72,7 +72,8 @@ class TrainConfig:
     classes_per_image: int | None = None  # ...or for this many of them per step, drawn at random (None: all k)
     mask_order: str = "raw"  # "normalized": T-TAME's order for ViTs
     loss: LossWeights = field(default_factory=LossWeights)
-    map_blur: float = 0.0  # the card's map blur (HeadMetadata.map_blur); training itself does not use it
+    map_blur: float = 0.0  # the card's map blur (HeadMetadata.map_blur); training uses it only with blur_masks
+    blur_masks: bool = False  # train on masks blurred by map_blur, so the classifier sees the maps users see
     device: str = "auto"
     amp: bool | None = None  # mixed precision; None: on for CUDA
     workers: int | None = None  # data-loading processes; None: 0 on the CPU, 4 on a GPU
@@ -144,6 +145,8 @@ class TrainConfig:
             raise TrainingError("resume and overwrite exclude each other: continue the saved run or start over, not both")
         if not (math.isfinite(self.map_blur) and 0 <= self.map_blur <= MAX_MAP_BLUR):
             raise TrainingError(f"map_blur must be from 0 to {MAX_MAP_BLUR} (a fraction of the input's shorter side), got {self.map_blur}")
+        if self.blur_masks and not self.map_blur:
+            raise TrainingError("blur_masks blurs the training masks by map_blur: give a map_blur above 0")
         if not self.lr > 0:
             raise TrainingError(f"lr must be positive, got {self.lr}")
 
@@ -166,4 +169,7 @@ class TrainConfig:
         keep = ("backbone", "weights", "labels", "input_size", "mean", "std", "recipe", "layers", "variant", "split", "limit", "epochs", "batch_size", "lr", "momentum",
                 "weight_decay", "seed", "augment", "init", "fuser", "exclude_targets", "freeze_fuser", "top_k", "classes_per_image", "mask_order", "loss")
         values = self.to_dict()
-        return {k: values[k] for k in keep}
+        key = {k: values[k] for k in keep}
+        if self.blur_masks:  # only then does the blur change training (and older states lack the field)
+            key.update(blur_masks=True, map_blur=self.map_blur)
+        return key

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..metrics.curves import baseline_images, fill_colour
+from ..maps import resize_and_blur
 from ..taps import LayerTaps
 from .losses import LossTerms, LossWeights, tame_loss
 
@@ -72,6 +73,7 @@ def batch_loss(
     per_image: int | None = None,
     generator: torch.Generator | None = None,
     excluded: torch.Tensor | None = None,
+    mask_blur: float = 0.0,
 ) -> LossTerms | None:
     """The loss of a batch of raw [0, 1] images (B, 3, H, W); targets are the classifier's top-``top_k``.
 
@@ -81,6 +83,8 @@ def batch_loss(
     gives (B, B*n, h, w) pre-sigmoid maps: every image's map for every class targeted in the batch.
     ``excluded`` (num_classes,) bool: images with a target among these classes leave the batch, so no
     map of such a class is ever trained (``None`` when every image left it).
+    ``mask_blur``: upsample the masks with the card's map blur (:func:`~tame_core.maps.resize_and_blur`,
+    sigma that fraction of the input's shorter side), so training masks the image as explanations will.
     """
     autocast = autocast or contextlib.nullcontext()
     batch, size = inputs01.shape[0], inputs01.shape[-2:]
@@ -102,7 +106,10 @@ def batch_loss(
     masks = maps.float().sigmoid()  # (B, B*n, h, w)
     rows = torch.arange(batch, device=masks.device)
     own = masks[rows[:, None], (rows[:, None] * count + torch.arange(count, device=masks.device))]  # (B, n, h, w)
-    upsampled = F.interpolate(own, size=tuple(size), mode="bilinear", align_corners=False)
+    if mask_blur:
+        upsampled = resize_and_blur(own, size, mask_blur)
+    else:
+        upsampled = F.interpolate(own, size=tuple(size), mode="bilinear", align_corners=False)
     repeated = inputs01.repeat_interleave(count, dim=0)
     flat = upsampled.reshape(-1, 1, *size)
     weights = weights or LossWeights()

@@ -91,6 +91,8 @@ def public_recipe(config: TrainConfig) -> dict:
     """The run's settings as the card records them: what reproduces the head, and no local paths."""
     skip = ("data", "out", "state", "log", "resume", "overwrite", "progress", "workers", "device", "map_blur")  # map_blur: the card's own field
     recipe = {k: v for k, v in config.to_dict().items() if k not in skip}
+    if not recipe["blur_masks"]:  # recorded only when on: a card from before the option reads the same
+        del recipe["blur_masks"]
     for key in ("weights", "labels"):
         if recipe.get(key) not in (None, "pretrained", "random"):
             recipe[key] = Path(recipe[key]).name
@@ -401,7 +403,7 @@ class _Run:
         inputs = images.to(dist.device, non_blocking=True)
         terms = batch_loss(
             self.backbone, taps, model, inputs, config.loss, config.mask_order, config.top_k, self.autocast,
-            config.classes_per_image, self.targets_rng, self.excluded,
+            config.classes_per_image, self.targets_rng, self.excluded, config.map_blur if config.blur_masks else 0.0,
         )
         if terms is None:  # every image targeted an excluded class: an empty step keeps the schedule (and DDP) in step
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
