@@ -4,7 +4,8 @@
 
 Uses the file list that ``scripts/train_bundled_head.py`` wrote into ``--work`` (run that first) and
 trains into ``--work/check`` (replacing an earlier check) at the script's thread count (the tensors
-match bit for bit only at the same count on the same kind of CPU), then compares the cards' ``tensors_sha256``.
+match bit for bit only at the same count on the same kind of CPU: the cards name it, ``training.processor``),
+then compares the cards' ``tensors_sha256``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,14 @@ def main() -> int:
     out = args.work / "check" / "shipped.safetensors"
     torch.set_num_threads(TRAIN_THREADS)  # the float sums' split, and so the last bits, follow the thread count
     train_head(TrainConfig(data=[files], out=out, overwrite=True, **SHIPPED))
-    retrained = json.loads(out.with_suffix(".json").read_text())["tensors_sha256"]
-    bundled = json.loads(args.bundled.read_text())["tensors_sha256"]
+    retrained_card, bundled_card = json.loads(out.with_suffix(".json").read_text()), json.loads(args.bundled.read_text())
+    retrained, bundled = retrained_card["tensors_sha256"], bundled_card["tensors_sha256"]
     print(f"retrained {retrained}\nbundled   {bundled}\nidentical: {retrained == bundled}")
+    here, there = retrained_card["training"]["processor"], bundled_card["training"].get("processor", "not recorded")
+    print(f"processor: here {here}; the bundled head's {there}")
+    if retrained != bundled and here != there:
+        print("a different kind of processor groups float sums differently and SGD grows the last bits: "
+              "bit for bit needs the bundled head's processor (README, the bundled head)")
     return 0 if retrained == bundled else 1
 
 

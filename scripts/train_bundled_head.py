@@ -10,7 +10,7 @@ photos/imagen and photos/coco. No training step ever targets one of the 200 held
 The protocol, written into the card's ``metrics``: on two held-out sets (the 200 held-out-class
 samples; the first ``--nips17-images`` nips17 photos in sorted order, new images of any class; the
 last 300 were the validation set the recipe was chosen on), ``tame evaluate``'s AD/IC at 100/50/15 %
-and deletion/insertion AUC with ``--steps`` steps, deletion to the classifier's mean colour (RISE's, the
+with the map area they are read by, and deletion/insertion AUC with ``--steps`` steps, deletion to the classifier's mean colour (RISE's, the
 default) and, as a second column, to black, insertion onto RISE's blur; for the head, Grad-CAM and
 the untrained CAM start (AD/IC only); the noise of each head-minus-Grad-CAM difference (a 95 % paired
 bootstrap interval over images); and each branch's effect (AD/IC with that branch switched off).
@@ -38,7 +38,7 @@ from tame_core.training import TrainConfig, init_from_cam, split_files, train_he
 from tame_core.training.init import new_head
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "deletion_auc", "insertion_auc")
+METRICS = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "area", "deletion_auc", "insertion_auc")
 #: The deletion fills the card reports (insertion is always onto the blur): RISE's mean colour, and black.
 FILLS = ("mean", "black")
 #: Threads the head is trained with. The CPU splits its float sums across threads, so the same run at

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import re
+from pathlib import Path
 
 import torch
 
@@ -54,3 +56,24 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """Mixed precision on ``device`` when ``enabled`` (see :func:`autocast_dtype`), else nothing."""
     return torch.autocast(device.type, dtype=autocast_dtype(device)) if enabled else contextlib.nullcontext()
+
+
+def processor(device: torch.device) -> str:
+    """The kind of chip ``device`` computes on, as a card records it: the CPU's model name and the
+    vector width PyTorch's kernels use on it (``AMD EPYC; AVX512``), or the GPU's name.
+
+    Why: float sums are grouped by the chip's vector width and its libraries' code paths, so the same
+    training run on another kind of CPU differs in the last bits, and SGD grows them; a card that names
+    its chip says whether a bit-for-bit retrain can be expected (scripts/check_bundled_head.py).
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}; {torch.backends.cpu.get_cpu_capability()}"

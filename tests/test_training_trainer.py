@@ -121,6 +121,9 @@ def test_card_records_recipe_data_and_split(tiny_folder, tmp_path):
     assert card.data["images"] == 10 and card.data["skipped_unreadable"] == 0
     assert card.training["images_per_second"] > 0 and head.num_classes == 1000
     assert card.training["cpu_threads"] == torch.get_num_threads()  # bit-for-bit reproduction needs the same count
+    # ... and the same kind of chip: its name and the vector width PyTorch's kernels use on it
+    assert card.training["processor"].endswith("; " + torch.backends.cpu.get_cpu_capability())
+    assert len(card.training["processor"]) > len(torch.backends.cpu.get_cpu_capability()) + 2
 
 
 def test_resume_refuses_a_state_from_another_run(tiny_folder, tmp_path):

@@ -23,7 +23,7 @@ from ..backbones import Backbone, load_backbone
 from ..card import metadata_for
 from ..checkpoint import paths_for, save_head
 from ..classes import imagenet_wnids, read_labels
-from ..devices import autocast, autocast_dtype
+from ..devices import autocast, autocast_dtype, processor
 from ..atomic import OutputLock
 from ..errors import TameError, TrainingError
 from ..fingerprint import file_digest, files_digest
@@ -337,6 +337,7 @@ class _Run:
             # CPU float sums are split across threads: the same run at another thread count differs in the
             # last bits, so bit-for-bit reproduction needs this count (see scripts/check_bundled_head.py)
             "cpu_threads": torch.get_num_threads(),
+            "processor": processor(self.dist.device),  # the same run on another kind of chip differs too
             "torch": torch.__version__,
         }
         data = {
