@@ -6,7 +6,10 @@ page) must update the page within 150 ms of server time. This prints, side by si
 * the tame_core call alone (``Explanation.with_classes`` / ``with_branches`` on cached features) next
   to a full explanation (the backbone forward those calls avoid);
 * the whole page rerun as Streamlit's AppTest runs it (sidebar, page, images encoded), which is the
-  server's work for one interaction plus AppTest's own overhead (an upper bound).
+  server's work for one interaction plus AppTest's own overhead (an upper bound);
+* a full garbage collection before and after the server's start-up freeze (``freeze_imported_objects``):
+  Streamlit forced one after every rerun until ``runner.postScriptGC`` was turned off, and Python's own
+  collector still makes one now and then.
 
 Usage: python benchmarks/bench_app.py [--repeats 15] [--image PATH]
 The head is the bundled one when checkpoints/efficientnet_lite0.safetensors exists, else an untrained
@@ -100,6 +103,20 @@ def app_timings(picture_png: bytes, repeats: int) -> dict[str, list[float]]:
     return {"class switch (Explain page rerun)": switch, "branch toggle (Branches page rerun)": toggle}
 
 
+def collection_timings(repeats: int) -> dict[str, list[float]]:
+    """A full garbage collection in this process, which has run the app: as every rerun forced it
+    (Streamlit's ``runner.postScriptGC``, now off) and after the server's start-up freeze."""
+    import gc
+
+    from tame_core.studio import freeze_imported_objects
+
+    gc.unfreeze()  # AppTest ran the app's start-up, freeze included: measure as it was before
+    before = timing.samples(lambda: gc.collect(2), repeats)
+    frozen = freeze_imported_objects()
+    after = timing.samples(lambda: gc.collect(2), repeats)
+    return {f"full collection, {frozen:,} objects tracked": before, "full collection after the freeze": after}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -147,6 +164,12 @@ def main() -> int:
         verdicts.append(median <= TARGET_MS)
         verdict = "OK" if median <= TARGET_MS else "OVER"
         print(f"  {name:<{width}}  {median_ms(samples)}  = {median / TARGET_MS:.2f} x target  {verdict}")
+    collections = collection_timings(args.repeats)
+    print("\ngarbage collection with the app's libraries loaded (the GIL is held throughout)")
+    for name, samples in collections.items():
+        print(f"  {name:<{width}}  {median_ms(samples)}")
+    slow, fast = (statistics.median(samples) for samples in collections.values())
+    print(f"  the freeze takes a full collection from {slow * 1000:.1f} ms to {fast * 1000:.1f} ms (medians)")
     return 0 if all(verdicts) else 1
 
 

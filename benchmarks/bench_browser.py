@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="class switches and branch toggles")
     parser.add_argument("--uploads", type=int, default=3, help="12 MP uploads")
     args = parser.parse_args()
+    if not Path(CHROMIUM).is_file():
+        raise SystemExit(f"error: no Chromium at {CHROMIUM}: apt-get install -y chromium (never playwright install)")
     from playwright.sync_api import sync_playwright
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (figures on a busy machine are upper bounds)")

@@ -79,7 +79,7 @@ from .evaluation import (
     state_path,
 )
 from .images import MAX_UPLOAD_MB, UPLOAD_TYPES, ActiveImage, read_upload
-from .jobs import STOPPED_BY_USER, Job, JobContext, JobState, JobStopped, share_cpu_between_threads
+from .jobs import STOPPED_BY_USER, Job, JobContext, JobState, JobStopped, freeze_imported_objects, share_cpu_between_threads
 from .method_jobs import AUTO_START_SECONDS, JobPlan, compare_plan, curves_plan
 from .models import (
     HEAD_ENV,
@@ -179,6 +179,7 @@ __all__ = [
     "flat_map_warning",
     "forget_run",
     "ForwardProgress",
+    "freeze_imported_objects",
     "GALLERY",
     "GETS_IT_WRONG",
     "HEAD_ENV",
