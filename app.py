@@ -40,7 +40,7 @@ st.set_page_config(page_title="TAME Explorer", page_icon=":material/local_fire_d
 @st.cache_resource
 def _server_setup() -> int:
     """Once per server process: CPU threads shared fairly between page scripts and background jobs, and
-    the libraries just imported kept out of the garbage collector's full passes (290 ms each otherwise)."""
+    the libraries just imported kept out of the garbage collector's full passes (about 300 ms each otherwise)."""
     freeze_imported_objects()
     return share_cpu_between_threads()
 

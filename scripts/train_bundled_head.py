@@ -10,10 +10,11 @@ photos/imagen and photos/coco. No training step ever targets one of the 200 held
 The protocol, written into the card's ``metrics``: on two held-out sets (the 200 held-out-class
 samples; the first ``--nips17-images`` nips17 photos in sorted order, new images of any class; the
 last 300 were the validation set the recipe was chosen on), ``tame evaluate``'s AD/IC at 100/50/15 %
-with the map area they are read by, and deletion/insertion AUC with ``--steps`` steps, deletion to the classifier's mean colour (RISE's, the
-default) and, as a second column, to black, insertion onto RISE's blur; for the head, Grad-CAM and
-the untrained CAM start (AD/IC only); the noise of each head-minus-Grad-CAM difference (a 95 % paired
-bootstrap interval over images); and each branch's effect (AD/IC with that branch switched off).
+with the map area they are read by, and deletion/insertion AUC with ``--steps`` steps, deletion to the
+classifier's mean colour (RISE's, the default) and, as a second column, to black, insertion onto RISE's
+blur; for the head, Grad-CAM and the untrained CAM start (AD/IC only); the noise of each
+head-minus-Grad-CAM difference (a 95 % paired bootstrap interval over images); and each branch's effect
+(AD/IC with that branch switched off).
 ``--compare`` also trains the papers' recipe (per-class fuser, random start) on the same data. States
 live in --work: running the command again continues an interrupted run and reuses finished trainings
 and evaluations, so ``--sets`` can split the evaluations between processes and a last run without it

@@ -198,7 +198,7 @@ def test_the_app_shares_cpu_threads_between_its_threads():
 
 
 def test_the_server_keeps_its_libraries_out_of_full_collections():
-    """A full collection walked every imported object, 290 ms holding the GIL after each rerun; the
+    """A full collection walked every imported object, about 300 ms holding the GIL after each rerun; the
     server freezes what is alive at start-up, and Streamlit no longer forces a collection per run."""
     import gc
     import tomllib

@@ -61,7 +61,7 @@ def freeze_imported_objects() -> int:
     garbage collector's sight; returns how many there are.
 
     Why: a full collection walks every tracked object, and with the app's libraries loaded there are
-    about 570,000 of them: 290 ms on this 2-core machine, holding the GIL, so the server can neither
+    about 580,000 of them: about 300 ms on this 2-core machine, holding the GIL, so the server can neither
     send a new picture nor serve it meanwhile (a class switch that met its 300 ms took 400 ms whenever one
     landed). Module-level objects live as long as the process, so the collector has nothing to find
     among them; after the freeze a full collection takes under a millisecond (benchmarks/bench_app.py).
