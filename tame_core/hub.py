@@ -20,6 +20,7 @@ from .card import HeadMetadata
 from .checkpoint import load_head, paths_for, read_metadata, save_head
 from .errors import HubError
 from .fingerprint import sha256_of
+from .maps import blur_sigma_pixels
 
 HEAD_FILENAME = "head.safetensors"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -193,7 +194,8 @@ def _blur_text(metadata) -> str:
     if not blur:
         return ""
     side = min(metadata.input_size)
-    return f"; every map blurred (Gaussian, sigma {blur:.4f} of the input's shorter side: {blur * side:.1f} px at {side})"
+    pixels = blur_sigma_pixels(blur, metadata.input_size)
+    return f"; every map blurred (Gaussian, sigma {blur:.4f} of the input's shorter side: {pixels:.1f} px at {side})"
 
 
 def model_card(metadata, repo_id: str) -> str:

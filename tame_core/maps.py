@@ -50,6 +50,14 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 MAX_MAP_BLUR = 0.25
 
 
+def blur_sigma_pixels(fraction: float, size: Sequence[int]) -> float:
+    """The blur's sigma in pixels for maps of ``size`` (H, W): ``fraction`` of the shorter side.
+
+    One definition for the blur itself and for every line that tells people how much the maps are blurred.
+    """
+    return float(fraction) * min(int(size[0]), int(size[1]))
+
+
 def blur_maps(maps: torch.Tensor, fraction: float) -> torch.Tensor:
     """Gaussian blur of (..., H, W) maps, sigma ``fraction`` x the shorter side (0: the maps as they are).
 
@@ -73,7 +81,7 @@ def resize_and_blur(maps: torch.Tensor, size: Sequence[int], fraction: float) ->
     if not fraction:
         return resize_maps(maps, size)
     height, width = int(size[0]), int(size[1])
-    sigma = float(fraction) * min(height, width)
+    sigma = blur_sigma_pixels(fraction, (height, width))
     radius = min(int(round(3 * sigma)), height - 1, width - 1)
     if radius < 1:
         return resize_maps(maps, size)

@@ -17,7 +17,7 @@ from tame_core import Explainer, load_head, save_head
 from tame_core.card import metadata_for
 from tame_core.errors import EvaluationError, TrainingError
 from tame_core.evaluation.state import Tally, load_state, save_state
-from tame_core.maps import blur_maps, minmax_normalize, resize_and_blur, resize_maps
+from tame_core.maps import blur_maps, blur_sigma_pixels, minmax_normalize, resize_and_blur, resize_maps
 from tame_core.taps import LayerTaps
 from tame_core.training import LossWeights, TrainConfig, batch_loss
 from tame_core.training.trainer import public_recipe
@@ -35,6 +35,24 @@ def test_a_point_blurs_into_the_gaussian_of_the_asked_sigma():
     assert torch.allclose(out[14:27, 14:27], torch.outer(kernel, kernel), atol=1e-7)
     assert float(out.sum()) == pytest.approx(1.0, abs=1e-6)  # nothing lost: the point is far from the borders
     assert float(out[20, 20]) == pytest.approx(1 / (2 * math.pi * 4), rel=0.02)  # the continuous Gaussian's peak
+
+
+def test_on_a_wide_map_sigma_is_the_fraction_of_the_shorter_side_and_the_hub_card_says_the_same(random_head_path):
+    """A 30x50 map at fraction 0.1: sigma 3 px (of the 30 rows), the same along both axes."""
+    assert blur_sigma_pixels(0.1, (30, 50)) == pytest.approx(3.0)
+    point = torch.zeros(1, 30, 50)
+    point[0, 15, 25] = 1.0
+    out = blur_maps(point, 0.1)[0]
+    offsets = torch.arange(-9, 10, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / 3) ** 2)
+    kernel = kernel / kernel.sum()
+    assert torch.allclose(out[6:25, 16:35], torch.outer(kernel, kernel), atol=1e-7)
+
+    from tame_core.checkpoint import read_metadata
+    from tame_core.hub import model_card
+
+    metadata = replace(read_metadata(random_head_path), input_size=[30, 50], map_blur=0.1)
+    assert "sigma 0.1000 of the input's shorter side: 3.0 px at 30" in model_card(metadata, "team/x")
 
 
 def test_the_blur_is_torchvisions_gaussian_blur_at_the_bundled_heads_sigma():

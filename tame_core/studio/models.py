@@ -28,6 +28,7 @@ from ..errors import BackboneError, CheckpointError, TameError
 from ..explainer import Explainer, Explanation
 from ..heads import locate_head
 from ..hub import is_repo_id, pull_head
+from ..maps import blur_sigma_pixels
 from .storage import check_quota, hub_repo_id, studio_dir
 
 #: Environment variable naming a head to use instead of the bundled one (a deployment on your own model).
@@ -146,7 +147,8 @@ class LoadedModel:
         variant = f", {meta.variant} head" if meta is not None else ""
         blur = ""
         if explainer.map_blur:  # the card's: say so, since it shapes every map shown
-            blur = f"; maps blurred (sigma {explainer.map_blur * min(explainer.backbone.preprocess.input_size):.0f} px)"
+            pixels = blur_sigma_pixels(explainer.map_blur, explainer.backbone.preprocess.input_size)
+            blur = f"; maps blurred (sigma {pixels:.0f} px)"
         return f"{explainer.backbone.name}{variant}, {len(explainer.layers)} branches on {', '.join(explainer.layers)}{blur}"
 
 
