@@ -15,8 +15,17 @@ from .errors import CheckpointError
 from .fingerprint import sha256_of
 from .hub import is_repo_id, pull_head
 
-#: Where the bundled heads live (committed safetensors + JSON cards).
-CHECKPOINT_DIR = Path(os.environ.get("TAME_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
+
+def _bundled_heads_dir() -> Path:
+    """The committed heads: ``checkpoints/`` at a source checkout's root, or ``tame_core/checkpoints`` where
+    ``pip install`` put them (pyproject.toml ships the folder inside the wheel)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "checkpoints"
+    return installed if installed.is_dir() else package.parent / "checkpoints"
+
+
+#: Where the bundled heads live (committed safetensors + JSON cards); ``TAME_CHECKPOINTS`` overrides it.
+CHECKPOINT_DIR = Path(os.environ.get("TAME_CHECKPOINTS") or _bundled_heads_dir())
 
 #: The head each backbone explains with when the user names none.
 BUNDLED_HEADS = {"efficientnet_lite0": "efficientnet_lite0"}

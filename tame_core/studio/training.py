@@ -26,7 +26,7 @@ from ..backbones import Backbone, load_backbone
 from ..checkpoint import read_metadata
 from ..errors import TameError
 from ..explainer import Explainer
-from ..heads import BUNDLED_HEADS, CHECKPOINT_DIR
+from ..heads import BUNDLED_HEADS
 from ..images import IMAGE_SUFFIXES, collect_images, find_images, load_image, tensor_to_pixels
 from ..maps import overlay
 from ..taps import check_layers, list_layers
@@ -172,15 +172,16 @@ def _size(count: int) -> str:
     return f"{count / 2**30:.0f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
 
 
-def output_path(name: str, folder: str | Path | None = None) -> Path:
-    """``<folder>/<name>.safetensors`` for a user's name (the app passes its session's folder; default
-    ``checkpoints/``); the bundled heads' names are refused."""
+def output_path(name: str, folder: str | Path) -> Path:
+    """``<folder>/<name>.safetensors`` for a user's name (the app passes its session's folder: never the
+    bundled heads' folder, which an installed package may not let us write); the bundled heads' names are
+    refused."""
     stem = name.strip().removesuffix(".safetensors")
     if not _NAME.match(stem):
         raise TrainingError(f"head name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
     if stem in BUNDLED_HEADS.values():
         raise TrainingError(f"head name {stem!r} is the bundled head's; choose another name")
-    return Path(folder if folder is not None else CHECKPOINT_DIR) / f"{stem}.safetensors"
+    return Path(folder) / f"{stem}.safetensors"
 
 
 class TrainingPreview:
