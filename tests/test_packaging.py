@@ -11,13 +11,14 @@ import hashlib
 import os
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ("efficientnet_lite0.safetensors", "efficientnet_lite0.json")
