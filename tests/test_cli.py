@@ -131,3 +131,21 @@ def test_bounded_maps_line_up_with_the_full_size_map(tmp_path, sample_images, ra
     assert np.corrcoef(small.ravel(), shrunk.ravel())[0, 1] > 0.999
     for flipped in (shrunk[::-1], shrunk[:, ::-1]):  # a map upside down or mirrored would not pass
         assert np.abs(small.astype(np.float32) - flipped).max() > 0.2
+
+
+def test_version_names_this_package_and_what_decides_its_numbers(capsys):
+    from importlib.metadata import version
+
+    import pytest
+
+    import tame_core
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line == (
+        f"tame-core {tame_core.__version__}, torch {version('torch')}, torchvision {version('torchvision')}, "
+        f"timm {version('timm')}, Python {sys.version.split()[0]}"
+    )
+    assert version("tame-core") == tame_core.__version__  # pyproject.toml reads the one version there is

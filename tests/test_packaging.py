@@ -48,6 +48,9 @@ def test_an_installed_wheel_carries_the_bundled_head_and_explains_with_it(tmp_pa
     )
     assert build.returncode == 0, build.stderr
     (wheel,) = wheels.glob("tame_core-*.whl")
+    import tame_core
+
+    assert wheel.name.startswith(f"tame_core-{tame_core.__version__}-")
     with zipfile.ZipFile(wheel) as archive:
         for name in BUNDLED:
             assert _sha256(archive.read(f"tame_core/checkpoints/{name}")) == _sha256((ROOT / "checkpoints" / name).read_bytes())

@@ -19,10 +19,27 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(prog="tame", description="Explain image classifiers with trained attention heads.")
+    parser.add_argument("--version", action="version", version=version_line(), help="print the versions a bug report needs")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
+
+
+def version_line() -> str:
+    """This package's version and the installed versions of what decides its numbers (read from the
+    installed packages' metadata: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    parts = [f"tame-core {__version__}"]
+    for package in ("torch", "torchvision", "timm"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return ", ".join(parts) + f", Python {sys.version.split()[0]}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
