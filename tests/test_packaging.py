@@ -37,6 +37,7 @@ def test_every_subpackage_is_listed_for_the_wheel():
     assert set(config["packages"]) == on_disk | {"tame_core.checkpoints"}
     assert config["package-dir"] == {"tame_core.checkpoints": "checkpoints"}
     assert sorted(config["package-data"]["tame_core.checkpoints"]) == sorted(BUNDLED)
+    assert config["package-data"]["tame_core"] == ["py.typed"] and (ROOT / "tame_core" / "py.typed").is_file()
 
 
 @pytest.mark.slow
@@ -52,6 +53,7 @@ def test_an_installed_wheel_carries_the_bundled_head_and_explains_with_it(tmp_pa
 
     assert wheel.name.startswith(f"tame_core-{tame_core.__version__}-")
     with zipfile.ZipFile(wheel) as archive:
+        assert "tame_core/py.typed" in archive.namelist()  # PEP 561: mypy and pyright use our type hints
         for name in BUNDLED:
             assert _sha256(archive.read(f"tame_core/checkpoints/{name}")) == _sha256((ROOT / "checkpoints" / name).read_bytes())
 
