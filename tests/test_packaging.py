@@ -7,7 +7,6 @@ inside the installed package and explain a photo with it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -18,14 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tame_core.fingerprint import bytes_sha256, sha256_of
+
 tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ("efficientnet_lite0.safetensors", "efficientnet_lite0.json")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_every_subpackage_is_listed_for_the_wheel():
@@ -55,7 +52,7 @@ def test_an_installed_wheel_carries_the_bundled_head_and_explains_with_it(tmp_pa
     with zipfile.ZipFile(wheel) as archive:
         assert "tame_core/py.typed" in archive.namelist()  # PEP 561: mypy and pyright use our type hints
         for name in BUNDLED:
-            assert _sha256(archive.read(f"tame_core/checkpoints/{name}")) == _sha256((ROOT / "checkpoints" / name).read_bytes())
+            assert bytes_sha256(archive.read(f"tame_core/checkpoints/{name}")) == sha256_of(ROOT / "checkpoints" / name)
 
     site = tmp_path / "site"
     install = subprocess.run(
